@@ -1,0 +1,58 @@
+"""Batch builders for the Trainer: dynamic padding, padding-free packing, and chosen/rejected pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from runtime.data.packing import IGNORE_INDEX, flatten
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    return torch.tensor([list(row) + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+@dataclass
+class PaddingCollator:
+    """Pads to the longest row in the batch (right side); labels padded with -100."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [f["input_ids"] for f in features]
+        batch = {
+            "input_ids": _pad(ids, self.pad_token_id),
+            "attention_mask": _pad(
+                [f.get("attention_mask") or [1] * len(f["input_ids"]) for f in features], 0
+            ),
+            "labels": _pad([f.get("labels", f["input_ids"]) for f in features], IGNORE_INDEX),
+        }
+        if all(f.get("position_ids") is not None for f in features):
+            batch["position_ids"] = _pad([f["position_ids"] for f in features], 0)
+        return batch
+
+
+@dataclass
+class PackingCollator:
+    """The whole batch as one row with restarting position_ids and no attention_mask (see packing.py)."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        row = flatten(features)
+        return {key: torch.tensor([value], dtype=torch.long) for key, value in row.items()}
+
+
+@dataclass
+class PairwiseCollator:
+    """input_ids [2B, L]: the B chosen rows first, then the B rejected rows, padded together."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [
+            {"input_ids": f[f"{side}_input_ids"], "labels": f[f"{side}_labels"]}
+            for side in ("chosen", "rejected")
+            for f in features
+        ]
+        return PaddingCollator(self.pad_token_id)(rows)

@@ -1,0 +1,144 @@
+"""Turn alpaca and sharegpt rows (and their preference variants) into one shape, as LLaMA-Factory does:
+
+    _prompt:   [{role, content}, ...]  the conversation up to the last user turn (history included)
+    _response: [{role: assistant, content}]  one reply; for preference data [chosen, rejected]
+    _system:   str ("" when none)
+
+Rows LLaMA-Factory would call broken (roles out of order, wrong turn count) come out with empty
+_prompt/_response; the stage tokenizer drops them and says how many.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset, Features, List, Value
+
+from runtime.config import ConfigError
+from runtime.data.registry import DatasetAttr
+
+MESSAGE = {"role": Value("string"), "content": Value("string")}
+FEATURES = Features({"_prompt": List(MESSAGE), "_response": List(MESSAGE), "_system": Value("string")})
+PAIRWISE_STAGES = ("rm", "dpo")
+
+
+def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> None:
+    """ConfigError naming the config key when a needed column is absent or the data fits not the stage."""
+    ranking = bool(attr.ranking)
+    if stage in PAIRWISE_STAGES and not ranking:
+        raise ConfigError(
+            attr.key, f"{attr.where()}: stage {stage} needs preference data (chosen/rejected, ranking)"
+        )
+    if stage not in PAIRWISE_STAGES and ranking:
+        raise ConfigError(
+            attr.key, f"{attr.where()}: preference data (ranking) is for stage rm or dpo, not {stage}"
+        )
+    required = set(attr.explicit)
+    if attr.formatting == "alpaca":
+        required.add("prompt")
+        if stage == "sft":
+            required.add("response")
+    else:
+        required.add("messages")
+    if ranking:
+        required |= {"chosen", "rejected"}
+    present = set(column_names)
+    for column_key in sorted(required):
+        column = attr.columns.get(column_key)
+        if column not in present:
+            raise ConfigError(
+                attr.key,
+                f"{attr.where()}: column '{column}' (columns.{column_key}) not found; "
+                f"the file has: {', '.join(sorted(present))}",
+            )
+    # Optional default columns (query "input", ...) that the file lacks are simply not used.
+    attr.columns = {k: v for k, v in attr.columns.items() if v in present}
+
+
+def to_messages(
+    dataset: Dataset, attr: DatasetAttr, *, num_proc: int | None, load_from_cache_file: bool
+) -> Dataset:
+    """Map the raw rows to _prompt/_response/_system (cached by datasets' fingerprint)."""
+    convert = convert_alpaca if attr.formatting == "alpaca" else convert_sharegpt
+    return dataset.map(
+        convert,
+        batched=True,
+        fn_kwargs={"columns": attr.columns, "tags": attr.tags, "ranking": bool(attr.ranking)},
+        remove_columns=dataset.column_names,
+        features=FEATURES,
+        num_proc=num_proc,
+        load_from_cache_file=load_from_cache_file,
+        desc=f"Converting {attr.name} ({attr.formatting})",
+    )
+
+
+def _rows(batch: dict[str, list]) -> list[dict[str, Any]]:
+    size = len(next(iter(batch.values()))) if batch else 0
+    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
+
+
+def _out(rows: list[tuple[list, list, str]]) -> dict[str, list]:
+    return {
+        "_prompt": [r[0] for r in rows],
+        "_response": [r[1] for r in rows],
+        "_system": [r[2] for r in rows],
+    }
+
+
+def _msg(role: str, content: Any) -> dict[str, str]:
+    return {"role": role, "content": "" if content is None else str(content)}
+
+
+def convert_alpaca(batch: dict[str, list], *, columns: dict[str, str], tags: dict[str, str], ranking: bool):
+    out = []
+    for row in _rows(batch):
+        prompt = []
+        history = row.get(columns.get("history", ""))
+        if isinstance(history, list):
+            for turn in history:
+                if isinstance(turn, (list, tuple)) and len(turn) == 2:
+                    prompt += [_msg("user", turn[0]), _msg("assistant", turn[1])]
+        query = [row.get(columns.get(k, "")) for k in ("prompt", "query")]
+        prompt.append(_msg("user", "\n".join(str(q) for q in query if q)))
+        chosen, rejected = row.get(columns.get("chosen", "")), row.get(columns.get("rejected", ""))
+        answer = row.get(columns.get("response", ""))
+        if ranking and isinstance(chosen, str) and isinstance(rejected, str):
+            response = [_msg("assistant", chosen), _msg("assistant", rejected)]
+        elif not ranking and isinstance(answer, str):
+            response = [_msg("assistant", answer)]
+        else:
+            response = []
+        out.append((prompt, response, row.get(columns.get("system", "")) or ""))
+    return _out(out)
+
+
+def convert_sharegpt(batch: dict[str, list], *, columns: dict[str, str], tags: dict[str, str], ranking: bool):
+    role_of = {
+        tags["user_tag"]: "user",
+        tags["observation_tag"]: "tool",
+        tags["assistant_tag"]: "assistant",
+        tags["function_tag"]: "assistant",  # a function call is the assistant's turn, as text
+    }
+    odd, even = (tags["user_tag"], tags["observation_tag"]), (tags["assistant_tag"], tags["function_tag"])
+    role_key, content_key = tags["role_tag"], tags["content_tag"]
+    out = []
+    for row in _rows(batch):
+        turns = list(row.get(columns["messages"]) or [])
+        system = row.get(columns.get("system", "")) or ""
+        if turns and isinstance(turns[0], dict) and turns[0].get(role_key) == tags["system_tag"]:
+            system, turns = turns[0].get(content_key) or "", turns[1:]
+        ok = all(isinstance(t, dict) and t.get(role_key) in (odd, even)[i % 2] for i, t in enumerate(turns))
+        messages = [_msg(role_of[t[role_key]], t.get(content_key)) for t in turns] if ok else []
+        if ranking:
+            pair = [row.get(columns["chosen"]), row.get(columns["rejected"])]
+            ok = (
+                ok
+                and len(messages) % 2 == 1
+                and all(isinstance(p, dict) and p.get(role_key) in even for p in pair)
+            )
+            prompt, response = messages, [_msg("assistant", p.get(content_key)) for p in pair] if ok else []
+        else:
+            ok = ok and len(messages) % 2 == 0 and len(messages) > 0
+            prompt, response = messages[:-1], messages[-1:]
+        out.append((prompt, response, system) if ok else ([], [], system))
+    return _out(out)

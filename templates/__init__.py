@@ -1,0 +1,1 @@
+"""Jinja templates shipped as the package `xgen.templates` (mapped from the top-level templates/ dir)."""

@@ -1,0 +1,108 @@
+"""The CLI end to end: outputs, atomic -o, hostfile writing, help examples, speed, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from xgen_helpers import EXAMPLES, REPO, run_xgen
+
+TINY = REPO / "examples" / "cpu-tiny.yaml"
+COMMANDS = ("slurm", "deepspeed", "shell", "accelerate", "check")
+
+
+def test_slurm_to_stdout_embeds_absolute_config():
+    result = run_xgen("slurm", str(TINY))
+    assert result.returncode == 0, result.stderr
+    assert f"XGEN_CONFIG={TINY}" in result.stdout
+    assert '-m runtime train "$XGEN_CONFIG"' in result.stdout
+
+
+def test_output_file_is_atomic_and_kept_on_error(tmp_path):
+    out = tmp_path / "job.sh"
+    assert run_xgen("slurm", str(TINY), "-o", str(out)).returncode == 0
+    first = out.read_text()
+    assert out.stat().st_mode & 0o111, "scripts are written executable"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: {nodes: 0}\n")
+    assert run_xgen("slurm", str(bad), "-o", str(out)).returncode == 2
+    assert out.read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "job.sh"]
+
+
+def test_deepspeed_writes_hostfile(tmp_path):
+    hostfile = tmp_path / "hosts"
+    result = run_xgen(
+        "deepspeed", str(REPO / "examples" / "deepspeed-hostfile.yaml"), "--hostfile", str(hostfile)
+    )
+    assert result.returncode == 0, result.stderr
+    assert hostfile.read_text() == "node0 slots=8\nnode1 slots=8\n"
+    assert f"XGEN_HOSTFILE={hostfile}" in result.stdout
+    assert '--master_addr "$MASTER_ADDR"' in result.stdout and "--ssh_port 2222" in result.stdout
+
+
+def test_shell_node_rank_is_baked_in():
+    result = run_xgen("shell", str(REPO / "examples" / "fsdp-accelerate.yaml"), "--node-rank", "1")
+    assert result.returncode == 0, result.stderr
+    assert "NODE_RANK=1\n" in result.stdout and "MASTER_ADDR=gpu-a\n" in result.stdout
+
+
+def test_check_summary():
+    result = run_xgen("check", str(REPO / "examples" / "gpu-2node-full-zero3.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "2 x 8 devices per node" in result.stdout and "deepspeed z3" in result.stdout
+    assert result.stdout.rstrip().endswith("ok")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_an_example(command):
+    result = run_xgen(command, "--help")
+    assert result.returncode == 0
+    assert "Example:" in result.stdout and f"xgen {command} examples/" in result.stdout
+
+
+def test_slurm_is_fast():
+    """`xgen slurm CFG` end to end under 0.3 s (best of 5 runs, through the console entry point)."""
+    command = [sys.executable, "-c", "from xgen.cli import main; main()", "slurm", str(TINY)]
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.3, f"xgen slurm took {best:.3f} s"
+
+
+HEAVY = ("torch", "transformers", "deepspeed", "accelerate", "peft", "datasets", "numpy")
+PROBE = """
+import json, sys
+from xgen.cli import main
+for argv in ARGVS:
+    try:
+        main(argv, standalone_mode=False)
+    except SystemExit:
+        pass
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)))
+"""
+
+
+def test_no_heavy_imports(tmp_path):
+    argvs = [
+        [c, str(e)] + (["--hostfile", str(tmp_path / "h")] if c == "deepspeed" else [])
+        for c in COMMANDS
+        for e in EXAMPLES
+    ]
+    code = f"ARGVS = {argvs!r}\nHEAVY = {HEAVY!r}\n" + PROBE
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_readme_documents_every_key():
+    from xgen.config import field_docs
+
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key, *_ in field_docs() if f"`{key}`" not in readme]
+    assert not missing, f"README config reference lacks {missing}"

@@ -1,0 +1,236 @@
+"""Cross-key rules the types alone cannot express; each failure names one key and says how to fix it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from xgen.config import Config, Host
+from xgen.errors import XgenError
+
+NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HOST = re.compile(r"[A-Za-z0-9_.:\[\]%-]+\Z")
+_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}\Z|infinite\Z|unlimited\Z", re.IGNORECASE)
+# Keys the scripts themselves own; overriding them in cluster.env would desynchronise the launch.
+_RESERVED_ENV = (
+    "XGEN_CONFIG",
+    "XGEN_DEVICE",
+    "NPROC_PER_NODE",
+    "NNODES",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def validate(config: Config) -> Config:
+    """Apply every rule; return the config with `host_list` resolved from hosts or hostfile."""
+    _no_nul(config)
+    _check_job(config)
+    hosts = _check_cluster(config)
+    _check_slurm(config)
+    if not config.python.strip():
+        raise XgenError("python", "must name the interpreter on the nodes, e.g. python3")
+    _check_train(config)
+    return dataclasses.replace(config, host_list=hosts)
+
+
+def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield prefix, value
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            if not f.metadata.get("internal"):
+                yield from _strings(f"{prefix}.{f.name}".lstrip("."), getattr(value, f.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(f"{prefix}.{key}", item)
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            yield from _strings(f"{prefix}[{i}]", item)
+
+
+def _no_nul(config: Config) -> None:
+    for key, text in _strings("", config):
+        if "\0" in text:
+            raise XgenError(key, "contains a NUL byte, which no shell variable can hold; remove it")
+
+
+def _one_line(key: str, value: str | None, what: str = "this value") -> None:
+    if value is not None and ("\n" in value or "\r" in value):
+        raise XgenError(key, f"{what} must be on one line (it becomes an #SBATCH line); remove the newline")
+
+
+def _positive(key: str, value: int | None, minimum: int = 1, maximum: int | None = None) -> None:
+    if value is None:
+        return
+    if value < minimum:
+        raise XgenError(key, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise XgenError(key, f"must be at most {maximum}, got {value}")
+
+
+def _check_job(config: Config) -> None:
+    if not config.job.name.strip():
+        raise XgenError("job.name", "must not be empty; name the job, e.g. sft-7b")
+    _one_line("job.name", config.job.name)
+    if config.job.workdir is not None and not config.job.workdir.strip():
+        raise XgenError("job.workdir", "must not be empty; leave it out to use the config's directory")
+
+
+def _check_cluster(config: Config) -> tuple[Host, ...]:
+    c = config.cluster
+    _positive("cluster.nodes", c.nodes)
+    if c.devices_per_node != "auto":
+        _positive("cluster.devices_per_node", int(c.devices_per_node))
+    _positive("cluster.master_port", c.master_port, 1, 65535)
+    _positive("cluster.ssh_port", c.ssh_port, 1, 65535)
+    _positive("cluster.rdzv_timeout", c.rdzv_timeout)
+    _positive("cluster.hccl_connect_timeout", c.hccl_connect_timeout)
+    _positive("cluster.hccl_exec_timeout", c.hccl_exec_timeout)
+    _positive("cluster.omp_num_threads", c.omp_num_threads)
+    if c.master_addr is not None and not _HOST.match(c.master_addr):
+        raise XgenError("cluster.master_addr", f"{c.master_addr!r} is not a hostname or address")
+    if c.nic is not None:
+        if not re.fullmatch(r"[=^]?[A-Za-z0-9_.:@-]+(,[A-Za-z0-9_.:@-]+)*", c.nic):
+            raise XgenError("cluster.nic", f"{c.nic!r} is not an interface name (e.g. eth0, ib0, =ens1f0)")
+        if c.nic.lstrip("=") == "lo" and c.nodes > 1:
+            raise XgenError(
+                "cluster.nic", "lo is the loopback interface and cannot reach other nodes; name the NIC"
+            )
+    if c.nccl_debug not in NCCL_DEBUG_LEVELS:
+        raise XgenError(
+            "cluster.nccl_debug", f"must be one of {'|'.join(NCCL_DEBUG_LEVELS)}, got {c.nccl_debug!r}"
+        )
+    for name in c.env:
+        if not _ENV_NAME.match(name):
+            raise XgenError(
+                f"cluster.env.{name}", "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        if name in _RESERVED_ENV:
+            raise XgenError(
+                f"cluster.env.{name}", "is set by the generated script itself; use the matching config key"
+            )
+    return _hosts(config)
+
+
+def _hosts(config: Config) -> tuple[Host, ...]:
+    c = config.cluster
+    if c.hosts and c.hostfile:
+        raise XgenError("cluster.hostfile", "give either cluster.hosts or cluster.hostfile, not both")
+    if c.hostfile:
+        key = "cluster.hostfile"
+        hosts = _read_hostfile(config.source.parent / c.hostfile, key)
+    else:
+        key = "cluster.hosts"
+        for i, name in enumerate(c.hosts):
+            if not _HOST.match(name) or name.startswith("-"):
+                raise XgenError(f"cluster.hosts[{i}]", f"{name!r} is not a hostname or address")
+        hosts = tuple(Host(name) for name in c.hosts)
+    if hosts and len(hosts) != c.nodes:
+        raise XgenError(key, f"lists {len(hosts)} hosts but cluster.nodes is {c.nodes}; make them agree")
+    if len({h.name for h in hosts}) != len(hosts):
+        raise XgenError(key, "lists a host twice; each node once")
+    slots = {h.slots for h in hosts if h.slots is not None}
+    if len(slots) > 1:
+        raise XgenError(
+            key, f"slots differ between hosts ({sorted(slots)}); xgen launches the same count per node"
+        )
+    pinned = config.pinned_devices
+    if slots and pinned is not None and slots != {pinned}:
+        raise XgenError(
+            key, f"slots={slots.pop()} does not match cluster.devices_per_node={pinned}; make them agree"
+        )
+    return hosts
+
+
+def _read_hostfile(path: Path, key: str) -> tuple[Host, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise XgenError(key, f"file {str(path)!r} not found; fix the path (relative to the config)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise XgenError(key, f"cannot read {str(path)!r}: {err}") from None
+    hosts = []
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        slots = None
+        match = re.fullmatch(r"slots=(\d+)", words[1]) if len(words) == 2 else None
+        if len(words) > 2 or (len(words) == 2 and not match) or not _HOST.match(words[0]):
+            raise XgenError(key, f"line {number}: expected `host` or `host slots=N`, got {line.strip()!r}")
+        if match:
+            slots = int(match.group(1))
+            if slots < 1:
+                raise XgenError(key, f"line {number}: slots must be at least 1")
+        hosts.append(Host(words[0], slots))
+    if not hosts:
+        raise XgenError(key, f"{str(path)!r} lists no hosts; one `host slots=N` line per node")
+    return tuple(hosts)
+
+
+def _check_slurm(config: Config) -> None:
+    s = config.slurm
+    for name in ("partition", "account", "qos", "constraint", "mem", "gres", "output", "error", "time"):
+        value = getattr(s, name)
+        _one_line(f"slurm.{name}", value)
+        if value is not None and not value.strip():
+            raise XgenError(f"slurm.{name}", "must not be empty; leave the key out instead")
+    if s.time is not None and not _SLURM_TIME.match(s.time):
+        raise XgenError("slurm.time", f"{s.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS)")
+    _positive("slurm.cpus_per_task", s.cpus_per_task)
+    _positive("slurm.gpus_per_node", s.gpus_per_node)
+    _positive("slurm.signal_seconds", s.signal_seconds)
+    _positive("slurm.max_requeues", s.max_requeues, 0)
+    pinned = config.pinned_devices
+    if s.gpus_per_node is not None and pinned is not None and s.gpus_per_node < pinned:
+        raise XgenError(
+            "slurm.gpus_per_node",
+            f"requests {s.gpus_per_node} GPUs but cluster.devices_per_node is {pinned}; make them agree",
+        )
+    for i, item in enumerate(s.extra):
+        _one_line(f"slurm.extra[{i}]", item, "each directive")
+        if not item.startswith("-"):
+            raise XgenError(
+                f"slurm.extra[{i}]", f"{item!r} is not an sbatch option; write it as --option=value"
+            )
+
+
+def _check_train(config: Config) -> None:
+    train = config.train
+    ds = train.get("deepspeed")
+    if ds is not None:
+        from runtime.zero import NAMED_STAGES
+
+        if not isinstance(ds, str) or not ds:
+            raise XgenError("train.deepspeed", f"must be one of {'|'.join(NAMED_STAGES)} or a JSON path")
+        if re.fullmatch(r"z\d.*", ds) and ds not in NAMED_STAGES:
+            raise XgenError(
+                "train.deepspeed", f"unknown ZeRO stage {ds!r}; choose one of {'|'.join(NAMED_STAGES)}"
+            )
+        if ds not in NAMED_STAGES and not (Path(config.workdir) / ds).is_file():
+            raise XgenError(
+                "train.deepspeed",
+                f"{ds!r} is neither a named stage ({'|'.join(NAMED_STAGES)}) nor an existing JSON file",
+            )
+        if train.get("fsdp"):
+            raise XgenError("train.fsdp", "cannot be combined with train.deepspeed; pick one of the two")
+    if train:
+        _runtime_validate(train)
+
+
+def _runtime_validate(train: dict[str, Any]) -> None:
+    """The runtime owns the train keys; ask it (torch-free) and turn its error into ours."""
+    from runtime.config import ConfigError, parse_train_config
+
+    try:
+        parse_train_config(train, key_prefix="train.")
+    except NotImplementedError:
+        return  # the runtime's parser is not written yet: nothing more to check here
+    except ConfigError as err:
+        raise XgenError(err.key, err.message) from None

@@ -1,0 +1,164 @@
+"""The `xgen` command: parse arguments, call one target builder, write its text. Nothing else.
+
+Errors (XgenError) become one stderr line `xgen: error: <key>: <message>` and exit status 2; an
+output file is only ever replaced whole (temp file + os.replace), so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from xgen.config import Config, load_config
+from xgen.errors import XgenError
+
+CONFIG = click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
+OUTPUT = click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically) instead of stdout."
+)
+NODE_RANK = click.option(
+    "--node-rank", type=int, default=None, help="This node's rank (default: $NODE_RANK at run time)."
+)
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write the whole file or nothing: a temp file in the same directory, then os.replace."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def emit(text: str, output: str | None) -> None:
+    if output:
+        write_atomic(output, text, 0o755 if text.startswith("#!") else 0o644)
+    else:
+        sys.stdout.write(text)
+
+
+def run(action: Callable[[Config], None], config_file: str) -> None:
+    """Load the config and run one action; every XgenError becomes one line and exit status 2."""
+    try:
+        action(load_config(config_file))
+    except XgenError as err:
+        click.echo(err.line(), err=True)
+        sys.exit(2)
+    except OSError as err:
+        click.echo(
+            f"xgen: error: {getattr(err, 'filename', '') or 'output'}: {err.strerror or err}", err=True
+        )
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xgen")
+def main() -> None:
+    """Turn one YAML config into launch scripts for multi-node fine-tuning.
+
+    \b
+    xgen slurm job.yaml > job.sh && sbatch job.sh
+    xgen deepspeed job.yaml --hostfile hostfile > launch.sh && bash launch.sh
+    xgen shell job.yaml --node-rank 0 > node0.sh && bash node0.sh
+    """
+
+
+@main.command()
+@CONFIG
+@OUTPUT
+def slurm(config_file: str, output: str | None) -> None:
+    """An sbatch script: one srun task per node, torch.distributed.run on each.
+
+    \b
+    Example:
+      xgen slurm examples/gpu-2node-full-zero3.yaml > job.sh && sbatch job.sh
+    """
+    from xgen.targets import slurm as target
+
+    run(lambda cfg: emit(target.build(cfg), output), config_file)
+
+
+@main.command()
+@CONFIG
+@click.option(
+    "--hostfile",
+    type=click.Path(dir_okay=False),
+    help="Where to write the DeepSpeed hostfile (multi-node; one node runs without one).",
+)
+@OUTPUT
+def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> None:
+    """A DeepSpeed hostfile (`host slots=N`) and the script that launches on all its hosts.
+
+    \b
+    Example:
+      xgen deepspeed examples/deepspeed-hostfile.yaml --hostfile hostfile > launch.sh && bash launch.sh
+    """
+    from xgen.targets import deepspeed as target
+
+    def action(cfg: Config) -> None:
+        script, hosts = target.build(cfg, hostfile)
+        if hosts is not None and hostfile:
+            write_atomic(hostfile, hosts)
+        emit(script, output)
+
+    run(action, config_file)
+
+
+@main.command()
+@CONFIG
+@NODE_RANK
+@OUTPUT
+def shell(config_file: str, node_rank: int | None, output: str | None) -> None:
+    """The script for one node of a hand-run cluster (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
+
+    \b
+    Example:
+      xgen shell examples/npu-2node-lora.yaml --node-rank 1 > node1.sh && bash node1.sh
+    """
+    from xgen.targets import shell as target
+
+    run(lambda cfg: emit(target.build(cfg, node_rank), output), config_file)
+
+
+@main.command()
+@CONFIG
+@NODE_RANK
+@OUTPUT
+def accelerate(config_file: str, node_rank: int | None, output: str | None) -> None:
+    """An accelerate config (MULTI_GPU or FSDP) and its `accelerate launch` line, for one node.
+
+    \b
+    Example:
+      xgen accelerate examples/fsdp-accelerate.yaml --node-rank 0 > node0.sh && bash node0.sh
+    """
+    from xgen.targets import accelerate as target
+
+    run(lambda cfg: emit(target.build(cfg, node_rank), output), config_file)
+
+
+@main.command()
+@CONFIG
+def check(config_file: str) -> None:
+    """Validate only: print what would run and exit 0, or one error line and exit 2.
+
+    \b
+    Example:
+      xgen check examples/cpu-tiny.yaml
+    """
+    from xgen.targets.check import summary
+
+    run(lambda cfg: sys.stdout.write(summary(cfg)), config_file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The Jinja environment: templates from the xgen.templates package, strict undefined, quoting filters.
+
+Every config value reaches a script through `q` (POSIX shell quoting). `#SBATCH` lines are read by
+sbatch, not bash, so they get `sbatch_q` (sbatch's own double-quote/backslash syntax). Values inside
+the accelerate YAML get `yaml_q` (JSON strings are valid YAML scalars).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_%.:/@+=,-]+\Z")
+
+
+def shell_quote(value: Any) -> str:
+    """Quote one value as a single shell word; what bash reads back is the value, byte for byte."""
+    return shlex.quote(str(value))
+
+
+def sbatch_quote(value: Any) -> str:
+    """Quote one value for an #SBATCH line (sbatch honours "…" with backslash escapes; # starts a comment)."""
+    text = str(value)
+    if _SBATCH_SAFE.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def yaml_quote(value: Any) -> str:
+    """A YAML scalar for a config value (JSON is a subset of YAML: strings, numbers, booleans)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _load(name: str) -> str:
+    try:
+        return resources.files("xgen.templates").joinpath(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    # An editable install made before templates/__init__.py existed exposes a namespace package whose
+    # __path__ holds a non-directory placeholder that importlib.resources rejects: read the real dirs.
+    import xgen.templates
+
+    for directory in xgen.templates.__path__:
+        candidate = Path(directory) / name
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    raise jinja2.TemplateNotFound(name)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        # bash's ${#array[@]} contains "{#", Jinja's default comment opener; use one bash never writes.
+        comment_start_string="<#--",
+        comment_end_string="--#>",
+    )
+    env.filters["q"] = shell_quote
+    env.filters["sbatch_q"] = sbatch_quote
+    env.filters["yaml_q"] = yaml_quote
+    return env
+
+
+def render(template: str, context: dict[str, Any]) -> str:
+    """Render one template; squeeze blank-line runs so the output has no trailing junk."""
+    text = environment().get_template(template).render(**context)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.rstrip("\n") + "\n"

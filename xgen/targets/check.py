@@ -1,0 +1,34 @@
+"""`xgen check`: what would run, in a few lines (nodes x devices, launcher, ZeRO stage, env)."""
+
+from __future__ import annotations
+
+from xgen.config import Config
+from xgen.targets.common import master_addr
+
+
+def summary(config: Config) -> str:
+    c = config.cluster
+    devices = "auto-detected" if config.pinned_devices is None else str(config.pinned_devices)
+    train = config.train
+    strategy = (
+        f"deepspeed {train['deepspeed']}"
+        if train.get("deepspeed")
+        else f"fsdp {train['fsdp']}"
+        if train.get("fsdp")
+        else "ddp"
+    )
+    hosts = ", ".join(h.name for h in config.host_list) or "from Slurm / the environment"
+    env = ", ".join(f"{k}={v}" for k, v in c.env.items()) or "defaults only"
+    lines = [
+        f"config:   {config.source}",
+        f"job:      {config.job.name} in {config.workdir}",
+        f"nodes:    {c.nodes} x {devices} devices per node (device: {c.device})",
+        f"hosts:    {hosts}",
+        f"master:   {master_addr(config) or 'first Slurm node / $MASTER_ADDR'}:{c.master_port or 'auto'}",
+        f"launcher: {config.launcher} (python: {config.python})",
+        f"train:    {train.get('stage', '?')}/{train.get('finetuning_type', '?')} "
+        f"{train.get('model_name_or_path', '?')}, strategy {strategy}",
+        f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
+        "ok",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""The context every template shares: the config's sections plus the values derived from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xgen.config import Config
+
+DEFAULT_PORT = 29500
+
+
+def nic_checks(nic: str | None) -> list[tuple[str, str]]:
+    """(name, exact|prefix) per interface NCCL will look for; `^` exclusion lists are not checked."""
+    if not nic or nic.startswith("^"):
+        return []
+    exact = nic.startswith("=")
+    return [(name, "exact" if exact else "prefix") for name in nic.lstrip("=").split(",")]
+
+
+def gloo_nic(nic: str | None) -> str | None:
+    """gloo takes one exact interface name (no prefix matching, no lists, no exclusions)."""
+    if not nic or nic.startswith("^") or "," in nic:
+        return None
+    return nic.lstrip("=")
+
+
+def master_addr(config: Config) -> str | None:
+    """cluster.master_addr, else the first host; None leaves it to the environment/Slurm."""
+    if config.cluster.master_addr:
+        return config.cluster.master_addr
+    if config.host_list:
+        return config.host_list[0].name
+    if config.cluster.nodes == 1:
+        return "127.0.0.1"
+    return None
+
+
+def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
+    return {
+        "target": target,
+        "regen_args": regen_args,
+        "job": config.job,
+        "cluster": config.cluster,
+        "slurm": config.slurm,
+        "python": config.python,
+        "config_path": str(config.source),
+        "workdir": config.workdir,
+        "pinned": config.pinned_devices,
+        "nic_checks": nic_checks(config.cluster.nic),
+        "gloo_nic": gloo_nic(config.cluster.nic),
+        "master_addr": master_addr(config),
+        "master_port": config.cluster.master_port or DEFAULT_PORT,
+    }

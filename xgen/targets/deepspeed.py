@@ -1,0 +1,91 @@
+"""`xgen deepspeed`: a DeepSpeed hostfile and the launch script for its pdsh/ssh launcher."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from xgen.config import Config
+from xgen.errors import XgenError
+from xgen.render import render
+from xgen.targets.common import context
+
+# What the launching node forwards to the others through DS_ENV_FILE (plus every cluster.env key).
+FORWARDED_ENV = (
+    "XGEN_DEVICE",
+    "DS_ACCELERATOR",
+    "NCCL_SOCKET_IFNAME",
+    "HCCL_SOCKET_IFNAME",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_DEBUG",
+    "NCCL_IB_DISABLE",
+    "HCCL_CONNECT_TIMEOUT",
+    "HCCL_EXEC_TIMEOUT",
+    "TASK_QUEUE_ENABLE",
+    "OMP_NUM_THREADS",
+)
+# DeepSpeed writes these into a remote shell command unquoted or inside "…": allow only plain text.
+_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]*\Z")
+_NO_DQ_SPECIAL = re.compile(r'[^"$`\\\n\r]*\Z')
+
+
+def _check_remote_safe(config: Config) -> None:
+    """DeepSpeed's pdsh runner builds a shell command for the remote nodes with weak quoting."""
+    if not _PLAIN.match(config.workdir):
+        raise XgenError(
+            "job.workdir",
+            "DeepSpeed's launcher runs `cd <dir>` unquoted on every node; "
+            "use a path without spaces or shell characters",
+        )
+    if not _PLAIN.match(str(config.source)):
+        raise XgenError(
+            "config",
+            "DeepSpeed's launcher passes the config path to remote shells unquoted; "
+            "move it to a path without spaces or shell characters",
+        )
+    for key, value in config.cluster.env.items():
+        if not _NO_DQ_SPECIAL.match(value):
+            raise XgenError(
+                f"cluster.env.{key}",
+                "DeepSpeed forwards env to other nodes inside double quotes, "
+                'so ", $, `, \\ and newlines cannot pass; remove them',
+            )
+
+
+def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
+    if config.host_list:
+        hosts = [h.name for h in config.host_list]
+    elif config.cluster.nodes == 1:
+        hosts = ["localhost"]
+    else:
+        raise XgenError(
+            "cluster.hosts",
+            "the DeepSpeed launcher needs the node list; set cluster.hosts or cluster.hostfile",
+        )
+    slots = config.pinned_devices
+    if slots is None:
+        slots = next((h.slots for h in config.host_list if h.slots is not None), None)
+    return hosts, slots
+
+
+def build(config: Config, hostfile: str | None) -> tuple[str, str | None]:
+    """Return (script, hostfile text or None when slots are only known at run time or one node runs alone)."""
+    _check_remote_safe(config)
+    hosts, slots = hosts_and_slots(config)
+    single = config.cluster.nodes == 1
+    if hostfile is None and not single:
+        raise XgenError(
+            "--hostfile", "required for more than one node: where to write the DeepSpeed hostfile"
+        )
+    ctx = context(config, "deepspeed", f" --hostfile {hostfile}" if hostfile else "")
+    ctx.update(
+        hosts=hosts,
+        slots=slots,
+        single=single,
+        hostfile=str(Path(hostfile).absolute()) if hostfile else "",
+        env_names=[*FORWARDED_ENV, *config.cluster.env],
+    )
+    text = render("deepspeed.sh.j2", ctx)
+    write = slots and hostfile and not single
+    hostfile_text = render("hostfile.j2", {"hosts": hosts, "slots": slots}) if write else None
+    return text, hostfile_text

@@ -1,0 +1,47 @@
+"""`xgen slurm`: one sbatch script; one srun task per node runs torch.distributed.run there."""
+
+from __future__ import annotations
+
+from xgen.config import Config
+from xgen.render import render, sbatch_quote
+from xgen.targets.common import context
+
+
+def directives(config: Config) -> list[str]:
+    """The #SBATCH lines, from a plain list of (option, value) like submitit's _make_sbatch_string."""
+    s = config.slurm
+    options: list[tuple[str, object]] = [
+        ("--job-name", config.job.name),
+        ("--nodes", config.cluster.nodes),
+        ("--ntasks-per-node", 1),
+    ]
+    optional = [
+        ("--partition", s.partition),
+        ("--account", s.account),
+        ("--qos", s.qos),
+        ("--constraint", s.constraint),
+        ("--time", s.time),
+        ("--cpus-per-task", s.cpus_per_task),
+        ("--mem", s.mem),
+        ("--gpus-per-node", s.gpus_per_node),
+        ("--gres", s.gres),
+        ("--output", s.output),
+        ("--error", s.error),
+    ]
+    options += [(flag, value) for flag, value in optional if value is not None]
+    lines = [f"{flag}={sbatch_quote(value)}" for flag, value in options]
+    if s.exclusive:
+        lines.append("--exclusive")
+    if s.requeue:
+        lines += [f"--signal=B:USR1@{s.signal_seconds}", "--requeue", "--open-mode=append"]
+    # Free-form directives: split on the first "=", the value quoted like every other.
+    for item in s.extra:
+        flag, eq, value = item.partition("=")
+        lines.append(f"{sbatch_quote(flag)}={sbatch_quote(value)}" if eq else sbatch_quote(flag))
+    return lines
+
+
+def build(config: Config) -> str:
+    ctx = context(config, "slurm")
+    ctx["directives"] = directives(config)
+    return render("slurm.sh.j2", ctx)

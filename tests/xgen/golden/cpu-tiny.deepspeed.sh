@@ -16,7 +16,9 @@ NNODES=1
 XGEN_RDZV_TIMEOUT=60
 export PYTHON XGEN_JOB_NAME XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
 MASTER_ADDR=127.0.0.1
-MASTER_PORT=29500
+# One node and no cluster.master_port: a free local port is picked at launch (xgen_free_port), so two
+# runs on one machine never collide on 29500.
+MASTER_PORT=auto
 export MASTER_ADDR MASTER_PORT
 
 # --- devices ---
@@ -149,6 +151,11 @@ xgen_check_master() {
   fi
 }
 
+xgen_free_port() {
+  # A port nothing listens on right now, asked of the kernel (port 0) by the job's own python.
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 xgen_devices
 xgen_comm_env
 xgen_check_master
@@ -171,10 +178,12 @@ done
 # --- launch ---
 cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR"
 [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found: keep it on a filesystem every node sees"
+if [[ "$MASTER_PORT" == auto ]]; then
+  MASTER_PORT=$(xgen_free_port)
+fi
 echo "xgen: deepspeed on this node, $NPROC_PER_NODE processes" >&2
 # DeepSpeed's launcher as a module of the configured python (no console-script shebang to break).
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
-# --no_local_rank: the runtime reads LOCAL_RANK from the environment; its CLI takes no --local_rank flag.
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
 "$PYTHON" -m deepspeed.launcher.runner \

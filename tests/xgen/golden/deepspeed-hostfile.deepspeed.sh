@@ -169,6 +169,11 @@ xgen_check_master() {
   fi
 }
 
+xgen_free_port() {
+  # A port nothing listens on right now, asked of the kernel (port 0) by the job's own python.
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 xgen_devices
 xgen_comm_env
 xgen_check_master
@@ -193,10 +198,12 @@ done
 # --- launch ---
 cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR"
 [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found: keep it on a filesystem every node sees"
+if [[ "$MASTER_PORT" == auto ]]; then
+  MASTER_PORT=$(xgen_free_port)
+fi
 echo "xgen: deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$MASTER_PORT" >&2
 # DeepSpeed's launcher as a module of the configured python (no console-script shebang to break).
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
-# --no_local_rank: the runtime reads LOCAL_RANK from the environment; its CLI takes no --local_rank flag.
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
 "$PYTHON" -m deepspeed.launcher.runner \

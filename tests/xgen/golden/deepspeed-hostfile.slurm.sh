@@ -167,11 +167,19 @@ xgen_check_master() {
   fi
 }
 
+xgen_free_port() {
+  # A port nothing listens on right now, asked of the kernel (port 0) by the job's own python.
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 xgen_launch() {
   # --- launch ---
   cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR on $(hostname); it must exist on every node"
   [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found on $(hostname): the script passes the YAML's absolute path, so keep it on a filesystem every node sees"
   command -v "$PYTHON" >/dev/null 2>&1 || xgen_die "python: '$PYTHON' not found on $(hostname); set python: to the interpreter that has torch and xgen"
+  if [[ "$MASTER_PORT" == auto ]]; then
+    MASTER_PORT=$(xgen_free_port)
+  fi
   echo "xgen: $(hostname): node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT" >&2
   # python -m torch.distributed.run, never the torchrun binary: its shebang breaks when a conda env is
   # copied or moved. Static rendezvous: every node names the same master and its own node rank.

@@ -145,6 +145,11 @@ xgen_check_master() {
   fi
 }
 
+xgen_free_port() {
+  # A port nothing listens on right now, asked of the kernel (port 0) by the job's own python.
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # --- rendezvous ---
 # This node's rank: export NODE_RANK=0 on the master, 1 … nodes-1 on the others (or regenerate with --node-rank).
 NODE_RANK=${NODE_RANK:-0}
@@ -152,7 +157,9 @@ if ! [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || (( NODE_RANK >= NNODES )); then
   xgen_die "NODE_RANK must be 0 … $(( NNODES - 1 )) (cluster.nodes=$NNODES), got '$NODE_RANK'; export NODE_RANK or use --node-rank"
 fi
 MASTER_ADDR=127.0.0.1
-MASTER_PORT=29500
+# One node and no cluster.master_port: a free local port is picked at launch (xgen_free_port), so two
+# runs on one machine never collide on 29500.
+MASTER_PORT=auto
 export NODE_RANK MASTER_ADDR MASTER_PORT
 xgen_check_master
 

@@ -165,6 +165,11 @@ xgen_check_master() {
   fi
 }
 
+xgen_free_port() {
+  # A port nothing listens on right now, asked of the kernel (port 0) by the job's own python.
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # --- rendezvous ---
 # This node's rank: export NODE_RANK=0 on the master, 1 … nodes-1 on the others (or regenerate with --node-rank).
 NODE_RANK=${NODE_RANK:-}

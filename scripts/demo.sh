@@ -23,13 +23,14 @@ bash "$work/node0.sh"
 echo "training script finished in $((SECONDS - start)) s"
 
 echo "== 4/4 reload the result"
-python - "$work" <<'PY'
+(cd "$work" && python - <<'PY'
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1]) / "saves" / "tiny-cpu-lora"
+out = Path("saves") / "tiny-cpu-lora"
 results = json.loads((out / "train_results.json").read_text())
 from peft import AutoPeftModelForCausalLM
 model = AutoPeftModelForCausalLM.from_pretrained(out)
 print(f"reloaded {type(model).__name__} from {out}: train_loss={results['train_loss']:.3f} "
       f"world_size={results['world_size']} steps={results['global_step']}")
 PY
+)

@@ -1,0 +1,79 @@
+"""Atomic checkpoints and which one to resume from.
+
+A checkpoint is written under `output_dir/.xgen-partial/checkpoint-N` by every rank that has
+something to write (DeepSpeed/FSDP shards included) and renamed to `output_dir/checkpoint-N`
+only after all ranks passed a barrier. So every `checkpoint-N` in output_dir is complete, and
+a crash or kill during a save leaves nothing that resume would pick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from runtime.config import ConfigError, TrainConfig
+
+STAGING = ".xgen-partial"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Written last by Trainer._save_checkpoint; a checkpoint without it is not one we made.
+STATE_FILE = "trainer_state.json"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """checkpoint-N folders holding a trainer state, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(cfg: TrainConfig, key_prefix: str = "") -> tuple[str | None, str]:
+    """(checkpoint to resume from or None, one line saying why) from resume_from_checkpoint."""
+    value = cfg.resume_from_checkpoint
+    key = key_prefix + "resume_from_checkpoint"
+    if value is False:
+        return None, "starting fresh (resume_from_checkpoint: false)"
+    if value == "auto" and cfg.overwrite_output_dir:
+        return None, "starting fresh (overwrite_output_dir: true)"
+    if isinstance(value, str) and value != "auto":
+        path = Path(value)
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(key, f"{value} is not a complete checkpoint (no {STATE_FILE})")
+        return str(path), f"resuming from {path} (resume_from_checkpoint)"
+    found = complete_checkpoints(cfg.output_dir)
+    if found:
+        return str(found[-1]), f"resuming from {found[-1]} (newest complete checkpoint in {cfg.output_dir})"
+    if value is True:
+        raise ConfigError(key, f"true, but {cfg.output_dir} holds no complete checkpoint")
+    return None, f"starting fresh (no complete checkpoint in {cfg.output_dir})"
+
+
+def staging_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / STAGING
+
+
+def clear_staging(output_dir: str | Path) -> None:
+    """Half-written checkpoints from a killed run: never resumed from, removed at the next start."""
+    shutil.rmtree(staging_root(output_dir), ignore_errors=True)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Move a finished checkpoint into place (replacing an older one of the same step)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+
+
+def share_probe(output_dir: str | Path, token: str | None = None) -> tuple[Path, str]:
+    """Rank 0 writes a marker; other nodes look for it to learn whether output_dir is shared."""
+    token = token or uuid.uuid4().hex
+    path = staging_root(output_dir) / f"share-{token}"
+    return path, token

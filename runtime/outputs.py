@@ -1,0 +1,75 @@
+"""What a finished run leaves in output_dir besides the weights: results JSON and loss plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def peak_memory_gib(device: str) -> float:
+    """Max memory allocated on this rank's accelerator (0 on CPU, where torch does not track it)."""
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    if device == "npu" and hasattr(torch, "npu"):
+        return torch.npu.max_memory_allocated() / 2**30
+    return 0.0
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def train_results(
+    metrics: dict[str, Any],
+    state: Any,
+    *,
+    world_size: int,
+    hosts: list[str],
+    strategy: str,
+    device: str,
+    tokens_before: int,
+) -> dict[str, Any]:
+    """train_results.json: Trainer's metrics plus what a cluster user wants to compare runs by."""
+    runtime = float(metrics.get("train_runtime", 0.0)) or 1e-9
+    tokens = int(state.num_input_tokens_seen)
+    return {
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "global_step": int(state.global_step),
+        "world_size": world_size,
+        "hosts": sorted(set(hosts)),
+        "strategy": strategy,
+        "device": device,
+        "effective_tokens": tokens,
+        # tokens of this session only: a resumed run did not see the earlier ones in this runtime
+        "effective_tokens_per_second": (tokens - tokens_before) / runtime,
+        "peak_memory_gib": round(peak_memory_gib(device), 3),
+    }
+
+
+def plot_loss(log_history: list[dict[str, Any]], output_dir: Path) -> Path | None:
+    """training_loss.png (train loss by step, eval loss as points); None when nothing was logged."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    path = output_dir / "training_loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,109 @@
+"""Progress on rank 0: a rich bar on a terminal, one plain line per log step elsewhere.
+
+Slurm logs and CI are not terminals; a redrawn bar there becomes pages of control codes, so
+without a TTY each logging step prints one readable line instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+class ProgressCallback(TrainerCallback):
+    """Loss, grad-norm, learning rate, tokens/s and ETA; eval metrics as their own line."""
+
+    def __init__(self, *, enabled: bool, tty: bool | None = None) -> None:
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self._bar: Any = None
+        self._task: Any = None
+        self._start = 0.0
+        self._first_step = 0
+        self._tokens0 = 0
+        self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._start = time.monotonic()
+        self._first_step = state.global_step
+        self._tokens0 = state.num_input_tokens_seen
+        if self.enabled and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(
+                "train", total=state.max_steps, completed=state.global_step, stats=""
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self._bar is not None:
+            self._bar.update(self._task, completed=state.global_step)
+
+    def _rates(self, state: Any) -> tuple[float, float]:
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        done = state.global_step - self._first_step
+        tokens_per_s = (state.num_input_tokens_seen - self._tokens0) / elapsed
+        eta = (state.max_steps - state.global_step) * elapsed / done if done else 0.0
+        return tokens_per_s, eta
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if not self.enabled or not logs:
+            return
+        if any(k.startswith("eval_") for k in logs):
+            shown = {
+                k: v
+                for k, v in logs.items()
+                if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+            }
+            self._emit(
+                f"eval step {state.global_step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+            )
+            return
+        if "loss" not in logs:
+            return
+        tokens_per_s, eta = self._rates(state)
+        self.last = {"loss": logs["loss"], "tokens_per_s": tokens_per_s}
+        parts = [f"loss {_fmt(logs['loss'])}"]
+        if "grad_norm" in logs:
+            parts.append(f"grad_norm {_fmt(logs['grad_norm'])}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {_fmt(logs['learning_rate'])}")
+        parts += [f"tok/s {tokens_per_s:.0f}", f"eta {_fmt_eta(eta)}"]
+        extra = [f"{k} {_fmt(v)}" for k, v in logs.items() if k.startswith(("rewards/", "accuracy"))]
+        stats = " | ".join(parts + extra)
+        if self._bar is not None:
+            self._bar.update(self._task, stats=stats)
+        else:
+            self._emit(f"step {state.global_step}/{state.max_steps} | {stats}")
+
+    def _emit(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(f"xgen-runtime: {line}", flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

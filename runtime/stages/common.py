@@ -1,0 +1,197 @@
+"""What every stage shares: the run context, training arguments, data, fit and save.
+
+A stage file reads setup → train → save and calls these; anything stage-specific (a loss)
+lives in the stage file itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from runtime.config import TrainConfig
+from runtime.distributed import StartInfo, check_wrapped, is_rank0
+
+
+@dataclass
+class RunContext:
+    """Everything decided before the stage runs: config, device, TrainingArguments, who joined."""
+
+    cfg: TrainConfig
+    device: str
+    args: Any  # transformers.TrainingArguments
+    info: StartInfo
+    callbacks: list[Any] = field(default_factory=list)
+    preempt: Any = None  # runtime.trainer.PreemptCallback
+    progress: Any = None  # runtime.progress.ProgressCallback
+
+    @property
+    def preempted(self) -> bool:
+        return bool(self.preempt and self.preempt.stopped)
+
+
+def say(line: str) -> None:
+    """One line on rank 0, prefixed so cluster logs can be grepped."""
+    if is_rank0():
+        print(f"xgen-runtime: {line}", flush=True)
+
+
+def build_training_args(cfg: TrainConfig, device: str) -> Any:
+    """TrainingArguments from the config. Creating it initialises the process group (and, for
+    ZeRO-3, makes the next from_pretrained partition the weights), so it comes before the model."""
+    from transformers import TrainingArguments
+
+    eval_wanted = cfg.eval_strategy != "no"
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        do_train=cfg.do_train,
+        do_eval=bool(cfg.do_eval) or eval_wanted,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_epsilon,
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy=cfg.save_strategy,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        save_only_model=cfg.save_only_model,
+        eval_strategy=cfg.eval_strategy,
+        eval_steps=cfg.eval_steps,
+        report_to=cfg.report_to,
+        run_name=cfg.run_name,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        ddp_timeout=cfg.ddp_timeout,
+        ddp_find_unused_parameters=False,  # True only adds a warning per rank (findings E1)
+        use_cpu=device == "cpu",  # DeepSpeed's batch math needs it on CPU (E3)
+        deepspeed=cfg.deepspeed_config,
+        fsdp=bool(cfg.fsdp),
+        fsdp_config=cfg.fsdp_config if cfg.fsdp else None,
+        remove_unused_columns=False,  # our collators read columns Trainer does not know
+        include_num_input_tokens_seen="non_padding",
+        label_names=["labels"],
+        disable_tqdm=True,  # runtime.progress draws the bar
+        log_level="warning" if is_rank0() else "error",
+        log_level_replica="error",
+    )
+
+
+def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
+    """Tokenise on the main process first; the other ranks then read the datasets cache."""
+    from runtime.data import build_datasets
+
+    # runtime.data caps preprocessing_num_workers to the CPUs available, with a note.
+    with ctx.args.main_process_first(desc="tokenise datasets"):
+        return build_datasets(ctx.cfg, tokenizer, stage=stage)
+
+
+def make_trainer(
+    trainer_cls: type, ctx: RunContext, *, model: Any, tokenizer: Any, data: Any, collator: Any, **extra: Any
+) -> Any:
+    """The stage's Trainer with our callbacks; the stock printer/tqdm callbacks are removed."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = trainer_cls(
+        model=model,
+        args=ctx.args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=list(ctx.callbacks),
+        **extra,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_WrapCheck(trainer, ctx.cfg))
+    return trainer
+
+
+class _WrapCheck(TrainerCallback):
+    """Fail at the first step if FSDP/DeepSpeed was asked for but not applied (never silently DDP)."""
+
+    def __init__(self, trainer: Any, cfg: TrainConfig) -> None:
+        self.trainer, self.cfg = trainer, cfg
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        check_wrapped(self.trainer, self.cfg)
+
+
+def fit(trainer: Any, ctx: RunContext) -> dict[str, Any]:
+    """Train (resuming from the newest complete checkpoint unless told otherwise); {} if not training."""
+    from runtime.checkpoints import resolve_resume
+
+    if not ctx.cfg.do_train:
+        return {}
+    trainer.prepare_output_dir()
+    checkpoint, why = resolve_resume(ctx.cfg)
+    say(why)
+    tokens_before = 0
+    if checkpoint:
+        from transformers import TrainerState
+
+        tokens_before = TrainerState.load_from_json(
+            os.path.join(checkpoint, "trainer_state.json")
+        ).num_input_tokens_seen
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(output.metrics)
+    metrics["_tokens_before"] = tokens_before
+    return metrics
+
+
+def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: dict[str, Any]) -> None:
+    """Final weights (or adapter) + tokenizer, trainer state, results JSON, loss plot, final eval."""
+    from runtime import outputs
+
+    cfg, out = ctx.cfg, Path(ctx.cfg.output_dir)
+    if cfg.do_train:
+        trainer.save_model(str(out))  # rank 0 writes; DeepSpeed/FSDP gather the full weights first
+        if trainer.args.should_save:
+            tokenizer.save_pretrained(out)
+            trainer.save_state()
+            results = outputs.train_results(
+                {k: v for k, v in train_metrics.items() if not k.startswith("_")},
+                trainer.state,
+                world_size=ctx.info.world_size,
+                hosts=ctx.info.hosts,
+                strategy=ctx.info.strategy,
+                device=ctx.device,
+                tokens_before=train_metrics.get("_tokens_before", 0),
+            )
+            outputs.write_json(out / "train_results.json", results)
+            if cfg.plot_loss and outputs.plot_loss(trainer.state.log_history, out) is None:
+                say("note: plot_loss: no loss was logged (fewer steps than logging_steps), no plot")
+    if trainer.eval_dataset is not None and cfg.do_eval is not False:
+        metrics = _final_eval(trainer)
+        if trainer.args.should_save:
+            outputs.write_json(
+                out / "eval_results.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
+    if cfg.do_train:
+        kind = "adapter" if cfg.finetuning_type == "lora" else "model"
+        say(f"saved {kind} to {out}")
+
+
+def _final_eval(trainer: Any) -> dict[str, Any]:
+    """Evaluate at the end, unless the last eval_steps evaluation already ran at this very step."""
+    last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+    for entry in last:
+        if "eval_loss" in entry and entry.get("step") == trainer.state.global_step and trainer.args.do_train:
+            return {k: v for k, v in entry.items() if k != "step"}
+    return trainer.evaluate()

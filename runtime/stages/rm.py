@@ -1,0 +1,47 @@
+"""Reward modelling: a one-output sequence classifier trained so chosen scores above rejected.
+
+Loss is the pairwise -log σ(r_chosen − r_rejected) (InstructGPT); accuracy is the share of
+pairs ranked correctly. Batches hold the chosen rows first, then the rejected ones.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from runtime.data import build_collator
+from runtime.model import build_model, load_tokenizer
+from runtime.stages.common import RunContext, fit, load_datasets, make_trainer, save_outputs
+from runtime.trainer import PairwisePredictionMixin, XgenTrainer
+
+STAGE = "rm"
+
+
+class RewardTrainer(PairwisePredictionMixin, XgenTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        chosen, rejected = rewards.squeeze(-1).float().chunk(2)
+        loss = -F.logsigmoid(chosen - rejected).mean()
+        self.store_metrics(
+            {
+                "accuracy": (chosen > rejected).float(),
+                "rewards/chosen": chosen,
+                "rewards/rejected": rejected,
+                "rewards/margins": chosen - rejected,
+            }
+        )
+        return (loss, {"rewards": rewards}) if return_outputs else loss
+
+
+def run(ctx: RunContext) -> None:
+    # --- setup ---
+    tokenizer = load_tokenizer(ctx.cfg)
+    data = load_datasets(ctx, tokenizer, stage=STAGE)
+    model = build_model(ctx.cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
+    collator = build_collator(ctx.cfg, tokenizer, stage=STAGE)
+    trainer = make_trainer(RewardTrainer, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator)
+    # --- train ---
+    metrics = fit(trainer, ctx)
+    if ctx.preempted:
+        return
+    # --- save ---
+    save_outputs(trainer, ctx, tokenizer, metrics)

@@ -1,0 +1,103 @@
+"""`xgen-runtime train CFG`: decide device and strategy, print the start line, run one stage.
+
+Order matters: the DeepSpeed patches and TrainingArguments (which initialises the process
+group and, for ZeRO-3, zero.Init) come before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import warnings
+from typing import Any
+
+from runtime.config import TrainConfig
+from runtime.distributed import (
+    deepspeed_for_device,
+    detect_device,
+    ensure_deepspeed_env,
+    finish,
+    gather_start_info,
+    init_deepspeed_distributed,
+    is_rank0,
+    patch_deepspeed_shm_build,
+    patch_trainer_fsdp_on_cpu,
+)
+
+# Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
+EXIT_PREEMPTED = 75
+
+
+def quiet_libraries(tty: bool) -> None:
+    """Library progress bars are junk in Slurm logs; library info logs are noise on every rank."""
+    import datasets
+    import transformers
+
+    if is_rank0():
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+    if not tty:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(format="xgen-runtime: %(levelname)s: %(message)s", level=logging.WARNING)
+    # peft 0.21 calls a transformers API deprecated in 5.x on every save (findings E5): harmless.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def adjust_for_device(cfg: TrainConfig, device: str) -> None:
+    """Things the device cannot do fall back with one note each."""
+    if cfg.fp16 and device == "cpu":
+        cfg.fp16 = False
+        cfg.notes.append("fp16 is not available on cpu; training in fp32")
+    if cfg.deepspeed_config is not None:
+        cfg.deepspeed_config, note = deepspeed_for_device(cfg.deepspeed_config, device)
+        if note:
+            cfg.notes.append(note)
+
+
+def train(cfg: TrainConfig) -> int:
+    """Run the configured stage; 0 when done, EXIT_PREEMPTED after a signal-triggered checkpoint."""
+    from runtime.trainer import PreemptCallback
+
+    preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
+    try:
+        return _train(cfg, preempt)
+    finally:
+        preempt.restore()
+        finish()
+
+
+def _train(cfg: TrainConfig, preempt: Any) -> int:
+    from runtime.progress import ProgressCallback
+    from runtime.stages.common import RunContext, build_training_args, say
+    from runtime.trainer import write_pid_file
+
+    write_pid_file()
+    tty = sys.stdout.isatty()
+    quiet_libraries(tty)
+    device = detect_device(cfg)
+    adjust_for_device(cfg, device)
+    if device == "npu":
+        importlib.import_module("torch_npu")
+    if cfg.deepspeed_config is not None:
+        ensure_deepspeed_env()
+        if device == "cpu":
+            patch_deepspeed_shm_build()
+    if cfg.fsdp and device == "cpu":
+        patch_trainer_fsdp_on_cpu()
+    args = build_training_args(cfg, device)
+    if cfg.deepspeed_config is not None:
+        init_deepspeed_distributed()
+    info = gather_start_info(device, cfg.strategy)
+    if is_rank0():
+        print(info.line(), flush=True)
+    for note in cfg.notes:
+        say(f"note: {note}")
+    progress = ProgressCallback(enabled=is_rank0(), tty=tty)
+    ctx = RunContext(
+        cfg, device, args, info, callbacks=[preempt, progress], preempt=preempt, progress=progress
+    )
+    importlib.import_module(f"runtime.stages.{cfg.stage}").run(ctx)
+    return EXIT_PREEMPTED if ctx.preempted else 0

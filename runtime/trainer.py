@@ -1,0 +1,181 @@
+"""The Trainer every stage builds on: atomic checkpoints, a preemption stop, metric logging.
+
+Stages subclass `XgenTrainer` only to define their loss (rm, dpo); pt and sft use it as is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from runtime import checkpoints
+from runtime.distributed import barrier, world
+
+# Test hooks (fault injection, read from the environment):
+#   XGEN_FAULT_KILL_IN_SAVE=N    rank 0 SIGKILLs itself after staging checkpoint-N, before publishing it.
+#   XGEN_FAULT_SIGNAL_AT_STEP=N  rank 0 sends itself SIGUSR1 after step N (a deterministic preemption).
+FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
+FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
+
+
+class XgenTrainer(Trainer):
+    """HF Trainer with checkpoints that are published only once every rank finished writing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self._output_shared = True
+
+    # --- checkpoints -------------------------------------------------------------------
+    def prepare_output_dir(self) -> None:
+        """Drop half-written checkpoints; learn whether output_dir is shared between nodes."""
+        run_dir = Path(self.args.output_dir)
+        rank, local_rank, world_size = world()
+        if rank == 0:
+            checkpoints.clear_staging(run_dir)
+            checkpoints.staging_root(run_dir).mkdir(parents=True, exist_ok=True)
+        token = [uuid.uuid4().hex]
+        if dist.is_initialized():
+            dist.broadcast_object_list(token, src=0)
+        probe = checkpoints.staging_root(run_dir) / f"share-{token[0]}"
+        if rank == 0:
+            probe.touch()
+        barrier()
+        self._output_shared = probe.exists()
+        barrier()
+        if rank == 0:
+            probe.unlink()
+        if not self._output_shared and local_rank == 0:
+            print(
+                f"xgen-runtime: warning: {run_dir} is not shared with rank 0's node; "
+                "each node keeps its own checkpoints",
+                flush=True,
+            )
+
+    def _publishes(self) -> bool:
+        rank, local_rank, _ = world()
+        return rank == 0 or (local_rank == 0 and not self._output_shared)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = checkpoints.staging_root(run_dir)
+        if self._publishes():
+            shutil.rmtree(staging / name, ignore_errors=True)  # left by a save that was killed
+        barrier()
+        self._get_output_dir = lambda trial=None: str(staging)  # type: ignore[method-assign]
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        barrier()  # every rank's shards are on disk
+        if os.environ.get(FAULT_KILL_IN_SAVE) == str(self.state.global_step) and world()[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._publishes():
+            checkpoints.publish(staging / name, run_dir / name)
+            self._rotate(run_dir)
+        barrier()
+
+    def _rotate(self, run_dir: Path) -> None:
+        """Keep the newest save_total_limit complete checkpoints (by step, not mtime)."""
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        for old in checkpoints.complete_checkpoints(run_dir)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # --- metrics -------------------------------------------------------------------------
+    def store_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Average over all ranks now (every rank computes the same batches of collectives)."""
+        split = "train" if self.model.training else "eval"
+        for key, value in metrics.items():
+            value = self.accelerator.gather_for_metrics(value.detach().reshape(-1))
+            self._metrics[split][key].append(value.float().mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        for key, values in self._metrics[split].items():
+            if values:
+                logs[prefix + key] = sum(values) / len(values)
+        self._metrics[split].clear()
+        super().log(logs, start_time)
+
+
+class PairwisePredictionMixin:
+    """rm/dpo batches have no `labels` for Trainer's eval loop: evaluate through compute_loss."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ANN001
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+class PreemptCallback(TrainerCallback):
+    """On SIGUSR1/SIGTERM: finish the step, checkpoint on every rank, stop; the CLI exits 75.
+
+    Ranks get the signal at slightly different times, so each step ends with a MAX all-reduce
+    of the flag: all ranks stop after the same step and write the same checkpoint.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped = False
+        self.signal_name = ""
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def restore(self) -> None:
+        """Put the previous handlers back (matters when train() runs inside another program)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if os.environ.get(FAULT_SIGNAL_AT_STEP) == str(state.global_step) and world()[0] == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and not self.stopped:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+            if world()[0] == 0:
+                why = self.signal_name or "a signal on another rank"
+                print(
+                    f"xgen-runtime: {why} received: checkpointing at step {state.global_step} and exiting",
+                    flush=True,
+                )
+        return control
+
+
+def write_pid_file() -> Path | None:
+    """$XGEN_PID_DIR/<host>-<rank>.pid: the sbatch script signals workers directly (torchrun drops USR1)."""
+    pid_dir = os.environ.get("XGEN_PID_DIR")
+    if not pid_dir:
+        return None
+    import socket
+
+    path = Path(pid_dir) / f"{socket.gethostname()}-{world()[0]}.pid"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    return path

@@ -1,0 +1,138 @@
+"""runtime.config: LLaMA-Factory keys, transformers-5 translations, torch-free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runtime.config import ConfigError, TrainConfig, load_config, parse_train_config
+from runtime.zero import zero_config
+
+BASE = {"model_name_or_path": "m", "dataset": "d"}
+
+
+def parse(**keys):
+    return parse_train_config({**BASE, **keys}, key_prefix="train.")
+
+
+def test_defaults_follow_the_contract() -> None:
+    cfg = parse()
+    assert (cfg.template, cfg.cutoff_len, cfg.val_size, cfg.packing, cfg.seed, cfg.dataset_dir) == (
+        None,
+        2048,
+        0.0,
+        False,
+        42,
+        "data",
+    )
+    assert cfg.ddp_timeout == 7200 and cfg.resume_from_checkpoint == "auto" and cfg.lora_alpha == 16
+
+
+def test_removed_transformers_keys_are_translated_with_notes() -> None:
+    cfg = parse(
+        warmup_ratio=0.1,
+        evaluation_strategy="steps",
+        val_size=0.1,
+        no_cuda=True,
+        logging_dir="x",
+        neat_packing=True,
+        fsdp_transformer_layer_cls_to_wrap="LlamaDecoderLayer",
+        fsdp=True,
+    )
+    assert cfg.warmup_steps == 0.1 and cfg.eval_strategy == "steps" and cfg.use_cpu and cfg.packing
+    assert cfg.fsdp_config == {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}
+    notes = "\n".join(cfg.notes)
+    for key in ("warmup_ratio", "evaluation_strategy", "no_cuda", "logging_dir", "neat_packing"):
+        assert f"train.{key}" in notes
+
+
+def test_yaml_float_strings_and_int_floats() -> None:
+    cfg = parse(learning_rate="1e-4", num_train_epochs=3, max_steps=10.0)
+    assert cfg.learning_rate == 1e-4 and cfg.num_train_epochs == 3.0 and cfg.max_steps == 10
+
+
+def test_lf_cli_keys_accepted() -> None:
+    cfg = parse(
+        do_train=True,
+        do_eval=False,
+        overwrite_cache=True,
+        plot_loss=False,
+        trust_remote_code=True,
+        ddp_timeout=180000000,
+        per_device_eval_batch_size=2,
+        eval_strategy="no",
+        overwrite_output_dir=True,
+        resume_from_checkpoint=None,
+        flash_attn="disabled",
+    )
+    assert cfg.overwrite_cache and not cfg.plot_loss and cfg.flash_attn == "eager"
+    assert cfg.resume_from_checkpoint == "auto"  # LLaMA-Factory's null also resumes
+
+
+def test_deepspeed_named_stage_path_and_dict(tmp_path: Path) -> None:
+    assert parse(deepspeed="z3").deepspeed_config == zero_config("z3")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    cfg = parse(deepspeed=str(path))
+    assert cfg.strategy == "deepspeed-z2"
+    assert parse(deepspeed={"zero_optimization": {"stage": 1}}).strategy == "deepspeed-z1"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="train.deepspeed: cannot read"):
+        parse(deepspeed=str(path))
+
+
+def test_fsdp_strings() -> None:
+    cfg = parse(fsdp="full_shard auto_wrap offload")
+    assert cfg.fsdp is True and cfg.fsdp_config == {"cpu_offload": True} and cfg.strategy == "fsdp"
+    assert parse(fsdp="shard_grad_op").fsdp_config == {"reshard_after_forward": False}
+    with pytest.raises(ConfigError, match="only FSDP2"):
+        parse(fsdp=True, fsdp_config={"version": 1})
+
+
+def test_keys_for_other_methods_are_noted_not_fatal() -> None:
+    cfg = parse(finetuning_type="full", lora_rank=16, stage="sft", pref_beta=0.2)
+    assert any("train.lora_rank ignored" in n for n in cfg.notes)
+    assert any("train.pref_beta ignored: stage is sft" in n for n in cfg.notes)
+
+
+def test_every_key_has_a_doc() -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("doc") or f.metadata.get("internal"), f.name
+
+
+def test_load_config_xgen_and_flat(tmp_path: Path) -> None:
+    xgen = tmp_path / "xgen.yaml"
+    xgen.write_text(yaml.safe_dump({"job": {"name": "j"}, "cluster": {}, "train": {**BASE, "stage": "pt"}}))
+    assert load_config(xgen).stage == "pt"
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump({**BASE, "stage": "rm", "foo": 1}))
+    with pytest.raises(ConfigError, match="^foo: unknown key"):
+        load_config(flat)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": [1, 2]}))
+    with pytest.raises(ConfigError, match="^train: must be a mapping"):
+        load_config(bad)
+
+
+def test_config_module_is_torch_free() -> None:
+    code = "import sys, runtime.config, runtime.zero; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_docs_list_every_key() -> None:
+    import dataclasses
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "runtime.md").read_text()
+    missing = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if not f.metadata.get("internal") and f"`{f.name}`" not in docs
+    ]
+    assert not missing, missing

@@ -59,11 +59,13 @@ def adjust_for_device(cfg: TrainConfig, device: str) -> None:
 
 def train(cfg: TrainConfig) -> int:
     """Run the configured stage; 0 when done, EXIT_PREEMPTED after a signal-triggered checkpoint."""
-    from runtime.trainer import PreemptCallback
+    from runtime.trainer import PreemptCallback, write_exit_status
 
     preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
     try:
-        return _train(cfg, preempt)
+        code = _train(cfg, preempt)
+        write_exit_status(code)
+        return code
     finally:
         preempt.restore()
         finish()

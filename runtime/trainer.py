@@ -168,14 +168,30 @@ class PreemptCallback(TrainerCallback):
         return control
 
 
-def write_pid_file() -> Path | None:
-    """$XGEN_PID_DIR/<host>-<rank>.pid: the sbatch script signals workers directly (torchrun drops USR1)."""
+def _worker_file(suffix: str) -> Path | None:
+    """$XGEN_PID_DIR/<host>-<rank>.<suffix>, or None when the launcher did not ask for one."""
     pid_dir = os.environ.get("XGEN_PID_DIR")
     if not pid_dir:
         return None
     import socket
 
-    path = Path(pid_dir) / f"{socket.gethostname()}-{world()[0]}.pid"
+    path = Path(pid_dir) / f"{socket.gethostname()}-{world()[0]}.{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def write_pid_file() -> Path | None:
+    """<host>-<rank>.pid: the sbatch script signals workers directly (torchrun drops USR1)."""
+    path = _worker_file("pid")
+    if path is not None:
+        path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def write_exit_status(code: int) -> Path | None:
+    """<host>-<rank>.status: this worker's own exit code, since torchrun reports every failure as 1.
+    The sbatch script requeues only when every worker on every node wrote 75 (checkpointed, stopped)."""
+    path = _worker_file("status")
+    if path is not None:
+        path.write_text(f"{code}\n")
     return path

@@ -105,6 +105,8 @@ def test_real_sigterm_from_outside(tiny_dir, tmp_path):
     finally:
         proc.kill()
     assert "SIGTERM received: checkpointing at step" in rest
+    # The worker's own exit code for the sbatch script (torchrun would report it as 1).
+    assert pid_file.with_suffix(".status").read_text().strip() == "75"
     (ckpt,) = checkpoints.complete_checkpoints(tmp_path / "out")
     stopped_at = int(ckpt.name.split("-")[1])
     assert 5 <= stopped_at < steps

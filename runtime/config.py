@@ -520,5 +520,17 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     if "train" in data:
         if not isinstance(data["train"], dict):
             raise ConfigError("train", "must be a mapping of training keys")
-        return parse_train_config(data["train"], key_prefix="train.")
-    return parse_train_config(data)
+        cfg = parse_train_config(data["train"], key_prefix="train.")
+    else:
+        cfg = parse_train_config(data)
+    _absolutize_local_models(cfg)
+    return cfg
+
+
+def _absolutize_local_models(cfg: TrainConfig) -> None:
+    """Local model paths become absolute: a saved adapter records its base model's path
+    (adapter_config.json), and a relative one would only load from the directory training ran in."""
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and value and Path(value).exists():
+            setattr(cfg, key, str(Path(value).resolve()))

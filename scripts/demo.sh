@@ -22,15 +22,15 @@ start=$SECONDS
 bash "$work/node0.sh"
 echo "training script finished in $((SECONDS - start)) s"
 
-echo "== 4/4 reload the result"
-(cd "$work" && python - <<'PY'
+echo "== 4/4 reload the result (from another directory: the adapter records its base model's absolute path)"
+python - "$work/saves/tiny-cpu-lora" <<'PY'
 import json, sys
 from pathlib import Path
-out = Path("saves") / "tiny-cpu-lora"
-results = json.loads((out / "train_results.json").read_text())
 from peft import AutoPeftModelForCausalLM
+
+out = Path(sys.argv[1])
+results = json.loads((out / "train_results.json").read_text())
 model = AutoPeftModelForCausalLM.from_pretrained(out)
 print(f"reloaded {type(model).__name__} from {out}: train_loss={results['train_loss']:.3f} "
       f"world_size={results['world_size']} steps={results['global_step']}")
 PY
-)

@@ -136,3 +136,15 @@ def test_docs_list_every_key() -> None:
         if not f.metadata.get("internal") and f"`{f.name}`" not in docs
     ]
     assert not missing, missing
+
+
+def test_local_model_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved adapter records its base model path; a relative one would only load from the run's cwd."""
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model_name_or_path": "models/base", "dataset": "d"}))
+    monkeypatch.chdir(tmp_path)
+    assert load_config(cfg_file).model_name_or_path == str(tmp_path / "models" / "base")
+    # A hub-style name that is not a local directory is left alone.
+    cfg_file.write_text(yaml.safe_dump({"model_name_or_path": "org/not-here", "dataset": "d"}))
+    assert load_config(cfg_file).model_name_or_path == "org/not-here"

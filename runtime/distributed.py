@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +43,19 @@ def detect_device(cfg: TrainConfig) -> str:
     if pinned:
         if pinned not in BACKENDS:
             raise ConfigError("XGEN_DEVICE", f"must be one of cpu, cuda, npu; got {pinned!r}")
-        if pinned == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("XGEN_DEVICE", "cuda requested but torch.cuda.is_available() is False")
-        if pinned == "npu" and not is_npu_available():
-            raise ConfigError(
-                "XGEN_DEVICE",
-                "npu requested but torch_npu is missing or sees no NPU (is CANN's set_env.sh sourced?)",
+        unusable = {
+            "cuda": "torch.cuda.is_available() is False (a CPU-only torch, or no driver in this process?)",
+            "npu": "torch_npu is missing or sees no NPU (is it installed, and CANN's set_env.sh sourced?)",
+        }
+        if (pinned == "cuda" and not torch.cuda.is_available()) or (pinned == "npu" and not is_npu_available()):
+            # The node has the devices (the script's detection found them) but this python cannot use
+            # them: train on CPU rather than die, and say so loudly on every rank.
+            print(
+                f"xgen-runtime: WARNING: XGEN_DEVICE={pinned} but {unusable[pinned]}; falling back to cpu",
+                file=sys.stderr,
+                flush=True,
             )
+            return "cpu"
         return pinned
     if cfg.use_cpu:
         return "cpu"

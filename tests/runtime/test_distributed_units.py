@@ -41,13 +41,18 @@ def test_working_torch_npu_is_detected(monkeypatch) -> None:
     assert distributed.detect_device(parse_train_config(BASE)) == "npu"
 
 
-def test_xgen_device_wins_and_is_checked(monkeypatch) -> None:
+def test_xgen_device_wins_and_is_checked(monkeypatch, capsys) -> None:
     monkeypatch.setenv("XGEN_DEVICE", "cpu")
     assert distributed.detect_device(parse_train_config(BASE)) == "cpu"
+    # Devices the script found but this python cannot use: CPU, with a warning naming the cause.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("XGEN_DEVICE", "cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="XGEN_DEVICE: cuda requested"):
-            distributed.detect_device(parse_train_config(BASE))
+    assert distributed.detect_device(parse_train_config(BASE)) == "cpu"
+    assert "XGEN_DEVICE=cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setenv("XGEN_DEVICE", "npu")
+    assert distributed.detect_device(parse_train_config(BASE)) == "cpu"
+    assert "XGEN_DEVICE=npu but torch_npu is missing" in capsys.readouterr().err
     monkeypatch.setenv("XGEN_DEVICE", "tpu")
     with pytest.raises(ConfigError, match="must be one of"):
         distributed.detect_device(parse_train_config(BASE))

@@ -64,6 +64,9 @@ def test_eight_npus(tmp_path):
     assert v["ASCEND_RT_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
     assert v["TASK_QUEUE_ENABLE"] == "2"
     assert v["HCCL_CONNECT_TIMEOUT"] == "1200"
+    # The job log shows what was exported, one line per node.
+    (env_line,) = [line for line in result.stderr.splitlines() if ": env " in line]
+    assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in env_line and "TASK_QUEUE_ENABLE=2" in env_line
 
 
 def test_npu_respects_exported_devices(tmp_path):

@@ -153,6 +153,16 @@ xgen_comm_env() {
     (( OMP_NUM_THREADS >= 1 )) || OMP_NUM_THREADS=1
     export OMP_NUM_THREADS
   fi
+  # One line per node in the job log: the device and communication environment as launched.
+  local name shown=""
+  for name in ASCEND_RT_VISIBLE_DEVICES CUDA_VISIBLE_DEVICES NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME \
+    GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE \
+    OMP_NUM_THREADS; do
+    if [[ -n "${!name+set}" ]]; then
+      shown+=" $name=${!name}"
+    fi
+  done
+  echo "xgen: $(hostname): env$shown" >&2
 }
 
 xgen_check_master() {

@@ -152,6 +152,16 @@ xgen_comm_env() {
   # User overrides (cluster.env), last so they win.
   export HCCL_BUFFSIZE=512
   export PYTORCH_NPU_ALLOC_CONF=expandable_segments:True
+  # One line per node in the job log: the device and communication environment as launched.
+  local name shown=""
+  for name in ASCEND_RT_VISIBLE_DEVICES CUDA_VISIBLE_DEVICES NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME \
+    GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE \
+    OMP_NUM_THREADS HCCL_BUFFSIZE PYTORCH_NPU_ALLOC_CONF; do
+    if [[ -n "${!name+set}" ]]; then
+      shown+=" $name=${!name}"
+    fi
+  done
+  echo "xgen: $(hostname): env$shown" >&2
 }
 
 xgen_check_master() {

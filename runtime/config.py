@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
-FLASH_ATTN = ("auto", "sdpa", "fa2", "eager")
+FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex")
+PERF_MODES = ("auto", "off")
 PREF_LOSSES = ("sigmoid",)
 STRATEGIES = ("no", "steps", "epoch")
 LR_SCHEDULERS = (
@@ -104,8 +105,13 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model/tokenizer code shipped with the checkpoint.")
     flash_attn: str = _f(
         "auto",
-        "Attention: auto|sdpa|fa2|eager (disabled = eager); missing ones fall back.",
+        "Attention: auto|sdpa|fa2|eager|flex (disabled = eager); missing ones fall back.",
         choices=FLASH_ATTN,
+    )
+    perf: str = _f(
+        "auto",
+        "auto: keys you did not set get the device's throughput defaults (runtime/perf.py); off: none.",
+        choices=PERF_MODES,
     )
     # --- method ---
     stage: str = _f("sft", "pt (raw text) | sft | rm (reward model) | dpo.", choices=STAGES)
@@ -143,7 +149,9 @@ class TrainConfig:
     preprocessing_num_workers: int | None = _f(
         None, "Processes for tokenisation; capped at the CPUs available."
     )
-    packing: bool = _f(False, "pt/sft: pack examples into rows without cross-example attention.")
+    packing: bool = _f(
+        False, "pt/sft: pack examples into rows, no cross-example attention (perf auto, CUDA: on unless set)."
+    )
     overwrite_cache: bool = _f(False, "Re-tokenise instead of reading the datasets cache.")
     # --- training ---
     output_dir: str = _f(
@@ -160,13 +168,22 @@ class TrainConfig:
     warmup_steps: float = _f(0.0, "Warmup steps; a value below 1 is a ratio of the total (warmup_ratio).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
-    optim: str = _f("adamw_torch", "Optimizer name (transformers OptimizerNames).", choices=OPTIMIZERS)
+    optim: str = _f(
+        "adamw_torch",
+        "Optimizer (transformers OptimizerNames); perf auto on CUDA/NPU: fused AdamW unless set.",
+        choices=OPTIMIZERS,
+    )
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_epsilon: float = _f(1e-8, "Adam epsilon.")
     bf16: bool = _f(False, "bfloat16 mixed precision.")
     fp16: bool = _f(False, "float16 mixed precision (falls back to fp32 on CPU, with a warning).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    enable_liger_kernel: bool = _f(
+        False,
+        "Liger kernels: fused linear+CE, RMSNorm, SwiGLU, RoPE (perf auto, CUDA: on if installed+unset).",
+    )
+    torch_compile: bool = _f(False, "torch.compile the model (off: compile time and recompiles unmeasured).")
     seed: int = _f(42, "Seed for init, data order and dropout; all ranks share it.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_strategy: str = _f("steps", "When to checkpoint: no|steps|epoch.", choices=STRATEGIES)
@@ -201,6 +218,8 @@ class TrainConfig:
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})
+    # Keys the config wrote (after renames): runtime.perf never overrides these.
+    explicit: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
     deepspeed_config: dict | None = field(default=None, metadata={"internal": True})
 
     @property
@@ -217,6 +236,7 @@ _RENAMED = {
     "evaluation_strategy": "eval_strategy",
     "neat_packing": "packing",
     "no_cuda": "use_cpu",
+    "use_liger_kernel": "enable_liger_kernel",
 }
 # Accepted for compatibility, with no effect here; the note says why.
 _IGNORED = {
@@ -334,6 +354,7 @@ def parse_train_config(mapping: Mapping[str, Any], *, key_prefix: str = "") -> T
         values[key] = _coerce(key_prefix + key, key, value)
     cfg = TrainConfig(**values)
     cfg.notes = notes
+    cfg.explicit = frozenset(values)
     _normalise(cfg, set(values), key_prefix)
     return cfg
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,9 @@ def detect_device(cfg: TrainConfig) -> str:
             "cuda": "torch.cuda.is_available() is False (a CPU-only torch, or no driver in this process?)",
             "npu": "torch_npu is missing or sees no NPU (is it installed, and CANN's set_env.sh sourced?)",
         }
-        if (pinned == "cuda" and not torch.cuda.is_available()) or (pinned == "npu" and not is_npu_available()):
+        if (pinned == "cuda" and not torch.cuda.is_available()) or (
+            pinned == "npu" and not is_npu_available()
+        ):
             # The node has the devices (the script's detection found them) but this python cannot use
             # them: train on CPU rather than die, and say so loudly on every rank.
             print(

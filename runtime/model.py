@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from runtime.config import TrainConfig
+from runtime.data.packing import check_packing_support
 
 log = logging.getLogger("xgen-runtime")
 
@@ -38,6 +39,10 @@ def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
         return "eager", None
     if flash_attn in ("auto", "sdpa"):
         return "sdpa", None
+    if flash_attn == "flex":  # block-mask attention for packed rows; torch has no flex backward off CUDA
+        if device == "cuda":
+            return "flex_attention", None
+        return "sdpa", f"flash_attn: flex needs CUDA (device is {device}); using sdpa"
     # fa2: CUDA needs the flash_attn package; on Ascend transformers routes flash_attention_2 to
     # torch_npu's fused attention (npu_fusion_attention).
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -172,8 +177,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
 
 
 def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) -> nn.Module:
-    """load → freeze | lora → gradient checkpointing; the steps every stage shares."""
+    """load → (packing check) → freeze | lora → gradient checkpointing; the steps every stage shares."""
     model = load_model(cfg, stage=stage, device=device)
+    if cfg.packing and stage in ("pt", "sft"):
+        check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":
         set_pad_token(model, tokenizer)
     if cfg.finetuning_type == "freeze":

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import TrainConfig
@@ -57,21 +59,41 @@ def adjust_for_device(cfg: TrainConfig, device: str) -> None:
             cfg.notes.append(note)
 
 
+@dataclass
+class TrainResult:
+    """What run_training hands an in-process caller (bench/, tests): the exit code and the trainer."""
+
+    code: int
+    trainer: Any = None  # the stage's Trainer; None if the stage built none
+    perf: Any = None  # runtime.perf.PerfPlan: which throughput levers ran
+
+    @property
+    def model(self) -> Any:
+        return self.trainer.model if self.trainer is not None else None
+
+
 def train(cfg: TrainConfig) -> int:
     """Run the configured stage; 0 when done, EXIT_PREEMPTED after a signal-triggered checkpoint."""
+    return run_training(cfg).code
+
+
+def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
+    """The one entry point behind `xgen-runtime train` and in-process callers such as
+    bench/sft_throughput.py: same config path, plus optional TrainerCallbacks (e.g. a throughput meter)."""
     from runtime.trainer import PreemptCallback, write_exit_status
 
     preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
     try:
-        code = _train(cfg, preempt)
-        write_exit_status(code)
-        return code
+        result = _train(cfg, preempt, list(extra_callbacks))
+        write_exit_status(result.code)
+        return result
     finally:
         preempt.restore()
         finish()
 
 
-def _train(cfg: TrainConfig, preempt: Any) -> int:
+def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
+    from runtime.perf import apply_perf, resolve_perf
     from runtime.progress import ProgressCallback
     from runtime.stages.common import RunContext, build_training_args, say
     from runtime.trainer import write_pid_file
@@ -81,6 +103,8 @@ def _train(cfg: TrainConfig, preempt: Any) -> int:
     quiet_libraries(tty)
     device = detect_device(cfg)
     adjust_for_device(cfg, device)
+    plan = resolve_perf(cfg, device)
+    apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys
     if device == "npu":
         importlib.import_module("torch_npu")
     if cfg.deepspeed_config is not None:
@@ -95,11 +119,18 @@ def _train(cfg: TrainConfig, preempt: Any) -> int:
     info = gather_start_info(device, cfg.strategy)
     if is_rank0():
         print(info.line(), flush=True)
+    say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")
     progress = ProgressCallback(enabled=is_rank0(), tty=tty)
     ctx = RunContext(
-        cfg, device, args, info, callbacks=[preempt, progress], preempt=preempt, progress=progress
+        cfg,
+        device,
+        args,
+        info,
+        callbacks=[preempt, progress, *extra_callbacks],
+        preempt=preempt,
+        progress=progress,
     )
     importlib.import_module(f"runtime.stages.{cfg.stage}").run(ctx)
-    return EXIT_PREEMPTED if ctx.preempted else 0
+    return TrainResult(EXIT_PREEMPTED if ctx.preempted else 0, trainer=ctx.trainer, perf=plan)

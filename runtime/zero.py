@@ -68,7 +68,9 @@ def _zero_section(stage: int, offload: bool) -> dict[str, Any]:
 def zero_config(name: str) -> dict[str, Any]:
     """Return the DeepSpeed config dict for a named stage; raise ValueError for an unknown name."""
     if name not in NAMED_STAGES:
-        raise ValueError(f"unknown ZeRO stage {name!r}; choose one of {', '.join(NAMED_STAGES)} or a JSON path")
+        raise ValueError(
+            f"unknown ZeRO stage {name!r}; choose one of {', '.join(NAMED_STAGES)} or a JSON path"
+        )
     stage = int(name[1])
     config = copy.deepcopy(_COMMON)
     config["zero_optimization"] = _zero_section(stage, offload=name.endswith("_offload"))

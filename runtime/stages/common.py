@@ -28,6 +28,7 @@ class RunContext:
     callbacks: list[Any] = field(default_factory=list)
     preempt: Any = None  # runtime.trainer.PreemptCallback
     progress: Any = None  # runtime.progress.ProgressCallback
+    trainer: Any = None  # set by make_trainer: in-process callers (run_training) read the model from it
 
     @property
     def preempted(self) -> bool:
@@ -60,7 +61,9 @@ def build_training_args(cfg: TrainConfig, device: str) -> Any:
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim,
+        optim=cfg.optim or "adamw_torch",  # runtime.perf resolves null before this
+        use_liger_kernel=bool(cfg.enable_liger_kernel),  # Trainer patches the model at train()
+        torch_compile=cfg.torch_compile,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
         adam_epsilon=cfg.adam_epsilon,
@@ -120,6 +123,7 @@ def make_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_WrapCheck(trainer, ctx.cfg))
+    ctx.trainer = trainer
     return trainer
 
 

@@ -1,0 +1,144 @@
+"""Throughput levers: decide, per device, what `perf: auto` turns on, before anything is loaded.
+
+    plan = resolve_perf(cfg, device)   # a PerfPlan: one decision per lever, plus notes for fallbacks
+    apply_perf(cfg, plan)              # writes the decisions back into the config's own keys
+
+Each lever is one small function so the plan reads as a list (torchtitan's `apply_*` style). The
+decisions land in ordinary keys (`packing`, `flash_attn`, `enable_liger_kernel`, `optim`), so the rest
+of the runtime only ever reads the config, and `perf: off` means exactly what the keys say.
+
+Why these levers (bench/README.md has the predicted and measured effect of each):
+  packing     padding-free rows: instruction data is ~60% padding when batched to the longest example.
+              Needs an attention that keeps packed examples apart: flash_attention_2 (varlen) if the
+              flash_attn package is there, else flex_attention (block mask) on CUDA.
+  liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
+              RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
+  fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
+  compile     torch.compile: off unless asked (compile time and recompiles on varying packed lengths
+              are not yet measured to pay back).
+  activation checkpointing: only when the config asks (it costs ~1/3 more compute).
+
+Everything here is torch-free: the device is passed in, availability is probed with find_spec.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from runtime.config import TrainConfig
+
+# Stages whose batches are plain token streams with labels: the only ones packing and FLCE apply to.
+TUNED_STAGES = ("pt", "sft")
+FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused"}
+PLAIN_ADAMW = "adamw_torch"
+
+
+@dataclass
+class PerfPlan:
+    """What runs: one field per lever, decided from the config, the device and what is installed."""
+
+    mode: str
+    device: str
+    packing: bool
+    flash_attn: str
+    liger: bool
+    optim: str
+    torch_compile: bool
+    activation_checkpointing: bool
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """The one start line: `perf: auto (cuda) packing=on attention=flex liger=on …`."""
+        onoff = {True: "on", False: "off"}
+        return (
+            f"perf: {self.mode} ({self.device}) packing={onoff[self.packing]} attention={self.flash_attn} "
+            f"liger={onoff[self.liger]} optim={self.optim} compile={onoff[self.torch_compile]} "
+            f"activation_checkpointing={onoff[self.activation_checkpointing]}"
+        )
+
+
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def is_set(cfg: TrainConfig, key: str) -> bool:
+    """A key the user wrote is never overridden: `packing: false` stays false under perf auto."""
+    return key in cfg.explicit
+
+
+def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
+    """perf auto may choose this key: it is unset, the stage is pt/sft, the device is CUDA."""
+    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES and device == "cuda"
+
+
+def resolve_packing(cfg: TrainConfig, device: str) -> bool:
+    """Padding-free rows for pt/sft on CUDA unless `packing` was set."""
+    return True if tunes(cfg, "packing", device) else bool(cfg.packing)
+
+
+def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
+    """Packed rows on CUDA need varlen or block-mask attention: fa2 if installed, else flex.
+    Only an unset `flash_attn` (auto) changes; sdpa/eager also keep examples apart, just more slowly."""
+    if not packing or cfg.flash_attn != "auto" or not tunes(cfg, "flash_attn", device):
+        return cfg.flash_attn
+    return "fa2" if fa2 else "flex"
+
+
+def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bool, str | None]:
+    """(on, note). Unset: on for pt/sft on CUDA when liger_kernel is installed. Asked for where it cannot
+    run (no CUDA, not installed): off, with one note instead of a crash inside Trainer."""
+    if tunes(cfg, "enable_liger_kernel", device):
+        return available, None
+    if not cfg.enable_liger_kernel:
+        return False, None
+    if device != "cuda":
+        return False, f"enable_liger_kernel: Liger's Triton kernels need CUDA; off on {device}"
+    if not available:
+        return False, "enable_liger_kernel: the liger_kernel package is not installed; off"
+    return True, None
+
+
+def resolve_optim(cfg: TrainConfig, device: str) -> str:
+    """Unset: the device's fused AdamW under perf auto (the same update as adamw_torch), any stage."""
+    if cfg.perf != "auto" or is_set(cfg, "optim") or cfg.optim != PLAIN_ADAMW:
+        return cfg.optim
+    return FUSED_ADAMW.get(device, cfg.optim)
+
+
+def resolve_perf(
+    cfg: TrainConfig, device: str, *, liger_available: bool | None = None, fa2_available: bool | None = None
+) -> PerfPlan:
+    """Decide every lever for this device. The `*_available` arguments override the package probes (tests)."""
+    if liger_available is None:
+        liger_available = has_module("liger_kernel")
+    if fa2_available is None:
+        fa2_available = has_module("flash_attn")
+    packing = resolve_packing(cfg, device)
+    liger, liger_note = resolve_liger(cfg, device, available=liger_available)
+    plan = PerfPlan(
+        mode=cfg.perf,
+        device=device,
+        packing=packing,
+        flash_attn=resolve_attention(cfg, device, packing, fa2=fa2_available),
+        liger=liger,
+        optim=resolve_optim(cfg, device),
+        torch_compile=cfg.torch_compile,
+        activation_checkpointing=cfg.gradient_checkpointing,
+    )
+    if liger_note:
+        plan.notes.append(liger_note)
+    return plan
+
+
+def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
+    """Write the plan into the config's keys; the data, model and TrainingArguments code reads only those."""
+    cfg.packing = plan.packing
+    cfg.flash_attn = plan.flash_attn
+    cfg.enable_liger_kernel = plan.liger
+    cfg.optim = plan.optim
+    cfg.torch_compile = plan.torch_compile
+    cfg.notes.extend(plan.notes)

@@ -41,7 +41,9 @@ def resolve_resume(cfg: TrainConfig, key_prefix: str = "") -> tuple[str | None, 
     key = key_prefix + "resume_from_checkpoint"
     if value is False:
         return None, "starting fresh (resume_from_checkpoint: false)"
-    if value == "auto" and cfg.overwrite_output_dir:
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    requeued = restarts.isdigit() and int(restarts) > 0
+    if value == "auto" and cfg.overwrite_output_dir and not requeued:
         return None, "starting fresh (overwrite_output_dir: true)"
     if isinstance(value, str) and value != "auto":
         path = Path(value)
@@ -50,7 +52,12 @@ def resolve_resume(cfg: TrainConfig, key_prefix: str = "") -> tuple[str | None, 
         return str(path), f"resuming from {path} (resume_from_checkpoint)"
     found = complete_checkpoints(cfg.output_dir)
     if found:
-        return str(found[-1]), f"resuming from {found[-1]} (newest complete checkpoint in {cfg.output_dir})"
+        why = f"newest complete checkpoint in {cfg.output_dir}"
+        if requeued and cfg.overwrite_output_dir:
+            # A requeued Slurm job must continue, not throw its checkpoints away (LLaMA-Factory configs
+            # routinely carry overwrite_output_dir: true, meant for the first start).
+            why += f"; Slurm restart {restarts}, so overwrite_output_dir is ignored"
+        return str(found[-1]), f"resuming from {found[-1]} ({why})"
     if value is True:
         raise ConfigError(key, f"true, but {cfg.output_dir} holds no complete checkpoint")
     return None, f"starting fresh (no complete checkpoint in {cfg.output_dir})"

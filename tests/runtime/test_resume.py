@@ -118,7 +118,7 @@ def test_real_sigterm_from_outside(tiny_dir, tmp_path):
     assert log_history(tmp_path / "out")[-1]["step"] == steps
 
 
-def test_resume_modes(tmp_path):
+def test_resume_modes(tmp_path, monkeypatch):
     base = {"model_name_or_path": "m", "dataset": "d", "output_dir": str(tmp_path)}
     (tmp_path / "checkpoint-7").mkdir()  # no trainer_state.json: not complete
     (tmp_path / "checkpoint-5").mkdir()
@@ -127,7 +127,13 @@ def test_resume_modes(tmp_path):
     assert checkpoints.resolve_resume(parse_train_config({**base, "resume_from_checkpoint": None}))[
         0
     ].endswith("-5")
-    assert checkpoints.resolve_resume(parse_train_config({**base, "overwrite_output_dir": True}))[0] is None
+    overwrite = parse_train_config({**base, "overwrite_output_dir": True})
+    assert checkpoints.resolve_resume(overwrite)[0] is None
+    # A requeued Slurm job continues even when the config says overwrite (meant for the first start).
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    resumed, why = checkpoints.resolve_resume(overwrite)
+    assert resumed.endswith("checkpoint-5") and "overwrite_output_dir is ignored" in why
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
     assert (
         checkpoints.resolve_resume(parse_train_config({**base, "resume_from_checkpoint": False}))[0] is None
     )

@@ -14,7 +14,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from runtime.config import TrainConfig
+from runtime.data import build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
+from runtime.model import build_model, load_tokenizer
 
 
 @dataclass
@@ -199,3 +201,19 @@ def _final_eval(trainer: Any) -> dict[str, Any]:
         if "eval_loss" in entry and entry.get("step") == trainer.state.global_step and trainer.args.do_train:
             return {k: v for k, v in entry.items() if k != "step"}
     return trainer.evaluate()
+
+
+def run_recipe(ctx: RunContext, *, stage: str, trainer_cls: type) -> None:
+    """The recipe pt, sft and rm share: setup → train → save (dpo adds its reference model)."""
+    # --- setup ---
+    tokenizer = load_tokenizer(ctx.cfg)
+    data = load_datasets(ctx, tokenizer, stage=stage)
+    model = build_model(ctx.cfg, stage=stage, device=ctx.device, tokenizer=tokenizer)
+    collator = build_collator(ctx.cfg, tokenizer, stage=stage)
+    trainer = make_trainer(trainer_cls, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator)
+    # --- train ---
+    metrics = fit(trainer, ctx)
+    if ctx.preempted:
+        return
+    # --- save ---
+    save_outputs(trainer, ctx, tokenizer, metrics)

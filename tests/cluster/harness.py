@@ -186,11 +186,28 @@ def in_node(node: Node, argv: Sequence[str], spec: ClusterSpec | None = None) ->
     node-local state in /tmp behave as on separate machines; everything outside /tmp is shared.
     """
     tmp = Paths((spec or ClusterSpec()).state_dir).node_tmp(node.name)
+    # A checkout (and its .venv) that itself lives under /tmp, as CI's clone may, must stay visible:
+    # bind it into the node's /tmp at the same place before that directory covers /tmp.
+    keep = "".join(
+        f"mkdir -p {shlex.quote(str(tmp / name))} && mount --bind {shlex.quote('/tmp/' + name)} "
+        f"{shlex.quote(str(tmp / name))} && "
+        for name in _tmp_entries_to_keep()
+    )
     inner = (
-        f"mount --bind {shlex.quote(str(tmp))} /tmp && hostname {shlex.quote(node.name)} "
+        f"{keep}mount --rbind {shlex.quote(str(tmp))} /tmp && hostname {shlex.quote(node.name)} "
         f"&& exec {shlex.join(argv)}"
     )
     return ["ip", "netns", "exec", node.netns, "unshare", "--uts", "--mount", "sh", "-c", inner]
+
+
+def _tmp_entries_to_keep() -> list[str]:
+    """Top-level /tmp entries holding this checkout, the interpreter or the working directory."""
+    names = set()
+    for path in (Path(__file__).resolve().parents[2], Path(sys.prefix).resolve(), Path.cwd().resolve()):
+        parts = path.parts
+        if len(parts) > 2 and parts[:2] == ("/", "tmp"):
+            names.add(parts[2])
+    return sorted(names)
 
 
 def in_ctl(spec: ClusterSpec, argv: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -102,6 +103,8 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     tty = sys.stdout.isatty()
     quiet_libraries(tty)
     device = detect_device(cfg)
+    # DeepSpeed (imported by transformers even for DDP) otherwise guesses its accelerator and warns on CPU.
+    os.environ.setdefault("DS_ACCELERATOR", device)
     adjust_for_device(cfg, device)
     plan = resolve_perf(cfg, device)
     apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys

@@ -31,6 +31,6 @@ from peft import AutoPeftModelForCausalLM
 out = Path(sys.argv[1])
 results = json.loads((out / "train_results.json").read_text())
 model = AutoPeftModelForCausalLM.from_pretrained(out)
-print(f"reloaded {type(model).__name__} from {out}: train_loss={results['train_loss']:.3f} "
-      f"world_size={results['world_size']} steps={results['global_step']}")
+print(f"reloaded {type(model).__name__} from {out}: world_size={results['world_size']} "
+      f"steps={results['global_step']} train_loss={results['train_loss']:.3f}")
 PY

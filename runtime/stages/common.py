@@ -181,6 +181,9 @@ def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: d
                 tokens_before=train_metrics.get("_tokens_before", 0),
             )
             outputs.write_json(out / "train_results.json", results)
+            if cfg.deepspeed_config is not None:
+                # The exact DeepSpeed JSON this run used (a named stage is generated, with "auto" fields).
+                outputs.write_json(out / "deepspeed_config.json", cfg.deepspeed_config)
             if cfg.plot_loss and outputs.plot_loss(trainer.state.log_history, out) is None:
                 say("note: plot_loss: no loss was logged (fewer steps than logging_steps), no plot")
     if trainer.eval_dataset is not None and cfg.do_eval is not False:

@@ -106,6 +106,9 @@ def test_mode_matches_baseline(
         assert step_losses(out)[1] == pytest.approx(0.693147, abs=1e-5)
     if name.endswith("offload"):
         assert "zero_force_ds_cpu_optimizer=false" in proc.stdout
+    if "deepspeed" in overrides:  # the exact DeepSpeed JSON used is kept next to the model
+        used = json.loads((out / "deepspeed_config.json").read_text())
+        assert used["zero_optimization"]["stage"] == int(overrides["deepspeed"][1])
     if name == "z3":  # a full ZeRO-3 save must be real weights that transformers loads
         from transformers import AutoModelForCausalLM
 

@@ -20,43 +20,11 @@ mkdir -p "$OUT"
 left() { echo $((BUDGET_S - SECONDS)); }
 status=0
 
-# --- environment ---
-export PYTHONUNBUFFERED=1           # logs stream into tee even when the command is killed
-export HF_HUB_OFFLINE=1             # no network there; nothing may be downloaded anyway
-export TOKENIZERS_PARALLELISM=false
+# --- environment and wheels (shared with scripts/gpu_checks.sh) ---
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # less fragmentation across the variants of one process
-
-# --- wheels ---
-# The image has torch 2.11 / transformers 5.17 / peft / accelerate but no datasets or liger-kernel; carry the
-# versions the CPU suite is tested with (bench/fetch_wheels.sh). --target keeps the image's site-packages intact.
-# SITE: where the wheels go (read first through PYTHONPATH).
-SITE="${SITE:-/tmp/site}"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-  || { echo "run_gpu: installing .whl/*.whl failed (was .whl carried?)"; exit 2; }
-export PYTHONPATH="$SITE:$PWD"
-# datasets 5.2 wants pyarrow>=24, fsspec<=2026.9.0, huggingface-hub>=1.31; transformers 5.23 wants
-# huggingface-hub>=1.31, tokenizers>=0.23.1, regex>=2025.10.22. The image's versions are not all known
-# ahead: print them, try the imports, and fall back to the image's transformers if 5.23 does not import.
-python3 - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
-import importlib, importlib.metadata as md
-for name in ("torch", "triton", "transformers", "peft", "accelerate", "datasets", "liger-kernel", "pyarrow",
-             "fsspec", "huggingface-hub", "tokenizers", "regex", "safetensors", "dill", "multiprocess", "xxhash"):
-    try:
-        print(f"{name}=={md.version(name)}")
-    except md.PackageNotFoundError:
-        print(f"{name}: not installed")
-for module in ("transformers", "datasets", "peft", "liger_kernel.transformers"):
-    try:
-        importlib.import_module(module)
-        print(f"import {module}: ok")
-    except Exception as exc:  # noqa: BLE001 - report whatever breaks
-        print(f"import {module}: FAILED {type(exc).__name__}: {exc}")
-EOF
-if grep -q "import transformers: FAILED" "$OUT/versions.txt"; then
-  echo "run_gpu: transformers 5.23 does not import here; falling back to the image's transformers" | tee -a "$OUT/versions.txt"
-  rm -rf "$SITE/transformers" "$SITE"/transformers-*.dist-info
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/versions.txt"
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
+gpu_env_setup || { echo "run_gpu: installing .whl/*.whl failed (was .whl carried?)"; exit 2; }
 
 if [ "$ONLY" != levers ]; then
   # --- correctness on the GPU (tests/runtime/test_perf_gpu.py: optimised vs plain path, bf16) ---

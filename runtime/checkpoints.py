@@ -8,6 +8,7 @@ a crash or kill during a save leaves nothing that resume would pick.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -35,28 +36,70 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _requeued() -> bool:
+    """True in a Slurm job that was requeued (preempted or timed out, then restarted)."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return restarts.isdigit() and int(restarts) > 0
+
+
+def _state(folder: Path) -> dict:
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def planned_steps(cfg: TrainConfig, state: dict) -> int:
+    """Optimizer steps this config asks for: max_steps, else what the saved run planned (epochs)."""
+    return cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else int(state.get("max_steps") or 0)
+
+
+def _before_end(cfg: TrainConfig, checkpoint: Path) -> bool:
+    state = _state(checkpoint)
+    planned = planned_steps(cfg, state)
+    return not planned or int(state.get("global_step", 0)) < planned
+
+
+def _starts_fresh(cfg: TrainConfig) -> bool:
+    return cfg.resume_from_checkpoint is False or (
+        cfg.resume_from_checkpoint == "auto" and cfg.overwrite_output_dir and not _requeued()
+    )
+
+
+def finished_run(cfg: TrainConfig) -> str | None:
+    """One line when output_dir already holds this config's finished training, else None.
+
+    A rerun of a finished job (a requeue after the end, a user re-running the same command) then
+    does nothing instead of training again."""
+    out = Path(cfg.output_dir)
+    if _starts_fresh(cfg) or not (out / "train_results.json").is_file() or not (out / STATE_FILE).is_file():
+        return None
+    state = _state(out)
+    step, planned = int(state.get("global_step", 0)), planned_steps(cfg, state)
+    if planned and step >= planned:
+        return f"training already complete in {out} (step {step} of {planned}); nothing to do"
+    return None
+
+
 def resolve_resume(cfg: TrainConfig, key_prefix: str = "") -> tuple[str | None, str]:
     """(checkpoint to resume from or None, one line saying why) from resume_from_checkpoint."""
     value = cfg.resume_from_checkpoint
     key = key_prefix + "resume_from_checkpoint"
     if value is False:
         return None, "starting fresh (resume_from_checkpoint: false)"
-    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-    requeued = restarts.isdigit() and int(restarts) > 0
-    if value == "auto" and cfg.overwrite_output_dir and not requeued:
+    if _starts_fresh(cfg):
         return None, "starting fresh (overwrite_output_dir: true)"
     if isinstance(value, str) and value != "auto":
         path = Path(value)
         if not (path / STATE_FILE).is_file():
             raise ConfigError(key, f"{value} is not a complete checkpoint (no {STATE_FILE})")
         return str(path), f"resuming from {path} (resume_from_checkpoint)"
-    found = complete_checkpoints(cfg.output_dir)
+    # A checkpoint at (or past) the planned end is skipped: transformers, resumed from it, trains one
+    # step too many. That only happens when the final save did not finish; the one before it serves.
+    found = [c for c in complete_checkpoints(cfg.output_dir) if _before_end(cfg, c)]
     if found:
         why = f"newest complete checkpoint in {cfg.output_dir}"
-        if requeued and cfg.overwrite_output_dir:
+        if _requeued() and cfg.overwrite_output_dir:
             # A requeued Slurm job must continue, not throw its checkpoints away (LLaMA-Factory configs
             # routinely carry overwrite_output_dir: true, meant for the first start).
-            why += f"; Slurm restart {restarts}, so overwrite_output_dir is ignored"
+            why += f"; Slurm restart {os.environ['SLURM_RESTART_COUNT']}, so overwrite_output_dir is ignored"
         return str(found[-1]), f"resuming from {found[-1]} ({why})"
     if value is True:
         raise ConfigError(key, f"true, but {cfg.output_dir} holds no complete checkpoint")

@@ -94,6 +94,7 @@ def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> Tr
 
 
 def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
+    from runtime.checkpoints import finished_run
     from runtime.perf import apply_perf, resolve_perf
     from runtime.progress import ProgressCallback
     from runtime.stages.common import RunContext, build_training_args, say
@@ -102,6 +103,10 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     write_pid_file()
     tty = sys.stdout.isatty()
     quiet_libraries(tty)
+    finished = finished_run(cfg)
+    if finished:
+        say(finished)
+        return TrainResult(code=0)
     device = detect_device(cfg)
     # DeepSpeed (imported by transformers even for DDP) otherwise guesses its accelerator and warns on CPU.
     os.environ.setdefault("DS_ACCELERATOR", device)
@@ -116,6 +121,11 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
             patch_deepspeed_shm_build()
     if cfg.fsdp and device == "cpu":
         patch_trainer_fsdp_on_cpu()
+    if cfg.fsdp and device == "cuda" and (cfg.fsdp_config or {}).get("cpu_offload"):
+        # accelerate builds the mixed "cuda:nccl,cpu:gloo" process group, which collectives on
+        # CPU-offloaded FSDP tensors need, only when these are set before the group exists.
+        os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
+        os.environ.setdefault("FSDP_OFFLOAD_PARAMS", "true")
     args = build_training_args(cfg, device)
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()

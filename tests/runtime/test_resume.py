@@ -3,6 +3,7 @@ half-way is never resumed from."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,27 @@ def test_resume_modes(tmp_path, monkeypatch):
         checkpoints.resolve_resume(
             parse_train_config({**base, "resume_from_checkpoint": str(tmp_path / "checkpoint-7")})
         )
+
+
+def test_checkpoint_at_the_planned_end_is_not_resumed_from(tmp_path):
+    """transformers trains one step too many when resumed from the final checkpoint: use the one before."""
+    base = {"model_name_or_path": "m", "dataset": "d", "output_dir": str(tmp_path), "max_steps": 8}
+    for step in (4, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        state = {"global_step": step, "max_steps": 8}
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+    assert checkpoints.resolve_resume(parse_train_config(base))[0].endswith("checkpoint-4")
+    # Raising max_steps continues from the newest one.
+    longer = parse_train_config({**base, "max_steps": 12})
+    assert checkpoints.resolve_resume(longer)[0].endswith("checkpoint-8")
+
+
+def test_rerun_of_a_finished_run_does_nothing(tiny_dir, tmp_path):
+    cfg = _config(tiny_dir, tmp_path, max_steps=4, save_steps=2)
+    first = run_cli(["train", str(cfg)], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli(["train", str(cfg)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training already complete" in again.stdout and "step 4 of 4" in again.stdout
+    assert "xgen-runtime: step " not in again.stdout
+    assert log_history(tmp_path / "out")[-1]["step"] == 4

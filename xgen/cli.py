@@ -47,7 +47,7 @@ def emit(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
-def run(action: Callable[[Config], None], config_file: str) -> None:
+def run(action: Callable[[Config], object], config_file: str) -> None:
     """Load the config and run one action; every XgenError becomes one line and exit status 2."""
     try:
         action(load_config(config_file))

@@ -12,7 +12,6 @@ import re
 import shlex
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -42,16 +41,7 @@ def _load(name: str) -> str:
     try:
         return resources.files("xgen.templates").joinpath(name).read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
-        pass
-    # An editable install made before templates/__init__.py existed exposes a namespace package whose
-    # __path__ holds a non-directory placeholder that importlib.resources rejects: read the real dirs.
-    import xgen.templates
-
-    for directory in xgen.templates.__path__:
-        candidate = Path(directory) / name
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    raise jinja2.TemplateNotFound(name)
+        raise jinja2.TemplateNotFound(name) from None
 
 
 @cache

@@ -68,7 +68,11 @@ class ClusterConfig:
     )
     master_port: int | None = field(
         default=None,
-        metadata=doc("Rendezvous port. Default: 20000 + SLURM_JOB_ID % 20000 on Slurm, else 29500.", "29500"),
+        metadata=doc(
+            "Rendezvous port. Default: 20000 + SLURM_JOB_ID % 20000 on Slurm; "
+            "on one node a free port picked at launch; else 29500.",
+            "29500",
+        ),
     )
     rdzv_timeout: int = field(
         default=300,

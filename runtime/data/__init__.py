@@ -16,7 +16,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from runtime.config import ConfigError
+from runtime.config import ConfigError, TrainConfig
 from runtime.data.collators import PackingCollator, PaddingCollator, PairwiseCollator
 from runtime.data.formats import PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
@@ -39,30 +39,12 @@ __all__ = [
     "worker_count",
 ]
 STAGES = ("pt", "sft", "rm", "dpo")
-DEFAULTS: dict[str, Any] = {
-    "dataset": None,
-    "eval_dataset": None,
-    "dataset_dir": "data",
-    "template": None,
-    "cutoff_len": 2048,
-    "max_samples": None,
-    "val_size": 0.0,
-    "preprocessing_num_workers": None,
-    "packing": False,
-    "seed": 42,
-    "overwrite_cache": False,
-    "cache_dir": None,
-}
 
 
 @dataclass
 class DatasetSplits:
     train: Dataset
     eval: Dataset | None
-
-
-def _get(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name, DEFAULTS[name])
 
 
 def _note(message: str) -> None:
@@ -81,9 +63,9 @@ def worker_count(requested: int | None) -> int | None:
     return requested if requested > 1 else None
 
 
-def packing_enabled(cfg: Any, stage: str) -> bool:
+def packing_enabled(cfg: TrainConfig, stage: str) -> bool:
     """LLaMA-Factory: packing unset means on for pt, off otherwise. Only pt and sft pack."""
-    packing = _get(cfg, "packing")
+    packing = cfg.packing
     if packing is None:
         return stage == "pt"
     if packing and stage in PAIRWISE_STAGES:
@@ -93,16 +75,16 @@ def packing_enabled(cfg: Any, stage: str) -> bool:
     return bool(packing)
 
 
-def build_datasets(cfg: Any, tokenizer, *, stage: str) -> DatasetSplits:
+def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     """Tokenized train (and eval) rows for `stage`; see runtime-contracts for the columns."""
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     packing = packing_enabled(cfg, stage)
-    cutoff_len = _get(cfg, "cutoff_len")
+    cutoff_len = cfg.cutoff_len
     if not isinstance(cutoff_len, int) or cutoff_len < 1:
         raise ConfigError("cutoff_len", f"must be a positive integer, got {cutoff_len!r}")
-    chat = None if stage == "pt" else resolve_template(_get(cfg, "template"), tokenizer)
-    if not _get(cfg, "dataset"):
+    chat = None if stage == "pt" else resolve_template(cfg.template, tokenizer)
+    if not cfg.dataset:
         raise ConfigError("dataset", "no dataset given: name entries of dataset_info.json or data files")
     context = {
         "stage": stage,
@@ -110,31 +92,31 @@ def build_datasets(cfg: Any, tokenizer, *, stage: str) -> DatasetSplits:
         "chat": chat,
         "cutoff_len": cutoff_len,
         "packing": packing,
-        "num_proc": worker_count(_get(cfg, "preprocessing_num_workers")),
-        "load_from_cache_file": not _get(cfg, "overwrite_cache"),
+        "num_proc": worker_count(cfg.preprocessing_num_workers),
+        "load_from_cache_file": not cfg.overwrite_cache,
     }
     train = _build_one(cfg, "dataset", context)
-    evaluation = _build_one(cfg, "eval_dataset", context) if _get(cfg, "eval_dataset") else None
-    val_size = _get(cfg, "val_size") or 0
+    evaluation = _build_one(cfg, "eval_dataset", context) if cfg.eval_dataset else None
+    val_size = cfg.val_size or 0
     if val_size > 0:
         if evaluation is not None:
             raise ConfigError("val_size", "set either val_size or eval_dataset, not both")
         test_size = int(val_size) if val_size > 1 else float(val_size)
         if len(train) < 2 or (isinstance(test_size, int) and test_size >= len(train)):
             raise ConfigError("val_size", f"{val_size} leaves no training rows out of {len(train)}")
-        parts = train.train_test_split(test_size=test_size, seed=_get(cfg, "seed"))
+        parts = train.train_test_split(test_size=test_size, seed=cfg.seed)
         train, evaluation = parts["train"], parts["test"]
     return DatasetSplits(train=train, eval=evaluation)
 
 
-def _build_one(cfg: Any, key: str, context: dict[str, Any]) -> Dataset:
+def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Dataset:
     parts = []
-    for attr in resolve_datasets(_get(cfg, key), _get(cfg, "dataset_dir"), key=key):
+    for attr in resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=key):
         raw = load_raw(
             attr,
-            cache_dir=_get(cfg, "cache_dir"),
-            seed=_get(cfg, "seed"),
-            max_samples=_get(cfg, "max_samples"),
+            cache_dir=cfg.cache_dir,
+            seed=cfg.seed,
+            max_samples=cfg.max_samples,
         )
         check_columns(attr, raw.column_names, stage=context["stage"])
         parts.append(
@@ -146,7 +128,8 @@ def _build_one(cfg: Any, key: str, context: dict[str, Any]) -> Dataset:
     tokenized = _tokenize(dataset, context)
     if len(tokenized) == 0:
         raise ConfigError(
-            key, f"no usable rows in {_get(cfg, key)} for stage {context['stage']} (check formatting/columns)"
+            key,
+            f"no usable rows in {getattr(cfg, key)} for stage {context['stage']} (check formatting/columns)",
         )
     if context["stage"] != "pt" and len(tokenized) < len(dataset):
         dropped = len(dataset) - len(tokenized)
@@ -172,7 +155,7 @@ def _tokenize(dataset: Dataset, context: dict[str, Any]) -> Dataset:
     )
 
 
-def build_collator(cfg: Any, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
+def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
     """Padding for pt/sft (packing: one flattened row), chosen-then-rejected pairs for rm/dpo."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     if stage in PAIRWISE_STAGES:

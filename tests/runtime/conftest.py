@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+from runtime.config import TrainConfig
 
 
 @pytest.fixture(scope="session")
@@ -17,27 +19,13 @@ def tiny_tokenizer(tiny_dir: Path):
 
 @pytest.fixture
 def data_cfg(tiny_dir: Path, tmp_path: Path):
-    """data_cfg(dataset=..., **overrides) -> a config object with the data fields build_datasets reads.
+    """data_cfg(dataset=..., **overrides) -> a TrainConfig with the tiny data dir and a per-test cache.
 
     Each test gets its own datasets cache (cache_dir), so tests never read each other's cached maps.
     """
 
-    def make(**overrides) -> SimpleNamespace:
-        fields = {
-            "dataset": None,
-            "eval_dataset": None,
-            "dataset_dir": str(tiny_dir / "data"),
-            "template": None,
-            "cutoff_len": 2048,
-            "max_samples": None,
-            "val_size": 0.0,
-            "preprocessing_num_workers": None,
-            "packing": False,
-            "seed": 42,
-            "overwrite_cache": False,
-            "cache_dir": str(tmp_path / "hf-cache"),
-        }
-        fields.update(overrides)
-        return SimpleNamespace(**fields)
+    def make(**overrides) -> TrainConfig:
+        fields = {"dataset_dir": str(tiny_dir / "data"), "cache_dir": str(tmp_path / "hf-cache"), **overrides}
+        return dataclasses.replace(TrainConfig(), **fields)
 
     return make

@@ -252,12 +252,13 @@ def test_second_process_reuses_the_cache(data_cfg, tiny_dir: Path, tiny_tokenize
     files = sorted(f["filename"] for f in first.cache_files)
     assert any("cache-" in Path(name).name for name in files)
     stamps = {name: Path(name).stat().st_mtime_ns for name in files}
+    fields = {k: getattr(cfg, k) for k in ("dataset", "val_size", "dataset_dir", "cache_dir")}
     script = f"""
-import json
-from types import SimpleNamespace
+import dataclasses, json
 from transformers import AutoTokenizer
+from runtime.config import TrainConfig
 from runtime.data import build_datasets
-cfg = SimpleNamespace(**json.loads({json.dumps(json.dumps(vars(cfg)))}))
+cfg = dataclasses.replace(TrainConfig(), **json.loads({json.dumps(json.dumps(fields))}))
 tok = AutoTokenizer.from_pretrained({str(tiny_dir / "model")!r})
 s = build_datasets(cfg, tok, stage="sft")
 print(json.dumps([s.train._fingerprint, sorted(f["filename"] for f in s.train.cache_files)]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import ConfigError
+from runtime.config import ConfigError, TrainConfig
 from runtime.data import build_collator, build_datasets, check_packing_support
 
 IGNORE = -100
@@ -14,12 +14,13 @@ IGNORE = -100
 
 @pytest.fixture(scope="module")
 def sft_rows(tiny_tokenizer, tiny_dir: Path, tmp_path_factory):
-    from types import SimpleNamespace
-
-    cfg = SimpleNamespace(
-        dataset="tiny_sharegpt", dataset_dir=str(tiny_dir / "data"), cutoff_len=64, max_samples=6
+    cfg = TrainConfig(
+        dataset="tiny_sharegpt",
+        dataset_dir=str(tiny_dir / "data"),
+        cutoff_len=64,
+        max_samples=6,
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
     )
-    cfg.cache_dir = str(tmp_path_factory.mktemp("cache"))
     train = build_datasets(cfg, tiny_tokenizer, stage="sft").train
     rows = [train[i] for i in range(len(train))]
     assert len({len(r["input_ids"]) for r in rows}) > 2  # examples of different lengths

@@ -98,23 +98,34 @@ def _train_tokenizer(corpus: list[str]):
     )
 
 
-def _build_model(tokenizer, seed: int):
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def llama_config(tokenizer, **sizes):
+    """A Llama config over `tokenizer`: the tiny model's sizes unless `sizes` overrides them."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    shape = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        **sizes,
+    }
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **shape,
     )
+
+
+def _build_model(tokenizer, seed: int):
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    config = llama_config(tokenizer)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
@@ -126,6 +137,14 @@ def _build_model(tokenizer, seed: int):
 
 
 # --- datasets ---------------------------------------------------------------------------------
+
+# Alpaca-style preference rows (instruction, input, chosen, rejected) as dataset_info.json maps them.
+ALPACA_PREFERENCE_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "chosen": "chosen",
+    "rejected": "rejected",
+}
 
 
 def _reverse_rows(rng: random.Random) -> list[tuple[list[str], list[str]]]:
@@ -229,12 +248,7 @@ def _write_datasets(data: Path, rng: random.Random) -> None:
         "tiny_pref": {
             "file_name": "tiny_pref.json",
             "ranking": True,
-            "columns": {
-                "prompt": "instruction",
-                "query": "input",
-                "chosen": "chosen",
-                "rejected": "rejected",
-            },
+            "columns": ALPACA_PREFERENCE_COLUMNS,
         },
         "tiny_pref_sharegpt": {
             "file_name": "tiny_pref_sharegpt.json",
@@ -248,12 +262,7 @@ def _write_datasets(data: Path, rng: random.Random) -> None:
         "reverse_pref": {
             "file_name": "reverse_pref.json",
             "ranking": True,
-            "columns": {
-                "prompt": "instruction",
-                "query": "input",
-                "chosen": "chosen",
-                "rejected": "rejected",
-            },
+            "columns": ALPACA_PREFERENCE_COLUMNS,
         },
     }
     _dump_json(data / "dataset_info.json", info)

@@ -181,23 +181,21 @@ def wide_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     The 124k-parameter tiny model is smaller than CUDA's own workspaces, so CPU offload would not
     show in peak memory; at this size keeping params, grads and Adam state on the GPU costs >1 GB
     while offloaded FSDP2 holds one gathered layer at a time."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from runtime.tiny import llama_config
 
     root = tmp_path_factory.mktemp("wide")
     shutil.copytree(tiny_dir / "data", root / "data")
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = llama_config(
+        tokenizer,
         hidden_size=768,
         intermediate_size=2048,
         num_hidden_layers=12,
         num_attention_heads=12,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(root / "model")

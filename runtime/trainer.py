@@ -23,7 +23,8 @@ from runtime.distributed import barrier, world
 
 # Test hooks (fault injection, read from the environment):
 #   XGEN_FAULT_KILL_IN_SAVE=N    rank 0 SIGKILLs itself after staging checkpoint-N, before publishing it.
-#   XGEN_FAULT_SIGNAL_AT_STEP=N  rank 0 sends itself SIGUSR1 after step N (a deterministic preemption).
+#   XGEN_FAULT_SIGNAL_AT_STEP=N[@R]  rank R (default 0) sends itself SIGUSR1 after step N (a deterministic
+#                                    preemption; R > 0: the signal reaches another rank first).
 FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
 FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
 
@@ -135,10 +136,13 @@ class PreemptCallback(TrainerCallback):
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum = 0  # the signal this rank received, 0 for none
         self.stopped = False
-        self.signal_name = ""
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
 
     def restore(self) -> None:
         """Put the previous handlers back (matters when train() runs inside another program)."""
@@ -146,23 +150,27 @@ class PreemptCallback(TrainerCallback):
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signum = max(self.signum, int(signum))
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if os.environ.get(FAULT_SIGNAL_AT_STEP) == str(state.global_step) and world()[0] == 0:
+        step, _, rank = os.environ.get(FAULT_SIGNAL_AT_STEP, "").partition("@")
+        if step == str(state.global_step) and world()[0] == int(rank or 0):
             os.kill(os.getpid(), signal.SIGUSR1)
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
+        # The signal number itself is reduced, so rank 0 names the signal even when it reached
+        # another rank first (srun signals the nodes one after another).
+        flag = torch.tensor([float(self.signum)], device=args.device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and not self.stopped:
+        signum = int(flag.item())
+        if signum and not self.stopped:
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
             if world()[0] == 0:
-                why = self.signal_name or "a signal on another rank"
+                where = "" if self.signum == signum else " (on another rank)"
                 print(
-                    f"xgen-runtime: {why} received: checkpointing at step {state.global_step} and exiting",
+                    f"xgen-runtime: {signal.Signals(signum).name} received{where}: "
+                    f"checkpointing at step {state.global_step} and exiting",
                     flush=True,
                 )
         return control

@@ -59,6 +59,12 @@ def _steps(text: str) -> list[int]:
     return [int(step) for step, _ in STEP_RE.findall(text)]
 
 
+def _stops(signal_name: str, text: str) -> list[int]:
+    """The steps at which the runtime stopped for `signal_name` (on rank 0 or first on another rank)."""
+    found = re.findall(rf"{signal_name} received(?: \(on another rank\))?: checkpointing at step (\d+)", text)
+    return [int(step) for step in found]
+
+
 def _losses(text: str) -> dict[int, float]:
     return {int(step): float(loss) for step, loss in STEP_RE.findall(text)}
 
@@ -158,7 +164,7 @@ def test_three_preemptions_in_one_job(
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text[-5000:])
     assert info["Restarts"] == str(PREEMPTIONS), (info, text[-5000:])
 
-    stops = [int(s) for s in re.findall(r"SIGUSR1 received: checkpointing at step (\d+)", text)]
+    stops = _stops("SIGUSR1", text)
     assert len(stops) == PREEMPTIONS and stops == sorted(set(stops)) and stops[-1] < STEPS, (
         f"not {PREEMPTIONS} stops before the end: {stops}\n{text[-5000:]}"
     )
@@ -258,9 +264,9 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
     codes = [proc.wait(timeout=120) for proc in procs]
     first = logs["node0"].read_text(errors="replace")
     assert all(code != 0 for code in codes), f"exit codes {codes}\n{_node_logs(logs)}"
-    stopped = re.findall(r"SIGTERM received: checkpointing at step (\d+)", first)
-    assert len(stopped) == 1 and int(stopped[0]) < STEPS, _node_logs(logs)
-    stop = int(stopped[0])
+    stopped = _stops("SIGTERM", first)
+    assert len(stopped) == 1 and stopped[0] < STEPS, _node_logs(logs)
+    stop = stopped[0]
     assert _complete(out) == [f"checkpoint-{stop}"], _node_logs(logs)
 
     procs.clear()

@@ -117,13 +117,14 @@ def test_mode_matches_baseline(
 
 
 def test_ddp_preempt_then_resume_continues_exactly(tiny_dir, tmp_path, baselines) -> None:
-    """Rank 0 alone gets SIGUSR1 after step 3: both ranks checkpoint step 3 and exit 75; the rerun
-    resumes there, logs the same step-4 loss and ends with the uninterrupted run's weights."""
+    """Rank 1 alone gets SIGUSR1 after step 3: both ranks checkpoint step 3 and exit 75, rank 0 names
+    the signal; the rerun resumes there, logs the same step-4 loss and ends with the uninterrupted
+    run's weights."""
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path / "cfg.yaml", _config(tiny_dir, out, save_steps=100))
-    first = run_torchrun(cfg, tmp_path, env={"XGEN_FAULT_SIGNAL_AT_STEP": "3"})
+    first = run_torchrun(cfg, tmp_path, env={"XGEN_FAULT_SIGNAL_AT_STEP": "3@1"})
     assert first.returncode != 0
-    assert "SIGUSR1 received: checkpointing at step 3" in first.stdout
+    assert "SIGUSR1 received (on another rank): checkpointing at step 3" in first.stdout, first.stdout[-3000:]
     assert "exitcode: 75" in first.stderr or "exitcode  : 75" in first.stderr, first.stderr[-2000:]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"]
     assert not (out / "model.safetensors").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from runtime.zero import NAMED_STAGES
 from xgen.config import Config, load_config
 from xgen.errors import XgenError
 
@@ -144,6 +145,26 @@ def accelerate(config_file: str, node_rank: int | None, output: str | None) -> N
     from xgen.targets import accelerate as target
 
     run(lambda cfg: emit(target.build(cfg, node_rank), output), config_file)
+
+
+@main.command()
+@click.argument("name", metavar="STAGE", type=click.Choice(NAMED_STAGES))
+@OUTPUT
+def zero(name: str, output: str | None) -> None:
+    """The DeepSpeed JSON a named ZeRO stage (`train.deepspeed: z3`, …) stands for.
+
+    The runtime builds the same JSON at start (and keeps it as output_dir/deepspeed_config.json);
+    write it out to read it or to edit it, then set `train.deepspeed` to the file's path.
+
+    \b
+    Example:
+      xgen zero z3_offload -o ds_z3_offload.json
+    """
+    import json
+
+    from runtime.zero import zero_config
+
+    emit(json.dumps(zero_config(name), indent=2) + "\n", output)
 
 
 @main.command()

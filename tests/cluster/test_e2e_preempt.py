@@ -9,6 +9,8 @@ test (each job waits ~10 s for Slurm's credential expiry after a requeue; the re
 - Proof 2: rank 0 SIGKILLed between writing checkpoint-N and publishing it → the job fails; the same
   script resubmitted resumes from the previous complete checkpoint, never the half-published one.
 - The per-node shell path: SIGTERM to both nodes' torchrun → checkpoint → the same two scripts rerun resume.
+- The DeepSpeed hostfile path (ZeRO-2, pdsh): SIGUSR1 reaches one rank on node1 only → every rank
+  checkpoints the same step → the same script rerun resumes.
 
 Why TOLERANCE is 1e-5 and not 0: a restarted process's first step reduces gradients with DDP's initial
 buckets (rebuilt after the first step of every process), so the sum over 4 ranks can round differently
@@ -110,6 +112,7 @@ class Reference:
         for step in resumed_at:  # printed with 4 significant digits
             assert losses[step + 1] == pytest.approx(self.losses[step + 1], rel=2e-4), (step, text[-3000:])
         diff = _max_weight_diff(self.out, e2e.saved_dir(text))
+        print(f"max |Δweight| vs the uninterrupted run: {diff:.2e} (resumed at {resumed_at})")
         assert diff < TOLERANCE, f"the model differs from the uninterrupted run's by {diff}"
 
 
@@ -276,4 +279,53 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
     assert codes == [0, 0], f"exit codes {codes}\n{_node_logs(logs)}"
     assert RESUME_RE.findall(second) == [(str(out), str(stop))], second[-5000:]
     assert _steps(first) + _steps(second) == list(range(1, STEPS + 1)), (first[-3000:], second[-3000:])
+    reference.check_same_model(second, [stop])
+
+
+def test_deepspeed_hostfile_signal_on_node1_then_same_script_resumes(
+    cluster: harness.Cluster, tiny: Path, shared_dir: Path, reference: Reference
+) -> None:
+    """The DeepSpeed hostfile path (pdsh to node1) with ZeRO-2: SIGUSR1 reaches only rank 2, on node1,
+    after step 30 → every rank on both nodes checkpoints step 30 and exits 75; rank 0 names the signal;
+    the very same script rerun resumes there and ends with the uninterrupted run's model."""
+    stop = 30
+    out = shared_dir / "ds"
+    config = e2e.merge(
+        _config(tiny, shared_dir, out, deepspeed="z2"),
+        {
+            "launcher": "deepspeed",
+            "cluster": {
+                "master_port": 29661,
+                "ssh_port": cluster.spec.ssh_port,
+                # Via the config so pdsh carries it to node1 (DeepSpeed's env file), like any user env.
+                "env": {"XGEN_FAULT_SIGNAL_AT_STEP": f"{stop}@2"},
+            },
+        },
+    )
+    cfg = e2e.write_config(shared_dir, config)
+    script = e2e.render(shared_dir, "deepspeed", cfg, "--hostfile", str(shared_dir / "hostfile"))
+
+    def run() -> str:
+        proc = cluster.run_in_node(
+            "node0",
+            ["bash", str(script)],
+            cwd=shared_dir,
+            timeout=300,
+            check=False,
+            env=cluster.env(e2e.RUN_ENV),
+        )
+        return f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+    first = run()
+    assert not first.startswith("exit 0"), first[-5000:]
+    assert "pdsh" in first, "DeepSpeed did not use its pdsh multi-node runner"
+    assert e2e.start_line(first).strategy == "deepspeed-z2", first[-3000:]
+    assert _stops("SIGUSR1", first) == [stop], first[-5000:]
+    assert "SIGUSR1 received (on another rank)" in first, "rank 0 did not say the signal came from elsewhere"
+    assert _complete(out) == [f"checkpoint-{stop}"], sorted(p.name for p in out.iterdir())
+
+    second = run()
+    assert second.startswith("exit 0"), second[-5000:]
+    assert RESUME_RE.findall(second) == [(str(out), str(stop))], second[-5000:]
+    assert _steps(first) == list(range(1, stop + 1)) and _steps(second) == list(range(stop + 1, STEPS + 1))
     reference.check_same_model(second, [stop])

@@ -57,6 +57,22 @@ def test_check_summary():
     assert result.stdout.rstrip().endswith("ok")
 
 
+def test_zero_writes_the_named_stage_json_a_config_can_point_at(tmp_path):
+    """`xgen zero z3_offload -o F` writes the JSON the name stands for; `train.deepspeed: F` is accepted."""
+    written = tmp_path / "ds.json"
+    result = run_xgen("zero", "z3_offload", "-o", str(written))
+    assert result.returncode == 0, result.stderr
+    zero = json.loads(written.read_text())["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu"
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    config = tmp_path / "job.yaml"
+    config.write_text(TINY.read_text().replace("\ntrain:\n", f"\ntrain:\n  deepspeed: {written}\n", 1))
+    result = run_xgen("check", str(config))
+    assert result.returncode == 0 and "deepspeed" in result.stdout, result.stderr + result.stdout
+    bad = run_xgen("zero", "z4")
+    assert bad.returncode == 2 and "'z4' is not one of" in bad.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_shows_an_example(command):
     result = run_xgen(command, "--help")

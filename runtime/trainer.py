@@ -140,10 +140,6 @@ class PreemptCallback(TrainerCallback):
         self.stopped = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
-    @property
-    def requested(self) -> bool:
-        return self.signum != 0
-
     def restore(self) -> None:
         """Put the previous handlers back (matters when train() runs inside another program)."""
         for sig, handler in self._previous.items():

@@ -27,9 +27,17 @@ NODE_RANK = click.option(
 )
 
 
+def require_directory_of(path: str) -> None:
+    """Refuse an output path whose directory is missing, before anything is written."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise XgenError(path, f"directory {parent} does not exist: create it or write elsewhere")
+
+
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Write the whole file or nothing: a temp file in the same directory, then os.replace."""
     target = Path(path)
+    require_directory_of(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -49,9 +57,14 @@ def emit(text: str, output: str | None) -> None:
 
 
 def run(action: Callable[[Config], object], config_file: str) -> None:
-    """Load the config and run one action; every XgenError becomes one line and exit status 2."""
+    """Load the config and run one action."""
+    guarded(lambda: action(load_config(config_file)))
+
+
+def guarded(action: Callable[[], object]) -> None:
+    """Run one action; every XgenError or OSError becomes one line and exit status 2."""
     try:
-        action(load_config(config_file))
+        action()
     except XgenError as err:
         click.echo(err.line(), err=True)
         sys.exit(2)
@@ -108,6 +121,8 @@ def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> Non
 
     def action(cfg: Config) -> None:
         script, hosts = target.build(cfg, hostfile)
+        if output:  # both files or neither
+            require_directory_of(output)
         if hosts is not None and hostfile:
             write_atomic(hostfile, hosts)
         emit(script, output)
@@ -164,7 +179,7 @@ def zero(name: str, output: str | None) -> None:
 
     from runtime.zero import zero_config
 
-    emit(json.dumps(zero_config(name), indent=2) + "\n", output)
+    guarded(lambda: emit(json.dumps(zero_config(name), indent=2) + "\n", output))
 
 
 @main.command()

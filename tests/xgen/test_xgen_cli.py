@@ -33,6 +33,29 @@ def test_output_file_is_atomic_and_kept_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "job.sh"]
 
 
+def test_output_into_a_missing_directory_is_one_line_and_writes_nothing(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    hostfile = tmp_path / "hosts"
+    cases = [
+        ("slurm", str(TINY), "-o", str(missing / "job.sh")),
+        ("zero", "z3", "-o", str(missing / "ds.json")),
+        # the script's directory is missing: the hostfile (whose directory exists) is not written either
+        (
+            "deepspeed",
+            str(REPO / "examples" / "deepspeed-hostfile.yaml"),
+            "--hostfile",
+            str(hostfile),
+            "-o",
+            str(missing / "l.sh"),
+        ),
+    ]
+    for args in cases:
+        result = run_xgen(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and f"directory {missing} does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_deepspeed_writes_hostfile(tmp_path):
     hostfile = tmp_path / "hosts"
     result = run_xgen(

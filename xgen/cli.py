@@ -6,6 +6,7 @@ output file is only ever replaced whole (temp file + os.replace), so a failure l
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from runtime.zero import NAMED_STAGES
+from runtime.zero import NAMED_STAGES, zero_config
 from xgen.config import Config, load_config
 from xgen.errors import XgenError
 
@@ -175,10 +176,6 @@ def zero(name: str, output: str | None) -> None:
     Example:
       xgen zero z3_offload -o ds_z3_offload.json
     """
-    import json
-
-    from runtime.zero import zero_config
-
     guarded(lambda: emit(json.dumps(zero_config(name), indent=2) + "\n", output))
 
 

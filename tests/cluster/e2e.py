@@ -165,3 +165,39 @@ def reload_model(model_dir: Path) -> None:
         [sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "params" in proc.stdout, proc.stderr[-4000:]
+
+
+def start_node_scripts(
+    cluster, shared: Path, scripts: dict[str, Path], tag: str, procs: list
+) -> dict[str, Path]:
+    """Start each node's script in its namespace (as an operator would), output to <node>-<tag>.log."""
+    logs = {}
+    for node, script in scripts.items():
+        logs[node] = shared / f"{node}-{tag}.log"
+        with open(logs[node], "wb") as log:
+            procs.append(
+                cluster.popen_in_node(
+                    node,
+                    ["bash", str(script)],
+                    cwd=shared,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=cluster.env(RUN_ENV),
+                )
+            )
+    return logs
+
+
+def node_logs(logs: dict[str, Path]) -> str:
+    """The tail of every node's log, for an assertion message."""
+    return "".join(f"--- {n}:\n{p.read_text(errors='replace')[-3000:]}\n" for n, p in logs.items())
+
+
+def check_trained_on_both_nodes(out: str, saved: Path) -> StartLine:
+    """World 4 over node0 and node1 on CPU/gloo, and the model saved to `saved` reloads."""
+    start = start_line(out)
+    assert (start.world_size, start.nodes, sorted(start.hosts)) == (4, 2, ["node0", "node1"]), start
+    assert (start.device, start.backend) == ("cpu", "gloo"), start
+    assert saved_dir(out) == saved
+    reload_model(saved)
+    return start

@@ -218,28 +218,6 @@ def test_rank_killed_mid_save_then_resubmit_resumes_previous_checkpoint(
     reference.check_same_model(text, [20])
 
 
-def _start_nodes(cluster, shared: Path, scripts: dict[str, Path], tag: str, procs: list) -> dict[str, Path]:
-    logs = {}
-    for node, script in scripts.items():
-        logs[node] = shared / f"{node}-{tag}.log"
-        with open(logs[node], "wb") as log:
-            procs.append(
-                cluster.popen_in_node(
-                    node,
-                    ["bash", str(script)],
-                    cwd=shared,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=cluster.env(e2e.RUN_ENV),
-                )
-            )
-    return logs
-
-
-def _node_logs(logs: dict[str, Path]) -> str:
-    return "".join(f"--- {n}:\n{p.read_text(errors='replace')[-3000:]}\n" for n, p in logs.items())
-
-
 def test_shell_nodes_sigterm_then_same_scripts_resume(
     cluster: harness.Cluster,
     tiny: Path,
@@ -255,7 +233,7 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
         node: e2e.render(shared_dir, "shell", cfg, "--node-rank", str(rank), script=f"{node}.sh")
         for rank, node in enumerate(("node0", "node1"))
     }
-    logs = _start_nodes(cluster, shared_dir, scripts, "first", procs)
+    logs = e2e.start_node_scripts(cluster, shared_dir, scripts, "first", procs)
     _wait_steps(logs["node0"], 1, steps=5)
     for node in scripts:  # what a scheduler or an operator stopping the nodes does
         (agent,) = [
@@ -266,17 +244,17 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
         os.kill(agent, signal.SIGTERM)
     codes = [proc.wait(timeout=120) for proc in procs]
     first = logs["node0"].read_text(errors="replace")
-    assert all(code != 0 for code in codes), f"exit codes {codes}\n{_node_logs(logs)}"
+    assert all(code != 0 for code in codes), f"exit codes {codes}\n{e2e.node_logs(logs)}"
     stopped = _stops("SIGTERM", first)
-    assert len(stopped) == 1 and stopped[0] < STEPS, _node_logs(logs)
+    assert len(stopped) == 1 and stopped[0] < STEPS, e2e.node_logs(logs)
     stop = stopped[0]
-    assert _complete(out) == [f"checkpoint-{stop}"], _node_logs(logs)
+    assert _complete(out) == [f"checkpoint-{stop}"], e2e.node_logs(logs)
 
     procs.clear()
-    logs = _start_nodes(cluster, shared_dir, scripts, "again", procs)
+    logs = e2e.start_node_scripts(cluster, shared_dir, scripts, "again", procs)
     codes = [proc.wait(timeout=300) for proc in procs]
     second = logs["node0"].read_text(errors="replace")
-    assert codes == [0, 0], f"exit codes {codes}\n{_node_logs(logs)}"
+    assert codes == [0, 0], f"exit codes {codes}\n{e2e.node_logs(logs)}"
     assert RESUME_RE.findall(second) == [(str(out), str(stop))], second[-5000:]
     assert _steps(first) + _steps(second) == list(range(1, STEPS + 1)), (first[-3000:], second[-3000:])
     reference.check_same_model(second, [stop])

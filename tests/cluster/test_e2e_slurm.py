@@ -36,12 +36,7 @@ def submit_and_wait(
 def test_slurm_two_nodes_two_processes_each(cluster: harness.Cluster, tiny: Path, shared_dir: Path) -> None:
     info, out = submit_and_wait(cluster, shared_dir, e2e.base_config(tiny, shared_dir))
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out[-6000:]
-    start = e2e.start_line(out)
-    assert (start.world_size, start.nodes, sorted(start.hosts)) == (4, 2, ["node0", "node1"]), start
-    assert (start.device, start.backend) == ("cpu", "gloo"), start
-    saved = e2e.saved_dir(out)
-    assert saved == shared_dir / "out"
-    e2e.reload_model(saved)
+    e2e.check_trained_on_both_nodes(out, shared_dir / "out")
     # The script says what it detected and which communication env it exported.
     for node in ("node0", "node1"):
         assert re.search(rf"(?m)^xgen: {node}: device=cpu nproc_per_node=2$", out), out[:3000]

@@ -1,0 +1,59 @@
+"""Reading the files a config names: the YAML itself and DeepSpeed / FSDP JSON files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from runtime.config.schema import ConfigError, TrainConfig
+from runtime.zero import NAMED_STAGES, zero_config
+
+
+def load_deepspeed(value: str | dict, key: str) -> dict:
+    if isinstance(value, dict):
+        return dict(value)
+    if value in NAMED_STAGES:
+        return zero_config(value)
+    if not value.endswith(".json") and os.sep not in value and not os.path.exists(value):
+        raise ConfigError(
+            key, f"{value!r} is neither a named stage ({', '.join(NAMED_STAGES)}) nor a JSON path"
+        )
+    return load_json(value, key)
+
+
+def load_json(path: str, key: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(key, f"file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"{path} must hold a JSON object")
+    return data
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config file as a mapping; ConfigError("config", …) when it is missing or not a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must be a YAML mapping")
+    return data
+
+
+def absolutize_local_models(cfg: TrainConfig) -> None:
+    """Local model paths become absolute: a saved adapter records its base model's path
+    (adapter_config.json), and a relative one would only load from the directory training ran in."""
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and value and Path(value).exists():
+            setattr(cfg, key, str(Path(value).resolve()))

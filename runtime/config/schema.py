@@ -1,0 +1,221 @@
+"""The `train:` schema: every key with its type, default and one-line doc (docs/runtime.md is built
+from it), the choice lists, and the one error type the parser raises. Torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """One bad key: rendered as `<key>: <message>` (the CLI prefixes `xgen-runtime: error: `)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+STAGES = ("pt", "sft", "rm", "dpo")
+FINETUNING_TYPES = ("full", "freeze", "lora")
+FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex")
+PERF_MODES = ("auto", "off")
+PREF_LOSSES = ("sigmoid",)
+STRATEGIES = ("no", "steps", "epoch")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+# Optimizers transformers 5.x knows; bitsandbytes/galore ones also need their packages.
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_npu_fused",
+    "adafactor",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "ademamix",
+    "sgd",
+    "adagrad",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "lion_8bit",
+    "lion_32bit",
+    "rmsprop",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "lomo",
+    "adalomo",
+    "grokadamw",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "apollo_adamw",
+    "stable_adamw",
+)
+UNSUPPORTED_STAGES = {"ppo": "PPO", "kto": "KTO"}
+
+
+def _f(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: default, one-line doc (shown by docs/runtime.md), optional choices."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every `train:` key. Names, meanings and defaults follow LLaMA-Factory / HF TrainingArguments."""
+
+    # --- model ---
+    model_name_or_path: str = _f("", "Hugging Face model directory (or hub id, offline cache only).")
+    adapter_name_or_path: str | None = _f(
+        None, "LoRA adapter to continue training from, or to merge on export."
+    )
+    cache_dir: str | None = _f(None, "Cache folder for datasets (and hub files); default: the HF cache.")
+    trust_remote_code: bool = _f(False, "Allow model/tokenizer code shipped with the checkpoint.")
+    flash_attn: str = _f(
+        "auto",
+        "Attention: auto|sdpa|fa2|eager|flex (disabled = eager); missing ones fall back.",
+        choices=FLASH_ATTN,
+    )
+    perf: str = _f(
+        "auto",
+        "auto: keys you did not set get the device's throughput defaults (runtime/perf.py); off: none.",
+        choices=PERF_MODES,
+    )
+    # --- method ---
+    stage: str = _f("sft", "pt (raw text) | sft | rm (reward model) | dpo.", choices=STAGES)
+    finetuning_type: str = _f(
+        "lora", "full | freeze (last layers/named modules) | lora.", choices=FINETUNING_TYPES
+    )
+    do_train: bool = _f(True, "Train (false with do_eval: evaluate only).")
+    do_eval: bool | None = _f(None, "Evaluate at the end; default: when there is eval data.")
+    lora_rank: int = _f(8, "LoRA rank r.")
+    lora_alpha: int | None = _f(None, "LoRA alpha; default 2 * lora_rank.")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_target: str = _f("all", "Comma list of module names, or `all` = every linear layer but the head.")
+    additional_target: str | None = _f(None, "Comma list of extra modules trained in full and saved (LoRA).")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    freeze_trainable_layers: int = _f(2, "Freeze: train the last N layers (negative: the first N).")
+    freeze_trainable_modules: str = _f(
+        "all", "Freeze: modules inside those layers to train (`all`, or names)."
+    )
+    freeze_extra_modules: str | None = _f(
+        None, "Freeze: extra modules outside the layers to train (embed_tokens…)."
+    )
+    pref_beta: float = _f(0.1, "DPO beta (strength of the KL anchor to the reference).")
+    pref_loss: str = _f("sigmoid", "DPO loss; sigmoid only.", choices=PREF_LOSSES)
+    pref_ftx: float = _f(0.0, "DPO: weight of an added SFT loss on the chosen response.")
+    ref_model: str | None = _f(None, "DPO: separate reference model dir (default: the initial policy).")
+    # --- data (read by runtime.data) ---
+    dataset: str | None = _f(None, "Comma list of dataset names (dataset_info.json) or file paths.")
+    eval_dataset: str | None = _f(None, "Comma list of eval datasets (instead of val_size).")
+    dataset_dir: str = _f("data", "Folder holding dataset_info.json and the data files.")
+    template: str | None = _f(None, "Chat template name; default: the tokenizer's own chat template.")
+    cutoff_len: int = _f(2048, "Max tokens per example (pt: block size).")
+    max_samples: int | None = _f(None, "Use at most this many examples per dataset.")
+    val_size: float = _f(0.0, "Held-out fraction (<1) or count (>=1) of the train data for eval.")
+    preprocessing_num_workers: int | None = _f(
+        None, "Processes for tokenisation; capped at the CPUs available."
+    )
+    packing: bool = _f(
+        False, "pt/sft: pack examples into rows, no cross-example attention (perf auto, CUDA: on unless set)."
+    )
+    overwrite_cache: bool = _f(False, "Re-tokenise instead of reading the datasets cache.")
+    # --- training ---
+    output_dir: str = _f(
+        "saves/run", "Where checkpoints and the final model go; must be shared across nodes."
+    )
+    overwrite_output_dir: bool = _f(False, "Start fresh: ignore checkpoints already in output_dir.")
+    per_device_train_batch_size: int = _f(8, "Micro-batch per device.")
+    per_device_eval_batch_size: int = _f(8, "Eval batch per device.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: float = _f(5e-5, "Peak learning rate.")
+    num_train_epochs: float = _f(3.0, "Epochs (ignored when max_steps > 0).")
+    max_steps: int = _f(-1, "Optimizer steps; > 0 overrides num_train_epochs.")
+    lr_scheduler_type: str = _f("linear", "LR schedule.", choices=LR_SCHEDULERS)
+    warmup_steps: float = _f(0.0, "Warmup steps; a value below 1 is a ratio of the total (warmup_ratio).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    optim: str = _f(
+        "adamw_torch",
+        "Optimizer (transformers OptimizerNames); perf auto on CUDA/NPU: fused AdamW unless set.",
+        choices=OPTIMIZERS,
+    )
+    adam_beta1: float = _f(0.9, "Adam beta1.")
+    adam_beta2: float = _f(0.999, "Adam beta2.")
+    adam_epsilon: float = _f(1e-8, "Adam epsilon.")
+    bf16: bool = _f(False, "bfloat16 mixed precision.")
+    fp16: bool = _f(False, "float16 mixed precision (falls back to fp32 on CPU, with a warning).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    enable_liger_kernel: bool = _f(
+        False,
+        "Liger kernels: fused linear+CE, RMSNorm, SwiGLU, RoPE (perf auto, CUDA: on if installed+unset).",
+    )
+    torch_compile: bool = _f(False, "torch.compile the model (off: compile time and recompiles unmeasured).")
+    seed: int = _f(42, "Seed for init, data order and dropout; all ranks share it.")
+    logging_steps: int = _f(10, "Log every N optimizer steps.")
+    save_strategy: str = _f("steps", "When to checkpoint: no|steps|epoch.", choices=STRATEGIES)
+    save_steps: int = _f(500, "Checkpoint every N steps.")
+    save_total_limit: int | None = _f(None, "Keep only the newest N complete checkpoints.")
+    save_only_model: bool = _f(False, "Checkpoints without optimizer state (cannot resume exactly).")
+    eval_strategy: str = _f("no", "When to evaluate: no|steps|epoch.", choices=STRATEGIES)
+    eval_steps: int | None = _f(None, "Evaluate every N steps (default: logging_steps).")
+    resume_from_checkpoint: bool | str | None = _f(
+        "auto", "auto|null: newest complete checkpoint if any; true: it must exist; false; or a path."
+    )
+    report_to: str | list = _f("none", "none | tensorboard | wandb | … (comma list or YAML list).")
+    run_name: str | None = _f(None, "Run name for loggers.")
+    plot_loss: bool = _f(True, "Write training_loss.png (and eval loss) in output_dir.")
+    dataloader_num_workers: int = _f(0, "DataLoader worker processes per rank.")
+    ddp_timeout: int = _f(
+        7200, "Seconds a collective may wait (generous: rank 0 tokenises while others wait)."
+    )
+    use_cpu: bool = _f(False, "Force CPU even when an accelerator is present.")
+    # --- distributed ---
+    deepspeed: str | dict | None = _f(
+        None, "Named ZeRO stage (z0…z3_offload), a DeepSpeed JSON path, or a dict."
+    )
+    fsdp: bool | str = _f(
+        False, "FSDP2 full shard: true, or LLaMA-Factory strings like `full_shard auto_wrap`."
+    )
+    fsdp_config: dict | str | None = _f(None, "FSDP plugin options (dict or JSON path), e.g. cpu_offload.")
+    # --- export ---
+    export_dir: str | None = _f(None, "export: where the merged standalone model goes.")
+    export_size: int = _f(5, "export: max shard size in GB.")
+    export_legacy_format: bool = _f(False, "export: accepted for LLaMA-Factory configs; safetensors always.")
+
+    # Not keys: filled by parse_train_config.
+    notes: list[str] = field(default_factory=list, metadata={"internal": True})
+    # Keys the config wrote (after renames): runtime.perf never overrides these.
+    explicit: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
+    deepspeed_config: dict | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def strategy(self) -> str:
+        """ddp | fsdp | deepspeed-zN (single is decided at run time from the world size)."""
+        if self.deepspeed_config is not None:
+            stage = self.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+            return f"deepspeed-z{stage}"
+        return "fsdp" if self.fsdp else "ddp"
+
+
+def train_fields() -> dict[str, dataclasses.Field]:
+    """The user-facing keys of TrainConfig (internal fields excluded), by name."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")}

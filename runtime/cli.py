@@ -1,7 +1,8 @@
-"""`xgen-runtime train|export CFG`, `xgen-runtime make-tiny DIR`.
+"""`xgen-runtime train|export|check CFG`, `xgen-runtime make-tiny DIR`.
 
-A bad config is one line `xgen-runtime: error: <key>: <message>` and exit status 2, before
-torch or any model is loaded; the config module is torch-free so that check is instant.
+A bad config is one line `xgen-runtime: error: <key>: <message>` per problem and exit status 2,
+before torch or any model is loaded; the config module is torch-free so that check is instant.
+`check` (what the scripts run on every node before launching) also reads the datasets, torch-free.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime.check import error_lines
 from runtime.config import ConfigError, load_config
 
 EXIT_CONFIG = 2
@@ -21,6 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config")
     export = sub.add_parser("export", help="merge a LoRA adapter into its base model")
     export.add_argument("config")
+    check = sub.add_parser(
+        "check", help="validate a config on this node: keys, model paths, datasets and columns (no torch)"
+    )
+    check.add_argument("config")
+    check.add_argument(
+        "--visible-only",
+        action="store_true",
+        help="datasets only, and say 'not checked' when dataset_dir is not visible here (xgen check)",
+    )
     tiny = sub.add_parser("make-tiny", help="write a tiny model (DIR/model) and datasets (DIR/data)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
@@ -42,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"xgen-runtime: wrote {paths.model} and {paths.data}")
             return 0
         cfg = load_config(args.config)
+        if args.command == "check":
+            return _check(cfg, args.config, args.visible_only)
         if args.command == "export":
             from runtime.export import export
 
@@ -51,8 +64,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return train(cfg)
     except ConfigError as exc:
-        print(f"xgen-runtime: error: {exc}", file=sys.stderr, flush=True)
+        _print_errors(error_lines(exc))
         return EXIT_CONFIG
+
+
+def _print_errors(lines: list[str]) -> None:
+    for line in lines:
+        print(f"xgen-runtime: error: {line}", file=sys.stderr, flush=True)
+
+
+def _check(cfg, path: str, visible_only: bool) -> int:
+    from runtime.check import check
+    from runtime.config.files import read_yaml
+
+    prefix = "train." if "train" in read_yaml(path) else ""
+    report = check(cfg, prefix=prefix, visible_only=visible_only)
+    for note in report.notes:
+        print(f"xgen-runtime: note: {note}", flush=True)
+    if report.problems:
+        _print_errors(report.problems)
+        return EXIT_CONFIG
+    print(f"xgen-runtime: check: ok ({report.datasets} datasets read, columns present)", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

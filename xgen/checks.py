@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runtime.config import TrainConfig
 from xgen.config import Config, Host
 from xgen.errors import XgenError
 
@@ -28,15 +29,14 @@ _RESERVED_ENV = (
 
 
 def validate(config: Config) -> Config:
-    """Apply every rule; return the config with `host_list` resolved from hosts or hostfile."""
+    """Apply every rule; return the config with `host_list` (from hosts or hostfile) and `training` set."""
     _no_nul(config)
     _check_job(config)
     hosts = _check_cluster(config)
     _check_slurm(config)
     if not config.python.strip():
         raise XgenError("python", "must name the interpreter on the nodes, e.g. python3")
-    _check_train(config)
-    return dataclasses.replace(config, host_list=hosts)
+    return dataclasses.replace(config, host_list=hosts, training=_parse_train(config))
 
 
 def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
@@ -201,36 +201,14 @@ def _check_slurm(config: Config) -> None:
             )
 
 
-def _check_train(config: Config) -> None:
-    train = config.train
-    ds = train.get("deepspeed")
-    if ds is not None:
-        from runtime.zero import NAMED_STAGES
-
-        if not isinstance(ds, str) or not ds:
-            raise XgenError("train.deepspeed", f"must be one of {'|'.join(NAMED_STAGES)} or a JSON path")
-        if re.fullmatch(r"z\d.*", ds) and ds not in NAMED_STAGES:
-            raise XgenError(
-                "train.deepspeed", f"unknown ZeRO stage {ds!r}; choose one of {'|'.join(NAMED_STAGES)}"
-            )
-        if ds not in NAMED_STAGES and not (Path(config.workdir) / ds).is_file():
-            raise XgenError(
-                "train.deepspeed",
-                f"{ds!r} is neither a named stage ({'|'.join(NAMED_STAGES)}) nor an existing JSON file",
-            )
-        if train.get("fsdp"):
-            raise XgenError("train.fsdp", "cannot be combined with train.deepspeed; pick one of the two")
-    if train:
-        _runtime_validate(train)
-
-
-def _runtime_validate(train: dict[str, Any]) -> None:
-    """The runtime owns the train keys; ask it (torch-free) and turn its error into ours."""
+def _parse_train(config: Config) -> TrainConfig | None:
+    """The runtime owns the `train:` keys: its parser (torch-free) validates them once, reading relative
+    paths (deepspeed/fsdp_config JSON, dataset_dir) from the workdir the scripts cd into."""
+    if not config.train:
+        return None
     from runtime.config import ConfigError, parse_train_config
 
     try:
-        parse_train_config(train, key_prefix="train.")
-    except NotImplementedError:
-        return  # the runtime's parser is not written yet: nothing more to check here
+        return parse_train_config(config.train, key_prefix="train.", base_dir=config.workdir)
     except ConfigError as err:
-        raise XgenError(err.key, err.message) from None
+        raise XgenError.from_config_error(err) from None

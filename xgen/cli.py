@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 
 from runtime.zero import NAMED_STAGES, zero_config
-from xgen.config import Config, load_config
+from xgen.config import Config
 from xgen.errors import XgenError
+from xgen.load import load_config
 
 CONFIG = click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 OUTPUT = click.option(
@@ -182,15 +183,18 @@ def zero(name: str, output: str | None) -> None:
 @main.command()
 @CONFIG
 def check(config_file: str) -> None:
-    """Validate only: print what would run and exit 0, or one error line and exit 2.
+    """Validate only: print what would run and exit 0, or one error line per problem and exit 2.
+
+    The datasets are read as the runtime will read them (names through dataset_info.json, files,
+    columns) when the workdir and dataset_dir are visible from here; otherwise it says so.
 
     \b
     Example:
       xgen check examples/cpu-tiny.yaml
     """
-    from xgen.targets.check import summary
+    from xgen.targets.check import datasets, summary
 
-    run(lambda cfg: sys.stdout.write(summary(cfg)), config_file)
+    run(lambda cfg: sys.stdout.write(summary(cfg) + datasets(cfg) + "\nok\n"), config_file)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,30 @@ from runtime.config.schema import ConfigError, TrainConfig
 from runtime.zero import NAMED_STAGES, zero_config
 
 
-def load_deepspeed(value: str | dict, key: str) -> dict:
+def resolve(path: str, base_dir: str | os.PathLike[str] | None) -> str:
+    """A relative path as seen from `base_dir` (the generator passes job.workdir); unchanged without one,
+    so the runtime, which runs in the workdir, reads it relative to its working directory."""
+    if base_dir is None or os.path.isabs(path):
+        return path
+    return os.path.join(base_dir, path)
+
+
+def load_deepspeed(value: str | dict, key: str, base_dir: str | os.PathLike[str] | None = None) -> dict:
     if isinstance(value, dict):
         return dict(value)
     if value in NAMED_STAGES:
         return zero_config(value)
-    if not value.endswith(".json") and os.sep not in value and not os.path.exists(value):
+    if re.fullmatch(r"z\d[\w-]*", value):  # a mistyped name, not a file
+        raise ConfigError(key, f"unknown ZeRO stage {value!r}; choose one of {', '.join(NAMED_STAGES)}")
+    if not value.endswith(".json") and os.sep not in value and not os.path.exists(resolve(value, base_dir)):
         raise ConfigError(
             key, f"{value!r} is neither a named stage ({', '.join(NAMED_STAGES)}) nor a JSON path"
         )
-    return load_json(value, key)
+    return load_json(value, key, base_dir)
 
 
-def load_json(path: str, key: str) -> dict:
+def load_json(path: str, key: str, base_dir: str | os.PathLike[str] | None = None) -> dict:
+    path = resolve(path, base_dir)
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:

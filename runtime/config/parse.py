@@ -8,7 +8,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.config.files import absolutize_local_models, read_yaml
+from runtime.config.files import absolutize_local_models, read_yaml, resolve
 from runtime.config.rules import normalise
 from runtime.config.schema import ConfigError, TrainConfig, train_fields
 from runtime.config.suggest import suggest
@@ -54,11 +54,15 @@ def _type_names(allowed: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in allowed if t is not type(None))
 
 
-def parse_train_config(mapping: Mapping[str, Any], *, key_prefix: str = "") -> TrainConfig:
+def parse_train_config(
+    mapping: Mapping[str, Any], *, key_prefix: str = "", base_dir: str | os.PathLike[str] | None = None
+) -> TrainConfig:
     """Validate a `train:` mapping (or a flat LLaMA-Factory YAML) into a TrainConfig.
 
     Raises ConfigError naming the key as `key_prefix + key` (the generator passes "train.").
-    Touches the file system only to read a `deepspeed`/`fsdp_config` JSON path.
+    Touches the file system only to read a `deepspeed`/`fsdp_config` JSON path. Relative paths
+    (those JSON files, dataset_dir) are taken from `base_dir` when given: the generator passes
+    job.workdir, where the runtime will run; the runtime itself passes nothing (it runs there).
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(key_prefix.rstrip(".") or "config", "expected a mapping of keys to values")
@@ -75,7 +79,10 @@ def parse_train_config(mapping: Mapping[str, Any], *, key_prefix: str = "") -> T
     cfg = TrainConfig(**values)
     cfg.notes = notes
     cfg.explicit = frozenset(values)
-    normalise(cfg, set(values), key_prefix)
+    base = None if base_dir is None else os.fspath(base_dir)
+    normalise(cfg, set(values), key_prefix, base)
+    if base is not None:
+        cfg.dataset_dir = resolve(cfg.dataset_dir, base)
     return cfg
 
 

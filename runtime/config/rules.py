@@ -7,8 +7,9 @@ from runtime.config.schema import STAGES, UNSUPPORTED_STAGES, ConfigError, Train
 from runtime.config.suggest import suggest
 
 
-def normalise(cfg: TrainConfig, given: set[str], p: str) -> None:
-    """Choices, ranges, contradictions and derived values, in the order a user would fix them."""
+def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = None) -> None:
+    """Choices, ranges, contradictions and derived values, in the order a user would fix them.
+    Relative file paths are read from `base_dir` when given (see files.resolve)."""
     if cfg.flash_attn == "disabled":
         cfg.flash_attn = "eager"
     if cfg.stage in UNSUPPORTED_STAGES:
@@ -32,7 +33,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str) -> None:
         raise ConfigError(p + "fp16", "bf16 and fp16 are both true; choose one")
     if cfg.packing and cfg.stage in ("rm", "dpo"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
-    _normalise_distributed(cfg, p)
+    _normalise_distributed(cfg, p, base_dir)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
     if isinstance(cfg.resume_from_checkpoint, str) and cfg.resume_from_checkpoint in ("true", "false"):
@@ -82,14 +83,14 @@ def _check_ranges(cfg: TrainConfig, p: str) -> None:
         raise ConfigError(p + "pref_beta", f"must be > 0; got {cfg.pref_beta}")
 
 
-def _normalise_distributed(cfg: TrainConfig, p: str) -> None:
+def _normalise_distributed(cfg: TrainConfig, p: str, base_dir: str | None) -> None:
     """Resolve `deepspeed` to a dict and `fsdp` strings to fsdp + fsdp_config."""
     if cfg.deepspeed is not None and cfg.fsdp:
         raise ConfigError(p + "fsdp", "deepspeed and fsdp are both set; choose one")
     if cfg.deepspeed is not None:
-        cfg.deepspeed_config = load_deepspeed(cfg.deepspeed, p + "deepspeed")
+        cfg.deepspeed_config = load_deepspeed(cfg.deepspeed, p + "deepspeed", base_dir)
     if isinstance(cfg.fsdp_config, str):
-        cfg.fsdp_config = load_json(cfg.fsdp_config, p + "fsdp_config")
+        cfg.fsdp_config = load_json(cfg.fsdp_config, p + "fsdp_config", base_dir)
     fsdp_config = dict(cfg.fsdp_config or {})
     if isinstance(cfg.fsdp, str):
         words = cfg.fsdp.split()

@@ -16,8 +16,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from runtime.config import ConfigError, TrainConfig
-from runtime.data.collators import PackingCollator, PaddingCollator, PairwiseCollator
+from runtime.config import STAGES, ConfigError, TrainConfig
 from runtime.data.formats import PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
 from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support
@@ -38,7 +37,6 @@ __all__ = [
     "resolve_template",
     "worker_count",
 ]
-STAGES = ("pt", "sft", "rm", "dpo")
 
 
 @dataclass
@@ -64,10 +62,8 @@ def worker_count(requested: int | None) -> int | None:
 
 
 def packing_enabled(cfg: TrainConfig, stage: str) -> bool:
-    """LLaMA-Factory: packing unset means on for pt, off otherwise. Only pt and sft pack."""
+    """Only pt and sft pack; asking for it with rm/dpo is refused."""
     packing = cfg.packing
-    if packing is None:
-        return stage == "pt"
     if packing and stage in PAIRWISE_STAGES:
         raise ConfigError(
             "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
@@ -157,6 +153,9 @@ def _tokenize(dataset: Dataset, context: dict[str, Any]) -> Dataset:
 
 def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
     """Padding for pt/sft (packing: one flattened row), chosen-then-rejected pairs for rm/dpo."""
+    # Imported here: collators need torch, and `xgen-runtime check` reads datasets without it.
+    from runtime.data.collators import PackingCollator, PaddingCollator, PairwiseCollator
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     if stage in PAIRWISE_STAGES:
         packing_enabled(cfg, stage)  # raises if packing was asked for

@@ -8,9 +8,8 @@ the caller reports how many.
 
 from __future__ import annotations
 
+from runtime.data.packing import IGNORE_INDEX
 from runtime.data.templates import ChatFormat, with_system
-
-IGNORE_INDEX = -100
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:

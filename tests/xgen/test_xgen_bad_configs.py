@@ -114,7 +114,7 @@ CASES = [
         "deepspeed-and-fsdp",
         {**GOOD, "train": {**GOOD["train"], "deepspeed": "z3", "fsdp": "full_shard"}},
         [],
-        "train.fsdp: cannot be combined with train.deepspeed",
+        "train.fsdp: deepspeed and fsdp are both set; choose one",
     ),
     ("section-not-mapping", {**GOOD, "cluster": 3}, [], "cluster: must be a mapping"),
     ("top-not-mapping", "- a\n- b\n", [], "the config must be a YAML mapping"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xgen.config import parse_mapping
+from xgen.load import parse_mapping
 from xgen.render import render
 from xgen.targets.common import context
 

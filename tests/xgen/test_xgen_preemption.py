@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xgen.config import parse_mapping
+from xgen.load import parse_mapping
 from xgen.targets import slurm
 
 SRUN = """#!/usr/bin/env bash

@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xgen.config import parse_mapping
 from xgen.errors import XgenError
+from xgen.load import parse_mapping
 from xgen.render import sbatch_quote, shell_quote
 from xgen.targets import shell, slurm
 
@@ -73,10 +73,10 @@ def test_shell_values_arrive_byte_for_byte(job_name, python, env_value, workdir)
     body = text.rsplit("xgen_devices\n", 1)[0]
     probe = (
         body + "XGEN_DEVICE=cpu NPROC_PER_NODE=1\nxgen_comm_env\n"
-        'printf "%s\\0" "$XGEN_JOB_NAME" "$PYTHON" "$XGEN_TEST_VALUE" "$XGEN_WORKDIR"\n'
+        'printf "%s\\0" "$PYTHON" "$XGEN_TEST_VALUE" "$XGEN_WORKDIR"\n'
     )
-    values = run_bash(probe).split(b"\0")[:4]
-    assert values == [v.encode() for v in (config.job.name, config.python, env_value, config.workdir)]
+    values = run_bash(probe).split(b"\0")[:3]
+    assert values == [v.encode() for v in (config.python, env_value, config.workdir)]
 
 
 @given(value=TEXT)

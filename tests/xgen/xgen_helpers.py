@@ -18,7 +18,7 @@ FIXED_HOSTFILE = "/cluster/xgen/hostfile"
 
 
 def load_fixed(example: Path):
-    from xgen.config import load_config
+    from xgen.load import load_config
 
     config = load_config(example)
     return dataclasses.replace(config, source=FIXED_DIR / example.name)

@@ -11,13 +11,17 @@ from xgen.targets.shell import check_node_rank
 
 
 def _settings(config: Config) -> dict[str, Any]:
-    train = config.train
-    fsdp = train.get("fsdp")
-    precision = "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else "no"
+    """From the parsed `train:` (the runtime's parser turns `fsdp: "full_shard offload"` and
+    `fsdp_config: {cpu_offload: true}` alike into fsdp_config.cpu_offload)."""
+    train = config.training
+    if train is None:
+        return {"fsdp": False, "fsdp_offload": False, "mixed_precision": "no"}
+    fsdp = bool(train.fsdp)
+    fsdp_config = train.fsdp_config if isinstance(train.fsdp_config, dict) else {}
     return {
-        "fsdp": bool(fsdp),
-        "fsdp_offload": "offload" in str(fsdp or ""),
-        "mixed_precision": precision,
+        "fsdp": fsdp,
+        "fsdp_offload": fsdp and bool(fsdp_config.get("cpu_offload")),
+        "mixed_precision": "bf16" if train.bf16 else "fp16" if train.fp16 else "no",
     }
 
 

@@ -1,22 +1,76 @@
-"""`xgen check`: what would run, in a few lines (nodes x devices, launcher, ZeRO stage, env)."""
+"""`xgen check`: what would run, in a few lines (nodes x devices, launcher, method, strategy, env)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+from runtime.config import TrainConfig
 from xgen.config import Config
-from xgen.targets.common import master_addr
+from xgen.errors import XgenError, XgenErrors
+from xgen.targets.common import master_addr, master_port
+
+
+def _master(config: Config) -> str:
+    addr = master_addr(config) or "first Slurm node / $MASTER_ADDR"
+    port = master_port(config)
+    if port is None:
+        return f"{addr}:<a free port picked at launch>"
+    if config.cluster.master_port is None:
+        return f"{addr}:{port} (xgen slurm: 20000 + SLURM_JOB_ID % 20000)"
+    return f"{addr}:{port}"
+
+
+def _strategy(train: TrainConfig) -> str:
+    if train.deepspeed_config is not None:
+        stage = train.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+        source = train.deepspeed if isinstance(train.deepspeed, str) else "inline JSON"
+        return f"deepspeed {source} (ZeRO-{stage})"
+    if train.fsdp:
+        offload = isinstance(train.fsdp_config, dict) and train.fsdp_config.get("cpu_offload")
+        return "fsdp (FSDP2" + (", cpu offload)" if offload else ")")
+    return "ddp"
+
+
+def _train(config: Config) -> str:
+    train = config.training
+    if train is None:
+        return "(empty: the runtime will refuse to start; add the train: keys)"
+    return f"{train.stage}/{train.finetuning_type} {train.model_name_or_path}, strategy {_strategy(train)}"
+
+
+def datasets(config: Config) -> str:
+    """The `datasets:` line: the runtime's own check (`xgen-runtime check --visible-only`) run from the
+    workdir, so names, files and columns resolve as they will on the nodes. Run as a subprocess: it
+    reads the files with `datasets`, which xgen itself never imports. Bad datasets raise XgenError."""
+    if config.training is None or not (config.training.dataset or config.training.eval_dataset):
+        return "datasets: none named"
+    if not Path(config.workdir).is_dir():
+        return f"datasets: not checked: workdir {config.workdir} is not visible from here"
+    command = [sys.executable, "-m", "runtime", "check", "--visible-only", str(config.source)]
+    result = subprocess.run(command, cwd=config.workdir, capture_output=True, text=True)
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    errors = [line.removeprefix("xgen-runtime: error: ") for line in lines if "xgen-runtime: error: " in line]
+    if result.returncode == 2 and errors:
+        problems = [
+            XgenError(*line.split(": ", 1)) if ": " in line else XgenError("train", line) for line in errors
+        ]
+        raise problems[0] if len(problems) == 1 else XgenErrors(problems)
+    if result.returncode != 0:
+        last = lines[-1] if lines else f"exit status {result.returncode}"
+        return f"datasets: not checked: the runtime's check could not run here ({last})"
+    notes = [
+        line.removeprefix("xgen-runtime: note: ") for line in lines if line.startswith("xgen-runtime: note:")
+    ]
+    if notes:
+        return "datasets: " + "; ".join(notes)
+    return "datasets: " + lines[-1].removeprefix("xgen-runtime: check: ")
 
 
 def summary(config: Config) -> str:
     c = config.cluster
     devices = "auto-detected" if config.pinned_devices is None else str(config.pinned_devices)
-    train = config.train
-    strategy = (
-        f"deepspeed {train['deepspeed']}"
-        if train.get("deepspeed")
-        else f"fsdp {train['fsdp']}"
-        if train.get("fsdp")
-        else "ddp"
-    )
     hosts = ", ".join(h.name for h in config.host_list) or "from Slurm / the environment"
     env = ", ".join(f"{k}={v}" for k, v in c.env.items()) or "defaults only"
     lines = [
@@ -24,11 +78,9 @@ def summary(config: Config) -> str:
         f"job:      {config.job.name} in {config.workdir}",
         f"nodes:    {c.nodes} x {devices} devices per node (device: {c.device})",
         f"hosts:    {hosts}",
-        f"master:   {master_addr(config) or 'first Slurm node / $MASTER_ADDR'}:{c.master_port or 'auto'}",
+        f"master:   {_master(config)}",
         f"launcher: {config.launcher} (python: {config.python})",
-        f"train:    {train.get('stage', '?')}/{train.get('finetuning_type', '?')} "
-        f"{train.get('model_name_or_path', '?')}, strategy {strategy}",
+        f"train:    {_train(config)}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
-        "ok",
     ]
     return "\n".join(lines) + "\n"

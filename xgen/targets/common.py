@@ -35,6 +35,14 @@ def master_addr(config: Config) -> str | None:
     return None
 
 
+def master_port(config: Config) -> int | None:
+    """cluster.master_port, else 29500 across nodes; None on one node: the script picks a free port at launch
+    (so two runs on one machine never collide). `xgen slurm` derives its own from the job id."""
+    if config.cluster.master_port:
+        return config.cluster.master_port
+    return None if config.cluster.nodes == 1 else DEFAULT_PORT
+
+
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
     return {
         "target": target,
@@ -49,6 +57,5 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "nic_checks": nic_checks(config.cluster.nic),
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
-        # None on one node without a configured port: the script picks a free one at run time.
-        "master_port": config.cluster.master_port or (None if config.cluster.nodes == 1 else DEFAULT_PORT),
+        "master_port": master_port(config),
     }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from trainer_harness import base_config, run_cli, run_inprocess, write_config
+from trainer_harness import base_config, run_cli, run_inprocess, subprocess_env, write_config
 
 from runtime.cli import main
 
@@ -21,7 +24,7 @@ BAD = [
     ({"deepspeed": "z2", "fsdp": True}, "train.fsdp: deepspeed and fsdp are both set"),
     ({"bf16": True, "fp16": True}, "train.fp16: bf16 and fp16 are both true"),
     ({"deepspeed": "missing/ds_z3.json"}, "train.deepspeed: file not found: missing/ds_z3.json"),
-    ({"deepspeed": "z4"}, "train.deepspeed: 'z4' is neither a named stage"),
+    ({"deepspeed": "z4"}, "train.deepspeed: unknown ZeRO stage 'z4'; choose one of z0"),
     ({"eval_strategy": "steps"}, "train.eval_strategy: 'steps' needs val_size > 0 or eval_dataset"),
     ({"warmup_ratio": 2}, "train.warmup_ratio: expected a ratio in [0, 1)"),
     ({"lora_rank": 0}, "train.lora_rank: must be > 0"),
@@ -111,3 +114,55 @@ def test_make_tiny(tmp_path: Path, capsys) -> None:
     assert main(["make-tiny", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "model" / "config.json").is_file()
     assert (tmp_path / "t" / "data" / "dataset_info.json").is_file()
+
+
+CHECK_PROBE = """
+import sys
+from runtime.cli import main
+code = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "no torch")
+sys.exit(code)
+"""
+
+
+def run_check(path: Path, tmp: Path, *args: str):
+    return subprocess.run(
+        [sys.executable, "-c", CHECK_PROBE, "check", *args, str(path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(tmp),
+        timeout=120,
+    )
+
+
+def test_check_reads_datasets_without_torch(tiny_dir: Path, tmp_path: Path) -> None:
+    """`xgen-runtime check`: the scripts' per-node check; ok exits 0 and torch is never imported."""
+    cfg = base_config(tiny_dir, tmp_path / "out", eval_dataset="tiny_alpaca", val_size=0)
+    result = run_check(write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "xgen-runtime: check: ok (2 datasets read, columns present)",
+        "no torch",
+    ]
+
+
+def test_check_lists_every_node_local_problem(tiny_dir: Path, tmp_path: Path) -> None:
+    """A missing model directory, an unknown dataset and a missing column: one line each, exit 2."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    info = {"rows": {"file_name": "rows.json", "columns": {"prompt": "question"}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    cfg = base_config(tiny_dir, tmp_path / "out", dataset="rows", eval_dataset="nope", val_size=0)
+    cfg.update(dataset_dir=str(data), model_name_or_path=str(tmp_path / "no-model"))
+    result = run_check(write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True), tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert lines[0].startswith(
+        f"xgen-runtime: error: train.model_name_or_path: {tmp_path / 'no-model'} is not"
+    )
+    assert lines[1].startswith("xgen-runtime: error: train.dataset: dataset 'rows' ")
+    assert "column 'question' (columns.prompt) not found" in lines[1]
+    assert lines[2].startswith("xgen-runtime: error: train.eval_dataset: unknown dataset 'nope'")
+    assert result.stdout == "no torch\n" and "Traceback" not in result.stderr

@@ -64,7 +64,7 @@ def datasets(config: Config) -> str:
         line.removeprefix("xgen-runtime: note: ") for line in lines if line.startswith("xgen-runtime: note:")
     ]
     if notes:
-        return "datasets: " + "; ".join(notes)
+        return "datasets: " + "; ".join(note.removeprefix("datasets ") for note in notes)
     return "datasets: " + lines[-1].removeprefix("xgen-runtime: check: ")
 
 

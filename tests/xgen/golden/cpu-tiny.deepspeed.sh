@@ -8,13 +8,12 @@ set -euo pipefail
 # --- job ---
 # Interpreter on the nodes (python:), the config the runtime reads, where it runs, how many nodes.
 PYTHON=python3
-XGEN_JOB_NAME=tiny-cpu-lora
 XGEN_CONFIG=/cluster/xgen/examples/cpu-tiny.yaml
 XGEN_WORKDIR=/cluster/xgen/examples
 NNODES=1
 # Seconds a node waits at the rendezvous before giving up (cluster.rdzv_timeout): bounds a wrong master.
 XGEN_RDZV_TIMEOUT=60
-export PYTHON XGEN_JOB_NAME XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
+export PYTHON XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
 MASTER_ADDR=127.0.0.1
 # One node and no cluster.master_port: a free local port is picked at launch (xgen_free_port), so two
 # runs on one machine never collide on 29500.
@@ -166,6 +165,13 @@ xgen_free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+xgen_runtime_check() {
+  # The runtime's own validation on this node, torch-free: train keys, model paths, datasets and their
+  # columns, read as training will. A node-local config error is then one line per problem here and no
+  # launcher starts, instead of a ChildFailedError traceback from every rank.
+  "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
+}
+
 xgen_devices
 xgen_comm_env
 xgen_check_master
@@ -188,6 +194,8 @@ done
 # --- launch ---
 cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR"
 [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found: keep it on a filesystem every node sees"
+# On this node only: DeepSpeed's launcher starts the other hosts itself, over ssh.
+xgen_runtime_check
 if [[ "$MASTER_PORT" == auto ]]; then
   MASTER_PORT=$(xgen_free_port)
 fi

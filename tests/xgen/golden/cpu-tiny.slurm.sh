@@ -11,13 +11,12 @@ set -euo pipefail
 # --- job ---
 # Interpreter on the nodes (python:), the config the runtime reads, where it runs, how many nodes.
 PYTHON=python3
-XGEN_JOB_NAME=tiny-cpu-lora
 XGEN_CONFIG=/cluster/xgen/examples/cpu-tiny.yaml
 XGEN_WORKDIR=/cluster/xgen/examples
 NNODES=1
 # Seconds a node waits at the rendezvous before giving up (cluster.rdzv_timeout): bounds a wrong master.
 XGEN_RDZV_TIMEOUT=60
-export PYTHON XGEN_JOB_NAME XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
+export PYTHON XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
 
 # --- devices ---
 # Runs on each node at start: Ascend NPUs (npu-smi), then NVIDIA GPUs (nvidia-smi), else CPU (gloo).
@@ -164,11 +163,19 @@ xgen_free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+xgen_runtime_check() {
+  # The runtime's own validation on this node, torch-free: train keys, model paths, datasets and their
+  # columns, read as training will. A node-local config error is then one line per problem here and no
+  # launcher starts, instead of a ChildFailedError traceback from every rank.
+  "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
+}
+
 xgen_launch() {
   # --- launch ---
   cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR on $(hostname); it must exist on every node"
   [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found on $(hostname): the script passes the YAML's absolute path, so keep it on a filesystem every node sees"
   command -v "$PYTHON" >/dev/null 2>&1 || xgen_die "python: '$PYTHON' not found on $(hostname); set python: to the interpreter that has torch and xgen"
+  xgen_runtime_check
   if [[ "$MASTER_PORT" == auto ]]; then
     MASTER_PORT=$(xgen_free_port)
   fi
@@ -240,7 +247,7 @@ fi
 # even when sbatch had --export=NONE. --kill-on-bad-exit=1: one failed node ends the step instead of
 # leaving the others hanging in a collective.
 XGEN_NODE_SCRIPT="set -euo pipefail
-$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_comm_env xgen_check_master xgen_launch xgen_stopped_here xgen_node)
+$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_comm_env xgen_check_master xgen_runtime_check xgen_launch xgen_stopped_here xgen_node)
 xgen_node"
 srun --export=ALL --kill-on-bad-exit=1 --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_NODE_SCRIPT" &
 XGEN_STEP_PID=$!

@@ -80,36 +80,20 @@ PREDICTED_SETUP_S = {"padded": 20, "flat_flex": 45, "runtime": 45}
 
 
 def build_tokenizer(vocab: int):
-    """A word-level tokenizer over `w<i>` words: generated text round-trips to exact token ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """runtime.tiny's word-level tokenizer: generated `w<i>` text round-trips to exact token ids."""
+    from runtime.tiny import word_tokenizer
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
-    words = {tok: i for i, tok in enumerate(specials)}
-    words.update({f"w{i}": i for i in range(len(specials), vocab)})
-    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        chat_template=chat_template,
-        model_max_length=100_000,
-    )
+    return word_tokenizer(vocab)
 
 
 def build_model_dir(shape: Shape, dest: Path) -> Path:
-    """Random-weight Llama of `shape` plus the tokenizer, saved as a normal HF model directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Random-weight Llama of `shape` (runtime.tiny's builder) plus the tokenizer, saved as a model dir."""
+    from runtime.tiny import build_model
 
-    config = LlamaConfig(
-        vocab_size=shape.vocab,
+    tokenizer = build_tokenizer(shape.vocab)
+    model = build_model(
+        tokenizer,
+        0,
         hidden_size=shape.hidden,
         intermediate_size=shape.mlp,
         num_hidden_layers=shape.layers,
@@ -117,14 +101,9 @@ def build_model_dir(shape: Shape, dest: Path) -> Path:
         num_key_value_heads=shape.kv_heads,
         max_position_embeddings=max(4096, shape.max_len * 2),
         tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=5,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    ).to(torch.bfloat16)
     model.save_pretrained(dest)
-    build_tokenizer(shape.vocab).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
     return dest
 
 

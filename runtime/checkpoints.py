@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 from runtime.config import ConfigError, TrainConfig
@@ -120,10 +119,3 @@ def publish(staged: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
-
-
-def share_probe(output_dir: str | Path, token: str | None = None) -> tuple[Path, str]:
-    """Rank 0 writes a marker; other nodes look for it to learn whether output_dir is shared."""
-    token = token or uuid.uuid4().hex
-    path = staging_root(output_dir) / f"share-{token}"
-    return path, token

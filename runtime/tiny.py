@@ -52,7 +52,7 @@ def build_tiny(dest: Path, *, seed: int = 0) -> TinyPaths:
     rng = random.Random(seed)
     tokenizer = _train_tokenizer(_corpus(random.Random(seed + 1)))
     tokenizer.save_pretrained(paths.model)
-    _build_model(tokenizer, seed).save_pretrained(paths.model)
+    build_model(tokenizer, seed).save_pretrained(paths.model)
     _write_datasets(paths.data, rng)
     return paths
 
@@ -98,6 +98,32 @@ def _train_tokenizer(corpus: list[str]):
     )
 
 
+def word_tokenizer(vocab: int):
+    """A word-level tokenizer over `w<i>` words (any vocab size, nothing to train): generated text
+    round-trips to exact token ids, so the benchmark controls sequence lengths to the token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
+    words = {tok: i for i, tok in enumerate(specials)}
+    words.update({f"w{i}": i for i in range(len(specials), vocab)})
+    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        chat_template=chat_template,
+        model_max_length=100_000,
+    )
+
+
 def llama_config(tokenizer, **sizes):
     """A Llama config over `tokenizer`: the tiny model's sizes unless `sizes` overrides them."""
     from transformers import LlamaConfig
@@ -109,11 +135,11 @@ def llama_config(tokenizer, **sizes):
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
         **sizes,
     }
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -121,11 +147,12 @@ def llama_config(tokenizer, **sizes):
     )
 
 
-def _build_model(tokenizer, seed: int):
+def build_model(tokenizer, seed: int, **sizes):
+    """A random-weight Llama over `tokenizer` (the tiny one unless `sizes` overrides llama_config)."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    config = llama_config(tokenizer)
+    config = llama_config(tokenizer, **sizes)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(

@@ -9,7 +9,8 @@ import pytest
 import torch
 from trainer_harness import base_config, run_inprocess, weights, write_config
 
-STAGES = ("pt", "sft", "rm", "dpo")
+from runtime.config import STAGES
+
 TYPES = ("full", "freeze", "lora")
 
 

@@ -26,8 +26,9 @@ SCONTROL = """#!/usr/bin/env bash
 echo "scontrol $*" >>"$XGEN_TEST_LOG"
 if [[ "$1 $2" == "show hostnames" ]]; then echo localhost; fi
 """
-# Stands in for `python -m torch.distributed.run … -m runtime train CFG` (and passes `-m runtime check`): writes its pid like the runtime,
-# on USR1 "checkpoints" (status 75) and exits 1 the way torchrun reports a failed worker.
+# Stands in for `python -m torch.distributed.run … -m runtime train CFG` (and passes `-m runtime check`):
+# writes its pid like the runtime, on USR1 "checkpoints" (status 75) and exits 1 the way torchrun
+# reports a failed worker.
 PYTHON = """#!/usr/bin/env bash
 if [[ "$1 $2 $3" == "-m runtime check" ]]; then exit 0; fi  # the per-node config check passes
 echo $$ >"$XGEN_PID_DIR/$(hostname)-0.pid"

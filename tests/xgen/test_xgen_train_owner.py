@@ -147,3 +147,22 @@ def test_node_config_error_is_one_line_before_torchrun(tmp_path):
     ]
     assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
     assert "torch.distributed" not in result.stderr
+
+
+def test_several_runtime_errors_are_one_line_each():
+    """The runtime's parser may report several keys at once (a ConfigError with `.errors`)."""
+    from runtime.check import error_lines
+    from runtime.config import ConfigError
+    from xgen.errors import XgenError
+
+    class ConfigErrors(ConfigError):
+        def __init__(self, errors):
+            super().__init__("train.a", "x")
+            self.errors = errors
+
+    expected = "xgen: error: train.a: x\nxgen: error: train.b: y"
+    for items in ([ConfigError("train.a", "x"), ConfigError("train.b", "y")], ["train.a: x", "train.b: y"]):
+        err = ConfigErrors(items)
+        assert XgenError.from_config_error(err).line() == expected
+        assert error_lines(err) == ["train.a: x", "train.b: y"]
+    assert XgenError.from_config_error(ConfigError("train.c", "z")).line() == "xgen: error: train.c: z"

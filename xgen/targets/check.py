@@ -15,11 +15,10 @@ from xgen.targets.common import master_addr, master_port
 def _master(config: Config) -> str:
     addr = master_addr(config) or "first Slurm node / $MASTER_ADDR"
     port = master_port(config)
-    if port is None:
-        return f"{addr}:<a free port picked at launch>"
+    text = f"{addr}:{port or '<a free port picked at launch>'}"
     if config.cluster.master_port is None:
-        return f"{addr}:{port} (xgen slurm: 20000 + SLURM_JOB_ID % 20000)"
-    return f"{addr}:{port}"
+        text += " (xgen slurm: 20000 + SLURM_JOB_ID % 20000)"
+    return text
 
 
 def _strategy(train: TrainConfig) -> str:
@@ -65,7 +64,8 @@ def datasets(config: Config) -> str:
     ]
     if notes:
         return "datasets: " + "; ".join(note.removeprefix("datasets ") for note in notes)
-    return "datasets: " + lines[-1].removeprefix("xgen-runtime: check: ")
+    done = [line for line in result.stdout.splitlines() if line.startswith("xgen-runtime: check: ")]
+    return "datasets: " + (done[-1].removeprefix("xgen-runtime: check: ") if done else "ok")
 
 
 def summary(config: Config) -> str:

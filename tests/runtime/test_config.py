@@ -148,3 +148,20 @@ def test_local_model_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.M
     # A hub-style name that is not a local directory is left alone.
     cfg_file.write_text(yaml.safe_dump({"model_name_or_path": "org/not-here", "dataset": "d"}))
     assert load_config(cfg_file).model_name_or_path == "org/not-here"
+
+
+def test_base_dir_resolves_relative_paths(tmp_path: Path, monkeypatch) -> None:
+    """The generator parses with base_dir=job.workdir; the runtime (running there) passes none."""
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    (tmp_path / "fsdp.json").write_text(json.dumps({"cpu_offload": True}))
+    keys = {**BASE, "deepspeed": "ds.json", "output_dir": "out"}
+    cfg = parse_train_config(keys, base_dir=tmp_path)
+    assert cfg.deepspeed_config == {"zero_optimization": {"stage": 1}} and cfg.deepspeed == "ds.json"
+    assert cfg.dataset_dir == str(tmp_path / "data")
+    cfg = parse_train_config({**BASE, "fsdp": True, "fsdp_config": "fsdp.json"}, base_dir=tmp_path)
+    assert cfg.fsdp_config == {"cpu_offload": True}
+    with pytest.raises(ConfigError, match="file not found"):
+        parse_train_config(keys)  # relative to the cwd, which has no ds.json
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_train_config(keys)
+    assert cfg.deepspeed_config == {"zero_optimization": {"stage": 1}} and cfg.dataset_dir == "data"

@@ -1,6 +1,6 @@
 """The `xgen` command: parse arguments, call one target builder, write its text. Nothing else.
 
-Errors (XgenError) become one stderr line `xgen: error: <key>: <message>` and exit status 2; an
+Errors (XgenError) become one stderr line per problem `xgen: error: <key>: <message>` and exit 2; an
 output file is only ever replaced whole (temp file + os.replace), so a failure leaves nothing behind.
 """
 
@@ -64,7 +64,7 @@ def run(action: Callable[[Config], object], config_file: str) -> None:
 
 
 def guarded(action: Callable[[], object]) -> None:
-    """Run one action; every XgenError or OSError becomes one line and exit status 2."""
+    """Run one action; every XgenError or OSError becomes one line (per problem) and exit status 2."""
     try:
         action()
     except XgenError as err:

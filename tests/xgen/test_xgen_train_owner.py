@@ -149,20 +149,27 @@ def test_node_config_error_is_one_line_before_torchrun(tmp_path):
     assert "torch.distributed" not in result.stderr
 
 
-def test_several_runtime_errors_are_one_line_each():
+def test_several_runtime_errors_are_one_line_each(tmp_path, monkeypatch):
     """The runtime's parser may report several keys at once (a ConfigError with `.errors`)."""
+    import pytest
+
+    import runtime.config
     from runtime.check import error_lines
     from runtime.config import ConfigError
     from xgen.errors import XgenError
 
     class ConfigErrors(ConfigError):
         def __init__(self, errors):
-            super().__init__("train.a", "x")
+            super().__init__(errors[0].key, errors[0].message)
             self.errors = errors
 
-    expected = "xgen: error: train.a: x\nxgen: error: train.b: y"
-    for items in ([ConfigError("train.a", "x"), ConfigError("train.b", "y")], ["train.a: x", "train.b: y"]):
-        err = ConfigErrors(items)
-        assert XgenError.from_config_error(err).line() == expected
-        assert error_lines(err) == ["train.a: x", "train.b: y"]
-    assert XgenError.from_config_error(ConfigError("train.c", "z")).line() == "xgen: error: train.c: z"
+    err = ConfigErrors([ConfigError("train.a", "x"), ConfigError("train.b", "y")])
+    assert error_lines(err) == ["train.a: x", "train.b: y"]
+
+    def parse(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(runtime.config, "parse_train_config", parse)
+    with pytest.raises(XgenError) as raised:
+        parse_mapping({"train": {"model_name_or_path": "m"}}, tmp_path / "job.yaml")
+    assert raised.value.line() == "xgen: error: train.a: x\nxgen: error: train.b: y"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.config import TrainConfig
 from xgen.config import Config
-from xgen.errors import XgenError, XgenErrors
+from xgen.errors import XgenError
 from xgen.targets.common import master_addr, master_port
 
 
@@ -52,10 +52,8 @@ def datasets(config: Config) -> str:
     lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     errors = [line.removeprefix("xgen-runtime: error: ") for line in lines if "xgen-runtime: error: " in line]
     if result.returncode == 2 and errors:
-        problems = [
-            XgenError(*line.split(": ", 1)) if ": " in line else XgenError("train", line) for line in errors
-        ]
-        raise problems[0] if len(problems) == 1 else XgenErrors(problems)
+        first, *rest = [_key_and_message(line) for line in errors]
+        raise XgenError(*first, also=rest)
     if result.returncode != 0:
         last = lines[-1] if lines else f"exit status {result.returncode}"
         return f"datasets: not checked: the runtime's check could not run here ({last})"
@@ -66,6 +64,11 @@ def datasets(config: Config) -> str:
         return "datasets: " + "; ".join(note.removeprefix("datasets ") for note in notes)
     done = [line for line in result.stdout.splitlines() if line.startswith("xgen-runtime: check: ")]
     return "datasets: " + (done[-1].removeprefix("xgen-runtime: check: ") if done else "ok")
+
+
+def _key_and_message(line: str) -> tuple[str, str]:
+    key, _, message = line.partition(": ")
+    return (key, message) if message else ("train", line)
 
 
 def summary(config: Config) -> str:

@@ -62,8 +62,10 @@ def worker_count(requested: int | None) -> int | None:
 
 
 def packing_enabled(cfg: TrainConfig, stage: str) -> bool:
-    """Only pt and sft pack; asking for it with rm/dpo is refused."""
+    """LLaMA-Factory: packing unset means on for pt, off otherwise. Only pt and sft pack."""
     packing = cfg.packing
+    if packing is None:
+        return stage == "pt"
     if packing and stage in PAIRWISE_STAGES:
         raise ConfigError(
             "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"

@@ -176,9 +176,19 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     return model
 
 
+def fit_embeddings(model: nn.Module, tokenizer: Any) -> nn.Module:
+    """Grow the embeddings when the template added tokens the model has no rows for (its stop words;
+    LLaMA-Factory would need resize_vocab). New rows start at the mean of the old ones."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        log.warning("tokenizer has %d tokens, the model's embeddings %d rows: resizing", len(tokenizer), rows)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return model
+
+
 def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) -> nn.Module:
     """load → (packing check) → freeze | lora → gradient checkpointing; the steps every stage shares."""
-    model = load_model(cfg, stage=stage, device=device)
+    model = fit_embeddings(load_model(cfg, stage=stage, device=device), tokenizer)
     if cfg.packing and stage in ("pt", "sft"):
         check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":

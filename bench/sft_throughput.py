@@ -84,22 +84,22 @@ def build_tokenizer(vocab: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from runtime.data.templates import chat_template
+
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
     words = {tok: i for i, tok in enumerate(specials)}
     words.update({f"w{i}": i for i in range(len(specials), vocab)})
     backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-    )
+    # chatml's markers are special tokens, so the words beside them (`user\n`) split off on whitespace
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="<|im_end|>",
         unk_token="<unk>",
-        chat_template=chat_template,
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=chat_template("chatml"),
         model_max_length=100_000,
     )
 

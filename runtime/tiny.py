@@ -13,12 +13,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 # The reversal task uses few words so a 124k-parameter model can learn it in a few hundred steps.
@@ -75,6 +69,8 @@ def _train_tokenizer(corpus: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from runtime.data.templates import chat_template
+
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -93,7 +89,7 @@ def _train_tokenizer(corpus: list[str]):
         eos_token="<|im_end|>",
         pad_token="<pad>",
         additional_special_tokens=["</s>", "<|im_start|>"],
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat_template("chatml"),
         model_max_length=512,
     )
 

@@ -317,6 +317,7 @@ class ChatFormat:
             eos=eos,
             enable_thinking=self.enable_thinking,
             preserve_thinking=self.preserve_thinking,
+            default_system=self.system_for(None),
         )
 
     def chat_template_for_saving(self, tokenizer) -> str | None:
@@ -329,17 +330,16 @@ class ChatFormat:
         return ours
 
     def _same(self, tokenizer, own: str, ours: str) -> bool:
-        probe = [
-            {"role": "system", "content": "S"},
+        turns = [
             {"role": "user", "content": "Q1"},
             {"role": "assistant", "content": "A1"},
             {"role": "user", "content": "Q2"},
         ]
+        probes = []
+        for head in ([], [{"role": "system", "content": "S"}]):
+            probes += [(head + turns, True), ([*head, *turns, {"role": "assistant", "content": "A2"}], False)]
         try:
-            for messages, generation in (
-                (probe, True),
-                ([*probe, {"role": "assistant", "content": "A2"}], False),
-            ):
+            for messages, generation in probes:
                 a = tokenizer.apply_chat_template(
                     messages, chat_template=own, tokenize=False, add_generation_prompt=generation
                 )
@@ -396,6 +396,7 @@ def spec_jinja(
     eos: str = "",
     enable_thinking: bool | None = True,
     preserve_thinking: bool = False,
+    default_system: str | None = None,
 ) -> str:
     """A Jinja chat template that renders conversations exactly as training formats them.
 
@@ -411,7 +412,9 @@ def spec_jinja(
     opening, closing = spec.thought_words
     empty_thought = closing if spec.thinking == "close_only" else opening + closing
     out = [
-        "{%- set system_message = " + _lit(spec.default_system) + " -%}",
+        "{%- set system_message = "
+        + _lit(spec.default_system if default_system is None else default_system)
+        + " -%}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
         "{%- set system_message = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}",
         "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}",
@@ -432,26 +435,14 @@ def spec_jinja(
     assistant = ""
     if spec.thinking:  # as LLaMA-Factory prompts at inference: thoughts of earlier replies are dropped
         drop = "true" if enable_thinking is False else "false" if preserve_thinking else "not loop.last"
-        assistant += (
-            "{%- if ("
-            + drop
-            + ") and "
-            + _lit(opening)
-            + " in content and "
-            + _lit(closing)
-            + " in content -%}"
-            "{%- set content = (content.split("
-            + _lit(opening)
-            + ")[0] + content.split("
-            + _lit(closing)
-            + ", 1)[1]).lstrip('\\n') -%}{%- endif -%}"
-            "{%- if loop.last and "
-            + _lit(opening.strip())
-            + " not in content and "
-            + _lit(closing.strip())
-            + " not in content -%}{%- set content = "
-            + _lit(empty_thought)
-            + " + content -%}{%- endif -%}"
+        o, c = _lit(opening), _lit(closing)
+        without = f"(content.split({o})[0] + content.split({c}, 1)[1]).lstrip('\\n')"
+        bare = f"{_lit(opening.strip())} not in content and {_lit(closing.strip())} not in content"
+        assistant = (
+            f"{{%- if ({drop}) and {o} in content and {c} in content -%}}"
+            f"{{%- set content = {without} -%}}{{%- endif -%}}"
+            # the last reply without a thought opens with an empty one, before the reply's slot
+            f"{{%- if loop.last and {bare} -%}}{{{{- {_lit(empty_thought)} -}}}}{{%- endif -%}}"
         )
     out.append(
         "{%- elif message['role'] == 'assistant' -%}" + assistant + "{{- " + expr(spec.assistant) + " -}}"
@@ -463,6 +454,12 @@ def spec_jinja(
     if spec.thinking and not enable_thinking:
         out.append("{%- if add_generation_prompt -%}{{- " + _lit(empty_thought) + " -}}{%- endif -%}")
     return "".join(out)
+
+
+def chat_template(name: str) -> str:
+    """A named template as a Jinja chat template, for a tokenizer built in code (runtime/tiny.py, bench/).
+    Only for templates that name no BOS/EOS token (chatml): those need the tokenizer's own tokens."""
+    return spec_jinja(NAMED_TEMPLATES[name])
 
 
 # --- choosing a template --------------------------------------------------------------------------

@@ -139,13 +139,13 @@ def test_matches_llamafactory_live(tiny_tokenizer, tiny_dir: Path, tmp_path: Pat
         assert rows == recorded  # the committed file is what this LLaMA-Factory produces
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["qwen3:no_thinking", "deepseekr1:no_thinking", "glm4_7"])
+@pytest.mark.parametrize("name", sorted(NAMED_TEMPLATES))
 def test_saved_chat_template_prompts_as_training(tiny_tokenizer, name: str):
-    """The Jinja saved with the model renders a prompt exactly like training formats it."""
-    name, _, setting = name.partition(":")
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    chat = resolve_template(name, tokenizer, **SETTINGS[setting or "defaults"])
-    jinja = chat.jinja(tokenizer)
+    """The Jinja saved with the model renders prompts and replies exactly like training tokenizes them."""
+    from runtime.data.template_spec import Tok
+
+    spec = NAMED_TEMPLATES[name]
+    by_name = {p.text for slot in (spec.prefix, spec.system, spec.user) for p in slot if isinstance(p, Tok)}
     system = [{"role": "system", "content": "Be kind."}]
     history = [
         {"role": "user", "content": "say hello"},
@@ -153,14 +153,19 @@ def test_saved_chat_template_prompts_as_training(tiny_tokenizer, name: str):
         {"role": "user", "content": "once more"},
     ]
     reply = {"role": "assistant", "content": "hello again"}
-    for conversation in (history, system + history):
-        prompt_ids, reply_ids = chat.encode_oneturn(tokenizer, [*conversation, reply])
-        prompt = tokenizer.apply_chat_template(
-            conversation, chat_template=jinja, tokenize=False, add_generation_prompt=True
-        )
-        full = tokenizer.apply_chat_template([*conversation, reply], chat_template=jinja, tokenize=False)
-        assert prompt == tokenizer.decode(prompt_ids)
-        assert full == tokenizer.decode(prompt_ids + reply_ids)
+    for settings in ({}, {"enable_thinking": False}, {"default_system": "D"}, {"preserve_thinking": True}):
+        tokenizer = copy.deepcopy(tiny_tokenizer)
+        tokenizer.add_tokens(sorted(by_name), special_tokens=True)  # chatglm3/yuan look tokens up by name
+        chat = resolve_template(name, tokenizer, **settings)
+        jinja = chat.jinja(tokenizer)
+        for conversation in (history, system + history, history[:1]):
+            prompt_ids, reply_ids = chat.encode_oneturn(tokenizer, [*conversation, reply])
+            prompt = tokenizer.apply_chat_template(
+                conversation, chat_template=jinja, tokenize=False, add_generation_prompt=True
+            )
+            full = tokenizer.apply_chat_template([*conversation, reply], chat_template=jinja, tokenize=False)
+            assert prompt == tokenizer.decode(prompt_ids), (settings, conversation)
+            assert full == tokenizer.decode(prompt_ids + reply_ids), (settings, conversation)
 
 
 def test_template_is_saved_with_the_tokenizer(tiny_tokenizer, tmp_path: Path):

@@ -194,3 +194,48 @@ def test_unknown_template_names_the_close_ones(tiny_tokenizer):
 
     with pytest.raises(ConfigError, match="did you mean qwen3_nothink"):
         resolve_template("qwen3_nothing", copy.deepcopy(tiny_tokenizer))
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_training_saves_the_template_it_used(tiny_dir: Path, tmp_path: Path, finetuning_type: str):
+    """llama3 on the tiny (chatml) tokenizer: its stop words become tokens, the embeddings grow, and the
+    saved tokenizer prompts in llama3's format, as training did; the output reloads."""
+    import torch
+    from trainer_harness import base_config, run_inprocess, write_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    cfg = base_config(
+        tiny_dir,
+        out,
+        template="llama3",
+        max_steps=2,
+        finetuning_type=finetuning_type,
+        default_system="Be brief.",
+    )
+    assert run_inprocess(write_config(tmp_path / "cfg.yaml", cfg)) == 0
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.eos_token == "<|eot_id|>" and "<|eom_id|>" in saved.get_added_vocab()
+    prompt = saved.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == (
+        "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    ids = saved(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if finetuning_type == "lora":  # export grows the base's embeddings before merging the adapter
+        import dataclasses
+
+        from runtime.config import TrainConfig
+        from runtime.export import export
+
+        merged = tmp_path / "merged"
+        fields = dict(model_name_or_path=str(tiny_dir / "model"), adapter_name_or_path=str(out))
+        export(dataclasses.replace(TrainConfig(), export_dir=str(merged), **fields))
+        assert AutoTokenizer.from_pretrained(merged).chat_template == saved.chat_template
+        out = merged
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.get_input_embeddings().weight.shape[0] == len(saved) == 514
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import sys
 
 SFT_CASES = {
@@ -69,6 +70,7 @@ def _runs(tokenizer, ids, labels):
 
 
 def main(model_dir: str, out_path: str) -> int:
+    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "ERROR")  # one info line per template otherwise
     import llamafactory
     from llamafactory.data.mm_plugin import get_mm_plugin
     from llamafactory.data.processor import PairwiseDatasetProcessor, SupervisedDatasetProcessor
@@ -142,7 +144,7 @@ def main(model_dir: str, out_path: str) -> int:
     with open(out_path, "w", encoding="utf-8") as f:
         f.write(json.dumps({"meta": meta}) + "\n")
         for row in lines:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
     return 0
 
 

@@ -237,5 +237,6 @@ def test_training_saves_the_template_it_used(tiny_dir: Path, tmp_path: Path, fin
         out = merged
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape[0] == len(saved) == 514
+    assert saved.eos_token_id in model.generation_config.eos_token_id  # generate stops at <|eot_id|>
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()

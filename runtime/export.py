@@ -22,16 +22,20 @@ def export(cfg: TrainConfig) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
-    )
-    merged = PeftModel.from_pretrained(base, cfg.adapter_name_or_path).merge_and_unload()
-    merged.config.use_cache = True
-    out = Path(cfg.export_dir)
-    merged.save_pretrained(out, max_shard_size=f"{cfg.export_size}GB")
+    from runtime.model import fit_embeddings
+
     # The adapter dir holds the tokenizer the run trained with (pad token, template).
     tokenizer_dir = cfg.adapter_name_or_path
     if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         tokenizer_dir = cfg.model_name_or_path
-    AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=cfg.trust_remote_code).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=cfg.trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+    )
+    base = fit_embeddings(base, tokenizer)  # training grew them when its template added tokens
+    merged = PeftModel.from_pretrained(base, cfg.adapter_name_or_path).merge_and_unload()
+    merged.config.use_cache = True
+    out = Path(cfg.export_dir)
+    merged.save_pretrained(out, max_shard_size=f"{cfg.export_size}GB")
+    tokenizer.save_pretrained(out)
     return out

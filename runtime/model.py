@@ -176,9 +176,26 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     return model
 
 
+def fit_embeddings(model: nn.Module, tokenizer: Any) -> nn.Module:
+    """Fit the model to a tokenizer its chat template fixed: grow the embeddings for added tokens (stop
+    words; LLaMA-Factory would need resize_vocab; new rows start at the mean of the old ones), and let
+    generation stop at the template's EOS as well as the model's own."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        log.warning("tokenizer has %d tokens, the model's embeddings %d rows: resizing", len(tokenizer), rows)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and tokenizer.eos_token_id is not None:
+        eos = generation.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id not in eos:
+            generation.eos_token_id = [tokenizer.eos_token_id, *eos] if eos else tokenizer.eos_token_id
+    return model
+
+
 def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) -> nn.Module:
     """load → (packing check) → freeze | lora → gradient checkpointing; the steps every stage shares."""
-    model = load_model(cfg, stage=stage, device=device)
+    model = fit_embeddings(load_model(cfg, stage=stage, device=device), tokenizer)
     if cfg.packing and stage in ("pt", "sft"):
         check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":

@@ -13,12 +13,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 # The reversal task uses few words so a 124k-parameter model can learn it in a few hundred steps.
@@ -75,6 +69,8 @@ def _train_tokenizer(corpus: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from runtime.data.templates import chat_template
+
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -93,7 +89,7 @@ def _train_tokenizer(corpus: list[str]):
         eos_token="<|im_end|>",
         pad_token="<pad>",
         additional_special_tokens=["</s>", "<|im_start|>"],
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat_template("chatml"),
         model_max_length=512,
     )
 
@@ -104,22 +100,22 @@ def word_tokenizer(vocab: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from runtime.data.templates import chat_template
+
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
     words = {tok: i for i, tok in enumerate(specials)}
     words.update({f"w{i}": i for i in range(len(specials), vocab)})
     backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-    )
+    # chatml's markers are special tokens, so the words beside them (`user\n`) split off on whitespace
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="<|im_end|>",
         unk_token="<unk>",
-        chat_template=chat_template,
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=chat_template("chatml"),
         model_max_length=100_000,
     )
 

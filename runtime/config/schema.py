@@ -127,7 +127,18 @@ class TrainConfig:
     dataset: str | None = _f(None, "Comma list of dataset names (dataset_info.json) or file paths.")
     eval_dataset: str | None = _f(None, "Comma list of eval datasets (instead of val_size).")
     dataset_dir: str = _f("data", "Folder holding dataset_info.json and the data files.")
-    template: str | None = _f(None, "Chat template name; default: the tokenizer's own chat template.")
+    template: str | None = _f(
+        None,
+        "Chat template: any LLaMA-Factory 0.9.5 name (qwen3, llama3, ...); default: the tokenizer's own.",
+    )
+    # --- chat template options (LLaMA-Factory's names; read by runtime.data.templates) ---
+    default_system: str | None = _f(
+        None, "System prompt for conversations without one (replaces the template's)."
+    )
+    enable_thinking: bool | None = _f(
+        True, "Reasoning templates: train replies' thoughts (false: drop them, empty thought in the prompt)."
+    )
+    preserve_thinking: bool = _f(False, "Reasoning templates, rm/dpo: keep thoughts of earlier replies.")
     cutoff_len: int = _f(2048, "Max tokens per example (pt: block size).")
     max_samples: int | None = _f(None, "Use at most this many examples per dataset.")
     val_size: float = _f(0.0, "Held-out fraction (<1) or count (>=1) of the train data for eval.")

@@ -22,7 +22,6 @@ _IGNORED = {
     "ddp_find_unused_parameters": "xgen-runtime always sets false (LoRA/freeze included)",
     "disable_tqdm": "xgen-runtime draws its own progress",
     "include_num_input_tokens_seen": "train_results.json always reports effective tokens",
-    "enable_thinking": "chat formatting uses the template as is",
     "log_level": "rank 0 logs, others stay quiet",
     "export_device": "export merges on CPU",
 }

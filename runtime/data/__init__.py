@@ -81,7 +81,15 @@ def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     cutoff_len = cfg.cutoff_len
     if not isinstance(cutoff_len, int) or cutoff_len < 1:
         raise ConfigError("cutoff_len", f"must be a positive integer, got {cutoff_len!r}")
-    chat = None if stage == "pt" else resolve_template(cfg.template, tokenizer)
+    chat = None
+    if stage != "pt" or cfg.template:  # pt: a named template still fixes EOS and is saved (LLaMA-Factory)
+        chat = resolve_template(
+            cfg.template,
+            tokenizer,
+            enable_thinking=cfg.enable_thinking,
+            preserve_thinking=cfg.preserve_thinking,
+            default_system=cfg.default_system,
+        )
     if not cfg.dataset:
         raise ConfigError("dataset", "no dataset given: name entries of dataset_info.json or data files")
     context = {

@@ -9,7 +9,7 @@ the caller reports how many.
 from __future__ import annotations
 
 from runtime.data.packing import IGNORE_INDEX
-from runtime.data.templates import ChatFormat, with_system
+from runtime.data.templates import ChatFormat
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -25,10 +25,6 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
     return new_source_len, new_target_len
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def _keep_end(ids: list[int], n: int) -> list[int]:
     """Prompts lose their start, so the reply stays attached to the header that introduces it."""
     return ids[len(ids) - n :] if n else []
@@ -36,21 +32,30 @@ def _keep_end(ids: list[int], n: int) -> list[int]:
 
 def tokenize_sft(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int) -> dict[str, list]:
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    eos = tokenizer.eos_token_id
     for prompt, response, system in zip(batch["_prompt"], batch["_response"], batch["_system"], strict=True):
         if len(prompt) % 2 != 1 or len(response) != 1:
             continue
-        pieces = chat.segments(tokenizer, with_system(prompt + response, system))
+        pairs = chat.encode_multiturn(tokenizer, prompt + response, system)
         input_ids: list[int] = []
         labels: list[int] = []
-        for (source_text, _), (target_text, _) in zip(pieces[0::2], pieces[1::2], strict=True):
-            budget = cutoff_len - len(input_ids)
-            if budget <= 0:
+        # efficient_eos templates end the sequence with one EOS (reserved in the budget), and the first
+        # token of every later prompt is trained to predict the EOS that ends the reply before it.
+        total = 1 if chat.efficient_eos else 0
+        for turn, (source, target) in enumerate(pairs):
+            if total >= cutoff_len:
                 break
-            source, target = _encode(tokenizer, source_text), _encode(tokenizer, target_text)
-            source_len, target_len = infer_seqlen(len(source), len(target), budget)
+            source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
             source, target = _keep_end(source, source_len), target[:target_len]
+            total += source_len + target_len
+            source_labels = [IGNORE_INDEX] * source_len
+            if chat.efficient_eos and turn and source_len:
+                source_labels[0] = eos
             input_ids += source + target
-            labels += [IGNORE_INDEX] * len(source) + target
+            labels += source_labels + target
+        if chat.efficient_eos:
+            input_ids.append(eos)
+            labels.append(eos)
         if all(label == IGNORE_INDEX for label in labels):
             continue
         out["input_ids"].append(input_ids)
@@ -67,14 +72,13 @@ def tokenize_pairwise(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: i
         for field in ("input_ids", "attention_mask", "labels")
     ]
     out: dict[str, list] = {name: [] for name in names}
+    end = [tokenizer.eos_token_id] if chat.efficient_eos else []
     for prompt, response, system in zip(batch["_prompt"], batch["_response"], batch["_system"], strict=True):
         if len(prompt) % 2 != 1 or len(response) != 2:
             continue
-        conversation = with_system(prompt, system)
-        head, chosen_text = chat.split_last_reply(tokenizer, conversation + response[:1])
-        _, rejected_text = chat.split_last_reply(tokenizer, conversation + response[1:])
-        source = _encode(tokenizer, head)
-        chosen, rejected = _encode(tokenizer, chosen_text), _encode(tokenizer, rejected_text)
+        source, chosen = chat.encode_oneturn(tokenizer, prompt + response[:1], system)
+        _, rejected = chat.encode_oneturn(tokenizer, prompt + response[1:], system)
+        chosen, rejected = chosen + end, rejected + end
         source_len, target_len = infer_seqlen(len(source), max(len(chosen), len(rejected)), cutoff_len)
         source = _keep_end(source, source_len)
         if target_len == 0:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.data import build_collator
-from runtime.model import build_model, load_model, load_tokenizer
+from runtime.model import build_model, fit_embeddings, load_model, load_tokenizer
 from runtime.stages.common import RunContext, fit, load_datasets, make_trainer, save_outputs
 from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
@@ -102,7 +102,9 @@ def run(ctx: RunContext) -> None:
     model = build_model(cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
     ref_model = None
     if cfg.finetuning_type != "lora" or cfg.ref_model:
-        ref_model = load_model(cfg, stage=STAGE, device=ctx.device, path=cfg.ref_model)
+        ref_model = fit_embeddings(
+            load_model(cfg, stage=STAGE, device=ctx.device, path=cfg.ref_model), tokenizer
+        )
     collator = build_collator(cfg, tokenizer, stage=STAGE)
     trainer = make_trainer(
         DPOTrainer,

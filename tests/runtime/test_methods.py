@@ -95,7 +95,7 @@ def test_loraplus_steps_b_at_ratio_times_lr(tiny_dir, tmp_path) -> None:
     a_ids = {id(p) for n, p in result.model.named_parameters() if "lora_A" in n}
     lrs = {(id(p) in b_ids, id(p) in a_ids): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert lrs == {(True, False): pytest.approx(lr * ratio), (False, True): pytest.approx(lr)}
-    # Adam's first step moves each weight by lr: B (zero-initialised) by lr * ratio; A's gradient is 0 at B = 0.
+    # Adam's first step moves each weight by lr: B (zero at init) by lr * ratio; A's gradient is 0 at B = 0.
     moved = {n: (snap.after[n] - snap.before[n]).abs().max().item() for n in snap.before if "lora_" in n}
     assert max(v for n, v in moved.items() if "lora_B" in n) == pytest.approx(lr * ratio, rel=1e-3)
     assert max(v for n, v in moved.items() if "lora_A" in n) == 0.0
@@ -208,6 +208,28 @@ def test_galore_projects_the_linear_weights(tiny_dir, tmp_path) -> None:
     assert snap.changed() == set(snap.before)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("apollo_torch") is None, reason="pip install 'xgen[apollo]'")
+def test_apollo_projects_the_linear_weights(tiny_dir, tmp_path) -> None:
+    result, snap, _ = train(tiny_dir, tmp_path, use_apollo=True, apollo_rank=4)
+    optimizer = result.trainer.optimizer.optimizer
+    projected = {id(p) for g in optimizer.param_groups if "rank" in g for p in g["params"]}
+    names = {n for n, p in result.model.named_parameters() if id(p) in projected}
+    assert names == {n for n in snap.before if ".layers." in n and n.endswith("proj.weight")}
+    assert all(
+        "projector" in optimizer.state[p] for g in optimizer.param_groups if "rank" in g for p in g["params"]
+    )
+    assert snap.changed() == set(snap.before)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("galore_torch") is None, reason="pip install 'xgen[galore]'")
+def test_galore_layerwise_steps_in_backward(tiny_dir, tmp_path) -> None:
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    result, snap, _ = train(tiny_dir, tmp_path, use_galore=True, galore_rank=4, galore_layerwise=True)
+    assert isinstance(result.trainer.optimizer.optimizer, LayerWiseDummyOptimizer)
+    assert snap.changed() == set(snap.before)
+
+
 # --- refusals ------------------------------------------------------------------------------
 BASE = {"model_name_or_path": "m", "dataset": "d"}
 
@@ -281,14 +303,17 @@ def test_layerwise_and_badam_refuse_several_processes() -> None:
 # --- two ranks equal one process -------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "tolerance"),
     [
-        {"finetuning_type": "lora", "use_dora": True, "loraplus_lr_ratio": 4.0},
-        {"finetuning_type": "full", "use_muon": True},
+        ({"finetuning_type": "lora", "use_dora": True, "loraplus_lr_ratio": 4.0}, 1e-5),
+        ({"finetuning_type": "oft", "oft_block_size": 16}, 1e-5),
+        # Muon orthogonalises in bfloat16 (torch.optim.Muon, as Moonlight): the ~1e-7 difference of a
+        # 2-rank gradient sum is rounded to bf16 steps: DDP agrees to bf16 precision only (measured 8.3e-5).
+        ({"finetuning_type": "full", "use_muon": True}, 1e-3),
     ],
-    ids=["dora_loraplus", "muon"],
+    ids=["dora_loraplus", "oft", "muon"],
 )
-def test_ddp_equals_single_process(tiny_dir, tmp_path, overrides) -> None:
+def test_ddp_equals_single_process(tiny_dir, tmp_path, overrides, tolerance) -> None:
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     cfg = base_config(tiny_dir, single, max_steps=4, per_device_train_batch_size=4, **overrides)
     assert run_inprocess(write_config(tmp_path / "single.yaml", cfg)) == 0
@@ -296,4 +321,4 @@ def test_ddp_equals_single_process(tiny_dir, tmp_path, overrides) -> None:
     proc = run_torchrun(write_config(tmp_path / "ddp.yaml", cfg), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout
-    assert max_diff(weights(ddp), weights(single)) < 1e-5
+    assert max_diff(weights(ddp), weights(single)) < tolerance

@@ -322,3 +322,39 @@ def test_ddp_equals_single_process(tiny_dir, tmp_path, overrides, tolerance) -> 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout
     assert max_diff(weights(ddp), weights(single)) < tolerance
+
+
+# --- LLaMA-Factory's own examples/extras configs (paths swapped) ----------------------------------
+EXTRAS = Path(__file__).parent / "lf_examples" / "extras"
+
+
+def _needs(name: str) -> str | None:
+    """Why an example cannot run in this environment, or None."""
+    from runtime.config.schema import train_fields
+
+    package = {"galore": "galore_torch", "apollo": "apollo_torch"}.get(name.split("_")[0])
+    if package and importlib.util.find_spec(package) is None:
+        return f"{package} is not installed (pip install 'xgen[{name.split('_')[0]}]')"
+    if package and "pure_bf16" not in train_fields():
+        return "pure_bf16 is another branch's key"
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXTRAS.glob("*.yaml")))
+def test_lf_extras_example_trains_and_reloads(name, tiny_dir, tmp_path, pro_model) -> None:
+    if why := _needs(name):
+        pytest.skip(why)
+    out = tmp_path / "out"
+    text = (EXTRAS / name).read_text().replace("PRO", str(pro_model)).replace("TINY", str(tiny_dir))
+    path = tmp_path / name
+    path.write_text(text.replace("OUT", str(out)))
+    assert run_inprocess(path) == 0
+    if (out / "adapter_config.json").is_file():
+        model_dir = pro_model if "llama_pro" in name else tiny_dir / "model"
+        from peft import PeftModel
+
+        PeftModel.from_pretrained(base_model(model_dir), out)
+    else:
+        base_model(out)
+    if "pissa" in name:
+        assert (out / "pissa_converted" / "adapter_model.safetensors").is_file()

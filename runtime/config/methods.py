@@ -75,6 +75,12 @@ def check_methods(cfg: TrainConfig, p: str) -> None:
             f"works on whole weight matrices, which {what} hands the optimizer as flat shards; "
             "use DDP (no deepspeed/fsdp)",
         )
+    if key == "use_adam_mini" and ds is not None:
+        # Measured: under ZeRO-2 DeepSpeed hands Adam-mini flat partitions, its name-based blocks
+        # are gone and its first step fails (IndexError in adam_mini.step).
+        raise ConfigError(
+            p + key, "DeepSpeed hands it flat partitions without parameter names; use DDP or fsdp: true"
+        )
     if key == "use_badam":
         if cfg.fsdp:
             raise ConfigError(

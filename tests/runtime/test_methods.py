@@ -246,6 +246,7 @@ BASE = {"model_name_or_path": "m", "dataset": "d"}
         ({"finetuning_type": "full", "use_apollo": True, "fsdp": True}, "use_apollo", "FSDP"),
         ({"finetuning_type": "full", "use_badam": True, "deepspeed": "z2"}, "use_badam", "ZeRO-3"),
         ({"finetuning_type": "full", "use_badam": True, "fsdp": True}, "use_badam", "FSDP"),
+        ({"finetuning_type": "full", "use_adam_mini": True, "deepspeed": "z2"}, "use_adam_mini", "DeepSpeed"),
         ({"pissa_init": True, "stage": "dpo"}, "pissa_init", "no reference"),
         ({"pissa_init": True, "deepspeed": "z3"}, "pissa_init", "ZeRO-3"),
         ({"pissa_convert": True}, "pissa_convert", "pissa_init"),
@@ -310,18 +311,27 @@ def test_layerwise_and_badam_refuse_several_processes() -> None:
         # Muon orthogonalises in bfloat16 (torch.optim.Muon, as Moonlight): the ~1e-7 difference of a
         # 2-rank gradient sum is rounded to bf16 steps: DDP agrees to bf16 precision only (measured 8.3e-5).
         ({"finetuning_type": "full", "use_muon": True}, 1e-3),
+        # The sharded strategies LLaMA-Factory runs these methods under.
+        ({"finetuning_type": "lora", "use_dora": True, "deepspeed": "z3"}, 1e-5),
+        ({"finetuning_type": "oft", "oft_block_size": 16, "deepspeed": "z3"}, 1e-5),
+        ({"finetuning_type": "lora", "loraplus_lr_ratio": 4.0, "fsdp": "full_shard auto_wrap"}, 1e-5),
+        (
+            {"finetuning_type": "full", "use_badam": True, "deepspeed": "z3"},
+            1e-5,
+        ),  # BAdam's only multi-rank mode
     ],
-    ids=["dora_loraplus", "oft", "muon"],
+    ids=["ddp_dora_loraplus", "ddp_oft", "ddp_muon", "z3_dora", "z3_oft", "fsdp_loraplus", "z3_badam"],
 )
-def test_ddp_equals_single_process(tiny_dir, tmp_path, overrides, tolerance) -> None:
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    cfg = base_config(tiny_dir, single, max_steps=4, per_device_train_batch_size=4, **overrides)
+def test_two_ranks_equal_single_process(tiny_dir, tmp_path, overrides, tolerance) -> None:
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    plain = {k: v for k, v in overrides.items() if k not in ("deepspeed", "fsdp")}
+    cfg = base_config(tiny_dir, single, max_steps=4, per_device_train_batch_size=4, **plain)
     assert run_inprocess(write_config(tmp_path / "single.yaml", cfg)) == 0
-    cfg = base_config(tiny_dir, ddp, max_steps=4, per_device_train_batch_size=2, **overrides)
-    proc = run_torchrun(write_config(tmp_path / "ddp.yaml", cfg), tmp_path)
+    cfg = base_config(tiny_dir, multi, max_steps=4, per_device_train_batch_size=2, **overrides)
+    proc = run_torchrun(write_config(tmp_path / "multi.yaml", cfg), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout
-    assert max_diff(weights(ddp), weights(single)) < tolerance
+    assert max_diff(weights(multi), weights(single)) < tolerance
 
 
 # --- LLaMA-Factory's own examples/extras configs (paths swapped) ----------------------------------

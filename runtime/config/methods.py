@@ -132,6 +132,11 @@ def _check_adapter_keys(cfg: TrainConfig, p: str) -> None:
             )
     if cfg.pissa_convert and not cfg.pissa_init:
         raise ConfigError(p + "pissa_convert", "converts a PiSSA adapter; set pissa_init: true too")
+    if cfg.pissa_convert and cfg.fsdp:
+        # rank 0 saves the initial and converted adapters from its own copy; FSDP holds only shards.
+        raise ConfigError(
+            p + "pissa_convert", "needs whole adapter weights on rank 0; not with fsdp (use DDP or z2)"
+        )
     if cfg.finetuning_type == "oft":
         if (cfg.oft_rank > 0) == (cfg.oft_block_size > 0) or min(cfg.oft_rank, cfg.oft_block_size) < 0:
             raise ConfigError(

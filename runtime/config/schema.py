@@ -118,7 +118,9 @@ class TrainConfig:
     lora_alpha: int | None = _f(None, "LoRA alpha; default 2 * lora_rank.")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_target: str = _f("all", "Comma list of module names, or `all` = every linear layer but the head.")
-    additional_target: str | None = _f(None, "Comma list of extra modules trained in full and saved (LoRA, OFT).")
+    additional_target: str | None = _f(
+        None, "Comma list of extra modules trained in full and saved (LoRA, OFT)."
+    )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
     # --- adapters (LoRA variants, OFT, LLaMA-Pro; runtime/model.py) ---

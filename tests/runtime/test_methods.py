@@ -195,6 +195,19 @@ def test_adam_mini_trains_every_weight(tiny_dir, tmp_path) -> None:
     assert snap.changed() == set(snap.before)
 
 
+def test_muon_resume_from_a_checkpoint_is_exact(tiny_dir, tmp_path, monkeypatch) -> None:
+    """The combined optimizer's state (Muon momentum + AdamW moments) round-trips through a checkpoint."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    cfg = base_config(tiny_dir, once, use_muon=True, save_steps=2)
+    assert run_inprocess(write_config(tmp_path / "once.yaml", cfg)) == 0
+    cfg = write_config(tmp_path / "twice.yaml", base_config(tiny_dir, twice, use_muon=True, save_steps=2))
+    monkeypatch.setenv("XGEN_FAULT_SIGNAL_AT_STEP", "2")
+    assert run_inprocess(cfg) == 75
+    monkeypatch.delenv("XGEN_FAULT_SIGNAL_AT_STEP")
+    assert run_inprocess(cfg) == 0
+    assert max_diff(weights(twice), weights(once)) == 0.0
+
+
 @pytest.mark.skipif(importlib.util.find_spec("galore_torch") is None, reason="pip install 'xgen[galore]'")
 def test_galore_projects_the_linear_weights(tiny_dir, tmp_path) -> None:
     result, snap, _ = train(tiny_dir, tmp_path, use_galore=True, galore_rank=4, galore_target="mlp,self_attn")
@@ -250,6 +263,7 @@ BASE = {"model_name_or_path": "m", "dataset": "d"}
         ({"pissa_init": True, "stage": "dpo"}, "pissa_init", "no reference"),
         ({"pissa_init": True, "deepspeed": "z3"}, "pissa_init", "ZeRO-3"),
         ({"pissa_convert": True}, "pissa_convert", "pissa_init"),
+        ({"pissa_init": True, "pissa_convert": True, "fsdp": True}, "pissa_convert", "fsdp"),
         ({"finetuning_type": "oft", "oft_rank": 4}, "oft_block_size", "exactly one"),
         (
             {

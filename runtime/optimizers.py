@@ -69,7 +69,7 @@ def _decay_split(model: nn.Module, params: list[tuple[str, nn.Parameter]]) -> tu
     """(decay, no_decay) as Trainer splits them: no decay for biases and norm weights."""
     from transformers import Trainer
 
-    decay_names = set(Trainer.get_decay_parameter_names(None, model))
+    decay_names = set(Trainer.get_decay_parameter_names(None, model))  # it does not use self
     decay = [p for n, p in params if n in decay_names]
     no_decay = [p for n, p in params if n not in decay_names]
     return decay, no_decay
@@ -104,7 +104,7 @@ def build_loraplus(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim
 
 
 # --- GaLore / APOLLO -----------------------------------------------------------------------
-def _low_rank_params(model: nn.Module, target: str) -> list[nn.Parameter]:
+def _low_rank_params(model: nn.Module, target: str, key: str) -> list[nn.Parameter]:
     """2-D weights of the targeted nn.Linear modules (`all`: every linear layer but heads)."""
     targets = [t.strip() for t in target.split(",") if t.strip()]
     chosen = []
@@ -118,7 +118,7 @@ def _low_rank_params(model: nn.Module, target: str) -> list[nn.Parameter]:
             continue
         chosen += [p for p in module.parameters() if p.requires_grad and p.ndim == 2]
     if not chosen:
-        raise ConfigError("galore_target/apollo_target", f"{target!r} matches no trainable linear layer")
+        raise ConfigError(key, f"{target!r} matches no trainable linear layer")
     return chosen
 
 
@@ -180,7 +180,7 @@ def build_galore(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim.O
         "scale": cfg.galore_scale,
         "proj_type": cfg.galore_proj_type,
     }
-    projected = _low_rank_params(model, cfg.galore_target)
+    projected = _low_rank_params(model, cfg.galore_target, "galore_target")
     return _low_rank_optimizer(model, args, classes[args.optim], projected, extra, cfg.galore_layerwise)
 
 
@@ -198,7 +198,7 @@ def build_apollo(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim.O
         "scale_type": cfg.apollo_scale_type,
         "scale_front": cfg.apollo_scale_front,
     }
-    projected = _low_rank_params(model, cfg.apollo_target)
+    projected = _low_rank_params(model, cfg.apollo_target, "apollo_target")
     return _low_rank_optimizer(model, args, APOLLOAdamW, projected, extra, cfg.apollo_layerwise)
 
 

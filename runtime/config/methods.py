@@ -72,7 +72,7 @@ def check_methods(cfg: TrainConfig, p: str) -> None:
         what = "DeepSpeed" if ds is not None else "FSDP"
         raise ConfigError(
             p + key,
-            f"works on whole weight matrices, which {what} hands the optimizer as flat shards; "
+            f"works on whole weight matrices, which {what} hands the optimizer in shards; "
             "use DDP (no deepspeed/fsdp)",
         )
     if key == "use_adam_mini" and ds is not None:

@@ -96,7 +96,7 @@ def check_methods(cfg: TrainConfig, p: str) -> None:
                 p + key,
                 f"layer-wise BAdam distributes only with ZeRO-3; got ZeRO-{stage} (use deepspeed: z3)",
             )
-    if key == "loraplus_lr_ratio" and cfg.loraplus_lr_ratio <= 0:
+    if cfg.loraplus_lr_ratio is not None and cfg.loraplus_lr_ratio <= 0:
         raise ConfigError(p + key, f"must be > 0; got {cfg.loraplus_lr_ratio}")
 
 

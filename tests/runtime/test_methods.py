@@ -79,6 +79,20 @@ def test_rslora_scaling_is_alpha_over_sqrt_rank(tiny_dir, tmp_path) -> None:
     assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # alpha defaults to 2 * rank
 
 
+def test_additional_target_trains_and_saves_the_named_module(tiny_dir, tmp_path) -> None:
+    result, snap, out = train(tiny_dir, tmp_path, finetuning_type="lora", additional_target="embed_tokens")
+    changed = snap.changed()
+    assert any("embed_tokens.modules_to_save" in n for n in changed), sorted(changed)
+    assert all("lora_" in n or "modules_to_save" in n for n in changed), sorted(changed)
+    assert any("embed_tokens" in k for k in weights(out))
+    assert (
+        max_diff(
+            {"x": logits(result.model, tiny_dir)}, {"x": logits(reloaded_adapter(tiny_dir, out), tiny_dir)}
+        )
+        < 1e-5
+    )
+
+
 def test_loraplus_steps_b_at_ratio_times_lr(tiny_dir, tmp_path) -> None:
     lr, ratio = 1e-3, 16.0
     result, snap, _ = train(

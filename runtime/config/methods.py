@@ -126,6 +126,11 @@ def _check_adapter_keys(cfg: TrainConfig, p: str) -> None:
             raise ConfigError(
                 p + "pissa_init", "needs the full weights for its SVD; not with ZeRO-3 (use z2 or fsdp)"
             )
+        if cfg.adapter_name_or_path:
+            raise ConfigError(
+                p + "pissa_init",
+                "initialises a new adapter; adapter_name_or_path continues one: give one of them",
+            )
         if cfg.pissa_iter < -1 or cfg.pissa_iter == 0:
             raise ConfigError(
                 p + "pissa_iter", f"fast-SVD steps > 0, or -1 for exact SVD; got {cfg.pissa_iter}"

@@ -277,6 +277,7 @@ BASE = {"model_name_or_path": "m", "dataset": "d"}
         ({"pissa_init": True, "stage": "dpo"}, "pissa_init", "no reference"),
         ({"pissa_init": True, "deepspeed": "z3"}, "pissa_init", "ZeRO-3"),
         ({"pissa_convert": True}, "pissa_convert", "pissa_init"),
+        ({"pissa_init": True, "adapter_name_or_path": "a"}, "pissa_init", "give one of them"),
         ({"pissa_init": True, "pissa_convert": True, "fsdp": True}, "pissa_convert", "fsdp"),
         ({"finetuning_type": "oft", "oft_rank": 4}, "oft_block_size", "exactly one"),
         (

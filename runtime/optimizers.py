@@ -39,12 +39,8 @@ def check_world(cfg: TrainConfig, world_size: int) -> None:
     for name in ("galore_layerwise", "apollo_layerwise"):
         if getattr(cfg, name) and getattr(cfg, "use_" + name.split("_")[0]):
             raise ConfigError(name, f"runs in one process only (world size is {world_size}); set it false")
-    if cfg.use_badam and cfg.badam_mode == "ratio":
-        raise ConfigError("badam_mode", "ratio mode runs in one process only; use layer with deepspeed: z3")
-    if cfg.use_badam and cfg.deepspeed_config is None:
-        raise ConfigError(
-            "use_badam", f"with {world_size} processes BAdam needs DeepSpeed ZeRO-3 (deepspeed: z3)"
-        )
+    if cfg.use_badam:
+        raise ConfigError("use_badam", f"runs in one process only here; world size is {world_size}")
 
 
 def method_optimizer(cfg: TrainConfig, args: Any) -> Any:
@@ -204,7 +200,8 @@ def build_apollo(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim.O
 
 # --- BAdam ---------------------------------------------------------------------------------
 def build_badam(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim.Optimizer:
-    """Layer mode: one decoder block trains at a time, switching every badam_switch_interval steps."""
+    """Layer mode: one decoder block trains at a time, switching blocks every badam_switch_interval steps
+    (badam counts from 0: the first block gets one step less)."""
     optimizer_cls, kwargs = _base_optimizer(args)
     decay, no_decay = _decay_split(model, _trainable(model))
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": args.weight_decay}]
@@ -232,6 +229,17 @@ def build_badam(model: nn.Module, cfg: TrainConfig, args: Any) -> torch.optim.Op
         include_embedding=False,
         **kwargs,
     )
+
+
+def add_badam_hooks(trainer: Any) -> None:
+    """badam's own Trainer hooks, as LLaMA-Factory installs them: the older clip_grad_norm_ copes with
+    the sparse gradients of ratio mode; BAdamCallback adapts gradient checkpointing to block updates."""
+    from types import MethodType
+
+    from badam import BAdamCallback, clip_grad_norm_old_version
+
+    trainer.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, trainer.accelerator)
+    trainer.add_callback(BAdamCallback)
 
 
 # --- Adam-mini -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from runtime.config import TrainConfig
 from runtime.data import build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.model import build_model, load_tokenizer
-from runtime.optimizers import method_optimizer
+from runtime.optimizers import add_badam_hooks, method_optimizer
 from runtime.trainer import PissaConvertCallback
 
 
@@ -129,6 +129,8 @@ def make_trainer(
         trainer.optimizer_cls_and_kwargs = (factory, {})
     if ctx.cfg.pissa_convert:
         trainer.add_callback(PissaConvertCallback())
+    if ctx.cfg.use_badam:
+        add_badam_hooks(trainer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_WrapCheck(trainer, ctx.cfg))

@@ -1,4 +1,4 @@
-"""`xgen-runtime train|export|check CFG`, `xgen-runtime make-tiny DIR`.
+"""`xgen-runtime train|export|check CFG`, `xgen-runtime make-tiny DIR`, `xgen-runtime llama-pro SRC DST`.
 
 A bad config is one line `xgen-runtime: error: <key>: <message>` per problem and exit status 2,
 before torch or any model is loaded; the config module is torch-free so that check is instant.
@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a tiny model (DIR/model) and datasets (DIR/data)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    pro = sub.add_parser("llama-pro", help="LLaMA-Pro: expand SRC by N zero-output blocks into DST")
+    pro.add_argument("src")
+    pro.add_argument("dst")
+    pro.add_argument("--num-expand", type=int, required=True)
     return parser
 
 
@@ -51,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
 
             paths = build_tiny(args.dir, seed=args.seed)
             print(f"xgen-runtime: wrote {paths.model} and {paths.data}")
+            return 0
+        if args.command == "llama-pro":
+            from runtime.llama_pro import expand_blocks
+
+            out = expand_blocks(args.src, args.dst, args.num_expand)
+            print(
+                f"xgen-runtime: wrote {out}; train it with use_llama_pro: true, "
+                f"freeze_trainable_layers: {args.num_expand}"
+            )
             return 0
         cfg = load_config(args.config)
         if args.command == "check":

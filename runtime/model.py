@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.config import TrainConfig
+from runtime.config import ConfigError, TrainConfig
 from runtime.data.packing import check_packing_support
 
 log = logging.getLogger("xgen-runtime")
@@ -105,33 +105,78 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def _adapter_targets(model: nn.Module, cfg: TrainConfig, names: str) -> list[str]:
+    """`all` = every linear layer but the heads; with use_llama_pro only modules of the expanded blocks."""
+    targets = [t.strip() for t in names.split(",") if t.strip()]
+    targets = linear_module_names(model) if targets == ["all"] else targets
+    if not cfg.use_llama_pro:
+        return targets
+    layers = decoder_layers(model)
+    chosen = {id(layers[i]) for i in expanded_layer_ids(len(layers), cfg.freeze_trainable_layers)}
+    full_names = []
+    for layer in (m for m in layers if id(m) in chosen):
+        prefix = next(n for n, m in model.named_modules() if m is layer)
+        full_names += [
+            f"{prefix}.{n}" for n, m in layer.named_modules() if n and n.rsplit(".", 1)[-1] in targets
+        ]
+    return full_names
+
+
 def apply_lora(model: nn.Module, cfg: TrainConfig, *, stage: str) -> nn.Module:
-    """Wrap in a PEFT LoRA model (new adapter, or continue `adapter_name_or_path`)."""
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    """Wrap in a PEFT LoRA (DoRA, rsLoRA, PiSSA init) or OFT model, or continue `adapter_name_or_path`."""
+    from peft import LoraConfig, OFTConfig, PeftModel, TaskType, get_peft_model
 
     if cfg.adapter_name_or_path:
         return PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
-    targets = cfg.lora_target.split(",")
-    targets = linear_module_names(model) if targets == ["all"] else [t.strip() for t in targets]
     extra = [m.strip() for m in (cfg.additional_target or "").split(",") if m.strip()]
-    lora = LoraConfig(
+    common = dict(
         task_type=TaskType.SEQ_CLS if stage == "rm" else TaskType.CAUSAL_LM,
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
         modules_to_save=extra or None,  # SEQ_CLS adds the score head itself
-        use_rslora=cfg.use_rslora,
-        use_dora=cfg.use_dora,
     )
+    if cfg.finetuning_type == "oft":
+        config: Any = OFTConfig(
+            r=cfg.oft_rank,
+            oft_block_size=cfg.oft_block_size,
+            module_dropout=cfg.module_dropout,
+            target_modules=_adapter_targets(model, cfg, cfg.oft_target),
+            **common,
+        )
+    else:
+        pissa = f"pissa_niter_{cfg.pissa_iter}" if cfg.pissa_iter != -1 else "pissa"
+        config = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=_adapter_targets(model, cfg, cfg.lora_target),
+            use_rslora=cfg.use_rslora,
+            use_dora=cfg.use_dora,
+            init_lora_weights=pissa if cfg.pissa_init else True,
+            **common,
+        )
     from transformers import set_seed
 
-    set_seed(cfg.seed)  # LoRA A init must not depend on how much RNG the (ZeRO-3/FSDP) load consumed
-    model = get_peft_model(model, lora)
-    for param in model.parameters():  # trainable LoRA weights in fp32 even over a bf16 base
+    set_seed(cfg.seed)  # adapter init must not depend on how much RNG the (ZeRO-3/FSDP) load consumed
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as exc:  # e.g. an OFT block size that divides no layer's width
+        key = "oft_block_size" if cfg.finetuning_type == "oft" else "lora_target"
+        raise ConfigError(key, str(exc).splitlines()[0]) from exc
+    for param in model.parameters():  # trainable adapter weights in fp32 even over a bf16 base
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     return model
+
+
+def expanded_layer_ids(num_layers: int, num_expanded: int) -> range:
+    """LLaMA-Pro: block i*stride + stride-1 of each group is the added one (stride = layers / expanded)."""
+    if num_layers % num_expanded:
+        raise ConfigError(
+            "freeze_trainable_layers",
+            f"use_llama_pro: the model's {num_layers} layers are not {num_expanded} equal groups; "
+            "give the number of expanded blocks",
+        )
+    stride = num_layers // num_expanded
+    return range(stride - 1, num_layers, stride)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -147,7 +192,10 @@ def apply_freeze(model: nn.Module, cfg: TrainConfig, *, stage: str) -> nn.Module
     """Train only the last N (or first -N) layers' chosen modules, plus named extra modules."""
     layers = decoder_layers(model)
     n = cfg.freeze_trainable_layers
-    chosen = range(len(layers) - n, len(layers)) if n > 0 else range(-n)
+    if cfg.use_llama_pro:
+        chosen = expanded_layer_ids(len(layers), n)
+    else:
+        chosen = range(len(layers) - n, len(layers)) if n > 0 else range(-n)
     layer_ids = {id(layers[i]) for i in chosen if 0 <= i < len(layers)}
     inner = None if cfg.freeze_trainable_modules == "all" else cfg.freeze_trainable_modules.split(",")
     extra = [m.strip() for m in (cfg.freeze_extra_modules or "").split(",") if m.strip()]
@@ -202,7 +250,7 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
         set_pad_token(model, tokenizer)
     if cfg.finetuning_type == "freeze":
         model = apply_freeze(model, cfg, stage=stage)
-    elif cfg.finetuning_type == "lora":
+    elif cfg.finetuning_type in ("lora", "oft"):
         model = apply_lora(model, cfg, stage=stage)
     if cfg.gradient_checkpointing:
         model = enable_gradient_checkpointing(model)

@@ -26,6 +26,7 @@ from runtime.distributed import (
     is_rank0,
     patch_deepspeed_shm_build,
     patch_trainer_fsdp_on_cpu,
+    world,
 )
 
 # Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
@@ -95,6 +96,7 @@ def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> Tr
 
 def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
     from runtime.checkpoints import finished_run
+    from runtime.optimizers import check_method_packages, check_world
     from runtime.perf import apply_perf, resolve_perf
     from runtime.progress import ProgressCallback
     from runtime.stages.common import RunContext, build_training_args, say
@@ -111,6 +113,8 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     # DeepSpeed (imported by transformers even for DDP) otherwise guesses its accelerator and warns on CPU.
     os.environ.setdefault("DS_ACCELERATOR", device)
     adjust_for_device(cfg, device)
+    check_method_packages(cfg)  # before any model loads: one line with the pip command
+    check_world(cfg, world()[2])
     plan = resolve_perf(cfg, device)
     apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys
     if device == "npu":

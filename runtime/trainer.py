@@ -172,6 +172,39 @@ class PreemptCallback(TrainerCallback):
         return control
 
 
+class PissaConvertCallback(TrainerCallback):
+    """pissa_convert: save output_dir/pissa_converted, a plain LoRA adapter for the ORIGINAL base.
+
+    A PiSSA adapter only works over the residual base it rewrote. peft converts it into an ordinary
+    (rank 2r) LoRA given the adapter as initialised, which is saved at the first step (pissa_init/);
+    a resumed run keeps the one saved when training began.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        init_dir = Path(args.output_dir) / "pissa_init"
+        if args.should_save and (state.global_step == 0 or not init_dir.exists()):
+            self._save(model, init_dir)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if not args.should_save:
+            return
+        out = Path(args.output_dir)
+        # peft subtracts the initial adapter from the trained one; it reads init_lora_weights
+        # from the config to know the adapter was PiSSA-initialised.
+        model.save_pretrained(
+            out / "pissa_converted", path_initial_model_for_weight_conversion=str(out / "pissa_init")
+        )
+
+    @staticmethod
+    def _save(model: Any, path: Path) -> None:
+        config = model.peft_config["default"]
+        init, config.init_lora_weights = config.init_lora_weights, True  # saved weights are used as is
+        try:
+            model.save_pretrained(path)
+        finally:
+            config.init_lora_weights = init
+
+
 def _worker_file(suffix: str) -> Path | None:
     """$XGEN_PID_DIR/<host>-<rank>.<suffix>, or None when the launcher did not ask for one."""
     pid_dir = os.environ.get("XGEN_PID_DIR")

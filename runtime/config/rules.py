@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.config.files import load_deepspeed, load_json
+from runtime.config.methods import check_methods
 from runtime.config.schema import STAGES, UNSUPPORTED_STAGES, ConfigError, TrainConfig, train_fields
 from runtime.config.suggest import suggest
 
@@ -34,6 +35,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     if cfg.packing and cfg.stage in ("rm", "dpo"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
     _normalise_distributed(cfg, p, base_dir)
+    check_methods(cfg, p)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
     if isinstance(cfg.resume_from_checkpoint, str) and cfg.resume_from_checkpoint in ("true", "false"):
@@ -123,10 +125,42 @@ _LORA_KEYS = (
     "lora_alpha",
     "lora_dropout",
     "lora_target",
-    "additional_target",
     "use_rslora",
     "use_dora",
+    "loraplus_lr_embedding",
+    "pissa_iter",
 )
+_OFT_KEYS = ("oft_rank", "oft_block_size", "oft_target", "module_dropout")
+_OPTIMIZER_PARAM_KEYS = {
+    "use_galore": (
+        "galore_target",
+        "galore_rank",
+        "galore_update_interval",
+        "galore_scale",
+        "galore_proj_type",
+        "galore_layerwise",
+    ),
+    "use_apollo": (
+        "apollo_target",
+        "apollo_rank",
+        "apollo_update_interval",
+        "apollo_scale",
+        "apollo_proj",
+        "apollo_proj_type",
+        "apollo_scale_type",
+        "apollo_layerwise",
+        "apollo_scale_front",
+    ),
+    "use_badam": (
+        "badam_mode",
+        "badam_start_block",
+        "badam_switch_mode",
+        "badam_switch_interval",
+        "badam_update_ratio",
+        "badam_mask_mode",
+        "badam_verbose",
+    ),
+}
 _FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
 _DPO_KEYS = ("pref_beta", "pref_loss", "pref_ftx", "ref_model")
 
@@ -135,9 +169,20 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
     """Keys that do not apply to the chosen method are harmless: say so once, do not fail."""
     groups = [
         (_LORA_KEYS, cfg.finetuning_type == "lora", f"finetuning_type is {cfg.finetuning_type}"),
-        (_FREEZE_KEYS, cfg.finetuning_type == "freeze", f"finetuning_type is {cfg.finetuning_type}"),
+        (
+            _FREEZE_KEYS,
+            cfg.finetuning_type == "freeze" or cfg.use_llama_pro,
+            f"finetuning_type is {cfg.finetuning_type}",
+        ),
         (_DPO_KEYS, cfg.stage == "dpo", f"stage is {cfg.stage}"),
+        (_OFT_KEYS, cfg.finetuning_type == "oft", f"finetuning_type is {cfg.finetuning_type}"),
+        (
+            ("additional_target",),
+            cfg.finetuning_type in ("lora", "oft"),
+            f"finetuning_type is {cfg.finetuning_type}",
+        ),
     ]
+    groups += [(keys, getattr(cfg, use), f"{use} is false") for use, keys in _OPTIMIZER_PARAM_KEYS.items()]
     for keys, applies, why in groups:
         unused = [k for k in keys if k in given and not applies]
         if unused:

@@ -18,7 +18,14 @@ class ConfigError(ValueError):
 
 
 STAGES = ("pt", "sft", "rm", "dpo")
-FINETUNING_TYPES = ("full", "freeze", "lora")
+FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
+GALORE_PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
+APOLLO_PROJ = ("svd", "random")
+APOLLO_PROJ_TYPES = ("std", "right", "left")
+APOLLO_SCALE_TYPES = ("channel", "tensor")
+BADAM_MODES = ("layer", "ratio")
+BADAM_SWITCH_MODES = ("ascending", "descending", "random", "fixed")
+BADAM_MASK_MODES = ("adjacent", "scatter")
 FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex")
 PERF_MODES = ("auto", "off")
 PREF_LOSSES = ("sigmoid",)
@@ -101,7 +108,9 @@ class TrainConfig:
     # --- method ---
     stage: str = _f("sft", "pt (raw text) | sft | rm (reward model) | dpo.", choices=STAGES)
     finetuning_type: str = _f(
-        "lora", "full | freeze (last layers/named modules) | lora.", choices=FINETUNING_TYPES
+        "lora",
+        "full | freeze (last layers/named modules) | lora | oft (orthogonal fine-tuning, peft).",
+        choices=FINETUNING_TYPES,
     )
     do_train: bool = _f(True, "Train (false with do_eval: evaluate only).")
     do_eval: bool | None = _f(None, "Evaluate at the end; default: when there is eval data.")
@@ -109,9 +118,32 @@ class TrainConfig:
     lora_alpha: int | None = _f(None, "LoRA alpha; default 2 * lora_rank.")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_target: str = _f("all", "Comma list of module names, or `all` = every linear layer but the head.")
-    additional_target: str | None = _f(None, "Comma list of extra modules trained in full and saved (LoRA).")
+    additional_target: str | None = _f(
+        None, "Comma list of extra modules trained in full and saved (LoRA, OFT)."
+    )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    # --- adapters (LoRA variants, OFT, LLaMA-Pro; runtime/model.py) ---
+    loraplus_lr_ratio: float | None = _f(
+        None, "LoRA+: learning rate of the B matrices = ratio * learning_rate."
+    )
+    loraplus_lr_embedding: float = _f(1e-6, "LoRA+: learning rate of LoRA embedding B matrices.")
+    pissa_init: bool = _f(False, "LoRA: PiSSA init (principal singular vectors; base keeps the residual).")
+    pissa_iter: int = _f(16, "PiSSA: fast-SVD iterations; -1 = exact SVD.")
+    pissa_convert: bool = _f(
+        False, "PiSSA: also save output_dir/pissa_converted, a plain LoRA adapter for the original base."
+    )
+    use_llama_pro: bool = _f(
+        False,
+        "LLaMA-Pro: a block-expanded model trains only its expanded blocks "
+        "(freeze_trainable_layers = number of expanded blocks; freeze or lora).",
+    )
+    oft_rank: int = _f(0, "OFT: number of blocks per layer (0: derived from oft_block_size).")
+    oft_block_size: int = _f(32, "OFT: block size (0: derived from oft_rank); one of the two must be 0.")
+    oft_target: str = _f(
+        "all", "OFT: comma list of module names, or `all` = every linear layer but the head."
+    )
+    module_dropout: float = _f(0.0, "OFT: multiplicative dropout on the OFT blocks.")
     freeze_trainable_layers: int = _f(2, "Freeze: train the last N layers (negative: the first N).")
     freeze_trainable_modules: str = _f(
         "all", "Freeze: modules inside those layers to train (`all`, or names)."
@@ -172,6 +204,48 @@ class TrainConfig:
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_epsilon: float = _f(1e-8, "Adam epsilon.")
+    # --- optimizers (LLaMA-Factory's custom ones; runtime/optimizers.py) ---
+    use_galore: bool = _f(
+        False, "GaLore: low-rank projected Adam states (full/freeze; pip install 'xgen[galore]')."
+    )
+    galore_target: str = _f(
+        "all", "GaLore: comma list of module name parts, or `all` linear layers but the head."
+    )
+    galore_rank: int = _f(16, "GaLore: projection rank.")
+    galore_update_interval: int = _f(200, "GaLore: steps between projection updates.")
+    galore_scale: float = _f(2.0, "GaLore: update scale.")
+    galore_proj_type: str = _f("std", "GaLore: projection side.", choices=GALORE_PROJ_TYPES)
+    galore_layerwise: bool = _f(
+        False, "GaLore: step each parameter in backward (one process, no accumulation)."
+    )
+    use_apollo: bool = _f(False, "APOLLO: low-rank scaled AdamW (full/freeze; pip install 'xgen[apollo]').")
+    apollo_target: str = _f(
+        "all", "APOLLO: comma list of module name parts, or `all` linear layers but the head."
+    )
+    apollo_rank: int = _f(16, "APOLLO: projection rank.")
+    apollo_update_interval: int = _f(200, "APOLLO: steps between projection updates.")
+    apollo_scale: float = _f(32.0, "APOLLO: scaling coefficient.")
+    apollo_proj: str = _f("random", "APOLLO: projection (svd | random).", choices=APOLLO_PROJ)
+    apollo_proj_type: str = _f("std", "APOLLO: projection side.", choices=APOLLO_PROJ_TYPES)
+    apollo_scale_type: str = _f(
+        "channel", "APOLLO: scaling per channel or tensor.", choices=APOLLO_SCALE_TYPES
+    )
+    apollo_layerwise: bool = _f(
+        False, "APOLLO: step each parameter in backward (one process, no accumulation)."
+    )
+    apollo_scale_front: bool = _f(False, "APOLLO: norm-growth limiter before gradient scaling.")
+    use_badam: bool = _f(False, "BAdam: block-coordinate Adam (full/freeze; pip install 'xgen[badam]').")
+    badam_mode: str = _f(
+        "layer", "BAdam: update one layer block at a time, or a ratio of each weight.", choices=BADAM_MODES
+    )
+    badam_start_block: int | None = _f(None, "BAdam layer mode: first block to train.")
+    badam_switch_mode: str = _f("ascending", "BAdam layer mode: order of blocks.", choices=BADAM_SWITCH_MODES)
+    badam_switch_interval: int = _f(50, "BAdam layer mode: steps per block (-1: never switch).")
+    badam_update_ratio: float = _f(0.05, "BAdam ratio mode: fraction of each weight updated.")
+    badam_mask_mode: str = _f("adjacent", "BAdam ratio mode: mask layout.", choices=BADAM_MASK_MODES)
+    badam_verbose: int = _f(0, "BAdam: 0 quiet, 1 block names, 2 trainable parameters.")
+    use_adam_mini: bool = _f(False, "Adam-mini: one second moment per block (pip install 'xgen[adam-mini]').")
+    use_muon: bool = _f(False, "Muon (torch.optim.Muon) for hidden 2-D weights, AdamW for the rest.")
     bf16: bool = _f(False, "bfloat16 mixed precision.")
     fp16: bool = _f(False, "float16 mixed precision (falls back to fp32 on CPU, with a warning).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")

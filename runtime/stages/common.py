@@ -17,6 +17,8 @@ from runtime.config import TrainConfig
 from runtime.data import build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.model import build_model, load_tokenizer
+from runtime.optimizers import add_badam_hooks, method_optimizer
+from runtime.trainer import PissaConvertCallback
 
 
 @dataclass
@@ -122,6 +124,13 @@ def make_trainer(
         callbacks=list(ctx.callbacks),
         **extra,
     )
+    factory = method_optimizer(ctx.cfg, ctx.args)
+    if factory is not None:  # LoRA+, GaLore, APOLLO, BAdam, Adam-mini, Muon: Trainer calls it with the model
+        trainer.optimizer_cls_and_kwargs = (factory, {})
+    if ctx.cfg.pissa_convert:
+        trainer.add_callback(PissaConvertCallback())
+    if ctx.cfg.use_badam:
+        add_badam_hooks(trainer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_WrapCheck(trainer, ctx.cfg))
@@ -193,7 +202,7 @@ def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: d
                 out / "eval_results.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             )
     if cfg.do_train:
-        kind = "adapter" if cfg.finetuning_type == "lora" else "model"
+        kind = "adapter" if cfg.finetuning_type in ("lora", "oft") else "model"
         say(f"saved {kind} to {out}")
 
 

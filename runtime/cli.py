@@ -1,6 +1,6 @@
 """`xgen-runtime train|export CFG`, `xgen-runtime make-tiny DIR`.
 
-A bad config is one line `xgen-runtime: error: <key>: <message>` and exit status 2, before
+A bad config is one line per bad key, `xgen-runtime: error: <key>: <message>`, and exit status 2, before
 torch or any model is loaded; the config module is torch-free so that check is instant.
 """
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return train(cfg)
     except ConfigError as exc:
-        print(f"xgen-runtime: error: {exc}", file=sys.stderr, flush=True)
+        for err in exc.errors:  # one line per bad key (ConfigErrors carries several)
+            print(f"xgen-runtime: error: {err.key}: {err.message}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
 
 

@@ -233,4 +233,5 @@ def _runtime_validate(train: dict[str, Any]) -> None:
     except NotImplementedError:
         return  # the runtime's parser is not written yet: nothing more to check here
     except ConfigError as err:
-        raise XgenError(err.key, err.message) from None
+        first, *rest = err.errors  # ConfigErrors: every bad key, one line each
+        raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest]) from None

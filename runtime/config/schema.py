@@ -16,6 +16,31 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    @property
+    def errors(self) -> list[ConfigError]:
+        """The one-key problems this error stands for (one here; several in ConfigErrors)."""
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several bad keys at once: str() is one `<key>: <message>` line per key; `.errors` the list.
+
+    Every rule raises a plain ConfigError; parse_train_config collects the per-key ones (unknown,
+    refused and mistyped keys) into this so a config with five problems needs one round of fixes."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        flat = [e for err in errors for e in err.errors]
+        super().__init__(flat[0].key, flat[0].message)
+        self.args = ("\n".join(f"{e.key}: {e.message}" for e in flat),)
+        self._errors = flat
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return list(self._errors)
+
 
 STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
@@ -206,6 +231,9 @@ class TrainConfig:
     # Keys the config wrote (after renames): runtime.perf never overrides these.
     explicit: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
     deepspeed_config: dict | None = field(default=None, metadata={"internal": True})
+    # transformers.TrainingArguments keys that are not fields here (lr_scheduler_kwargs, neftune_noise_alpha,
+    # …): passed to TrainingArguments as written; transformers validates them (runtime/config/refusals.py).
+    training_args: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
     @property
     def strategy(self) -> str:

@@ -217,6 +217,16 @@ def check_at_start(cfg: TrainConfig, world_size: int) -> None:
                 )
             )
     ds = cfg.deepspeed_config or {}
+    tp = ds.get("tensor_parallel") or {}
+    tp_size = tp.get("autotp_size") or 1 if isinstance(tp, dict) else 1
+    if tp_size > 1 and world_size % tp_size:
+        errors.append(
+            ConfigError(
+                "deepspeed",
+                f"tensor_parallel.autotp_size {tp_size} needs a world size divisible by it; "
+                f"the world size is {world_size}",
+            )
+        )
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     fixed = {
         "train_micro_batch_size_per_gpu": (micro, "per_device_train_batch_size"),

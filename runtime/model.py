@@ -274,6 +274,13 @@ def apply_upcasts(model: nn.Module, cfg: TrainConfig) -> None:
         for name, param in model.named_parameters():
             if param.ndim == 1 and any(part in name for part in ("norm", "ln")):
                 param.data = param.data.float()
+        for name, module in model.named_modules():
+            if any(p.dtype == torch.float32 and p.ndim == 1 for p in module.parameters(recurse=False)) and (
+                "norm" in name.rsplit(".", 1)[-1] or "ln" in name.rsplit(".", 1)[-1]
+            ):
+                # fp32 weight, output back in the input's dtype: the next (half) linear needs it when no
+                # autocast runs (LLaMA-Factory relies on autocast here)
+                module.register_forward_hook(lambda _m, args, output: output.to(args[0].dtype))
     if cfg.upcast_lmhead_output:
         head = model.get_output_embeddings()
         if isinstance(head, nn.Linear) and head.weight.dtype != torch.float32:

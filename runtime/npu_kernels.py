@@ -47,9 +47,10 @@ def _rotary(q: Any, k: Any, cos: Any, sin: Any, position_ids: Any = None, unsque
 
 def _is_swiglu(module: nn.Module) -> bool:
     act = getattr(module, "act_fn", None)
-    return all(
+    silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"  # transformers' own SiLU
+    return silu and all(
         isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")
-    ) and isinstance(act, nn.SiLU)
+    )
 
 
 def apply_npu_kernels(model: nn.Module) -> list[str]:

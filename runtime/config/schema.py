@@ -205,7 +205,7 @@ class TrainConfig:
     )
     pure_bf16: bool = _f(False, "Load and train the weights in bf16 (no fp32 copy of trainable weights).")
     upcast_layernorm: bool = _f(
-        False, "Keep norm weights in fp32 when the model is loaded in half precision."
+        False, "Norm weights in fp32 over a half-precision model (outputs stay in the input dtype)."
     )
     upcast_lmhead_output: bool = _f(False, "Cast the lm_head output (logits) to fp32.")
     resize_vocab: bool = _f(

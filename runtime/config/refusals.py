@@ -128,7 +128,6 @@ RUNTIME_OWNED: dict[str, str] = {
     "label_names": "always ['labels']",
     "log_level_replica": "ranks other than 0 log errors only",
     "local_rank": "read from the launcher's environment",
-    "gradient_checkpointing": "",  # a TrainConfig field; listed so it is never passed twice
 }
 
 PASSTHROUGH = frozenset(TRAINING_ARGUMENTS) - set(REFUSED) - set(RUNTIME_OWNED)

@@ -110,10 +110,10 @@ def make_training_args(kwargs: dict[str, Any], passthrough: dict[str, Any]) -> A
         return TrainingArguments(**kwargs, **passthrough)
     except (ValueError, TypeError) as exc:
         message = " ".join(str(exc).split())
-        named = [k for k in passthrough if k in message]
-        key = (
-            (named or list(passthrough) or ["train"])[0] if len(passthrough) != 1 else next(iter(passthrough))
-        )
+        # Name the key the message mentions (passed-through keys first), else the only passed-through
+        # key, else the whole section: transformers' messages do not always say which key.
+        named = [k for k in [*passthrough, *kwargs] if k in message]
+        key = named[0] if named else next(iter(passthrough)) if len(passthrough) == 1 else "train"
         raise ConfigError(key, f"transformers.TrainingArguments refused it: {message}") from None
 
 

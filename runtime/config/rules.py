@@ -203,26 +203,40 @@ _TRACKERS = {
 
 
 def check_at_start(cfg: TrainConfig, world_size: int) -> None:
-    """Checks that need the node's packages or the world size: run by each rank before the model
-    loads (and by `xgen check` when the world size is known). Every problem found is reported."""
-    errors: list[ConfigError] = []
+    """Run by each rank before the model loads: the checks that need the node's packages or the
+    world size. Every problem found is reported (ConfigErrors when several)."""
+    errors = tracker_problems(cfg) + world_size_problems(cfg, world_size)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+
+
+def tracker_problems(cfg: TrainConfig, p: str = "") -> list[ConfigError]:
+    """report_to names a logger whose package is not installed here (transformers fails after the load)."""
+    errors = []
     for tracker in cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]:
         modules = _TRACKERS.get(tracker)
         if modules and not any(importlib.util.find_spec(m) for m in modules):
             errors.append(
                 ConfigError(
-                    "report_to",
+                    p + "report_to",
                     f"{tracker} is not installed on {os.uname().nodename} (pip install {modules[0]}), "
                     "or drop it from report_to",
                 )
             )
+    return errors
+
+
+def world_size_problems(cfg: TrainConfig, world_size: int, p: str = "") -> list[ConfigError]:
+    """A DeepSpeed JSON's fixed batch sizes or AutoTP size that contradict this world size. Torch-free:
+    `xgen check` can call it with nodes x devices_per_node when the device count is pinned."""
+    errors = []
     ds = cfg.deepspeed_config or {}
     tp = ds.get("tensor_parallel") or {}
-    tp_size = tp.get("autotp_size") or 1 if isinstance(tp, dict) else 1
+    tp_size = (tp.get("autotp_size") or 1) if isinstance(tp, dict) else 1
     if tp_size > 1 and world_size % tp_size:
         errors.append(
             ConfigError(
-                "deepspeed",
+                p + "deepspeed",
                 f"tensor_parallel.autotp_size {tp_size} needs a world size divisible by it; "
                 f"the world size is {world_size}",
             )
@@ -238,13 +252,12 @@ def check_at_start(cfg: TrainConfig, world_size: int) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value != expected:
             errors.append(
                 ConfigError(
-                    "deepspeed",
+                    p + "deepspeed",
                     f"{name} {value} in the DeepSpeed JSON contradicts {what} = {expected}; "
                     f'set it to "auto" (the trainer fills it in) or to {expected}',
                 )
             )
-    if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return errors
 
 
 _LORA_KEYS = (

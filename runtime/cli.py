@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train with a config (xgen YAML with train:, or a flat one)")
     train.add_argument("config")
-    export = sub.add_parser("export", help="merge a LoRA adapter into its base model")
+    export = sub.add_parser("export", help="merge a LoRA adapter into its base model, or re-save a model")
     export.add_argument("config")
     check = sub.add_parser(
         "check", help="validate a config on this node: keys, model paths, datasets and columns (no torch)"
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from runtime.export import export
 
-            print(f"xgen-runtime: exported merged model to {export(cfg)}")
+            print(f"xgen-runtime: exported model to {export(cfg)}")
             return 0
         from runtime.train import train
 

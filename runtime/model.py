@@ -30,7 +30,17 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    add_tokens(tokenizer, cfg)
     return tokenizer
+
+
+def add_tokens(tokenizer: Any, cfg: TrainConfig) -> None:
+    """`add_tokens` / `add_special_tokens` (comma lists) into the tokenizer, as LLaMA-Factory does;
+    the parser has already turned resize_vocab on so the model grows embedding rows for them."""
+    for value, special in ((cfg.add_tokens, False), (cfg.add_special_tokens, True)):
+        tokens = [t.strip() for t in (value or "").split(",") if t.strip()]
+        if tokens:
+            tokenizer.add_tokens(tokens, special_tokens=special)
 
 
 def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
@@ -54,7 +64,10 @@ def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
 
 
 def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
-    """fp32 master weights for full tuning; half-precision frozen base for lora/freeze (as LLaMA-Factory)."""
+    """fp32 master weights for full tuning; half-precision frozen base for lora/freeze (as LLaMA-Factory);
+    everything in bf16 with pure_bf16 (on CPU too: the user asked for it and torch runs it)."""
+    if cfg.pure_bf16:
+        return torch.bfloat16
     if cfg.finetuning_type == "full" or device == "cpu":
         return torch.float32
     if cfg.bf16:
@@ -70,7 +83,10 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     attn, warning = resolve_attention(cfg.flash_attn, device)
     if warning:
         log.warning(warning)
-    kwargs = dict(dtype=model_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code)
+    kwargs: dict[str, Any] = dict(dtype=model_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code)
+    config = model_config(cfg, path)
+    if config is not None:
+        kwargs["config"] = config
     if stage == "rm":
         set_seed(cfg.seed)  # the score head is new: every rank must initialise it the same way
         auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
@@ -87,6 +103,63 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def model_config(cfg: TrainConfig, path: str) -> Any:
+    """The model's config changed for rope_scaling / moe_aux_loss_coef, or None when neither is set."""
+    if cfg.rope_scaling is None and cfg.moe_aux_loss_coef is None:
+        return None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.rope_scaling is not None:
+        apply_rope_scaling(config, cfg.rope_scaling, cfg.cutoff_len)
+    if cfg.moe_aux_loss_coef is not None:
+        apply_moe_aux_loss(config, cfg.moe_aux_loss_coef)
+    return config
+
+
+def apply_rope_scaling(config: Any, kind: str, cutoff_len: int) -> None:
+    """LLaMA-Factory's rope_scaling: factor ceil(cutoff_len / max_position_embeddings), only when the
+    training length exceeds the model's (runtime/model_utils/rope.py there)."""
+    import math
+
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    old = params.get("original_max_position_embeddings") or getattr(config, "max_position_embeddings", None)
+    if not old:
+        log.warning("rope_scaling: the model config has no max_position_embeddings; not scaled")
+        return
+    if cutoff_len <= old:
+        log.warning("rope_scaling: cutoff_len %d fits the model's %d positions; not scaled", cutoff_len, old)
+        return
+    factor = float(math.ceil(cutoff_len / old))
+    params.update(rope_type=kind, factor=factor)
+    if kind in ("dynamic", "yarn", "llama3"):
+        params["original_max_position_embeddings"] = old
+    if kind == "llama3":
+        params.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    config.rope_parameters = params  # transformers 5.x: rope_scaling is read from rope_parameters
+    config.max_position_embeddings = int(old * factor)
+    log.warning("rope_scaling: %s, factor %.0f: %d -> %d positions", kind, factor, old, int(old * factor))
+
+
+# config attribute for the router loss coefficient, by family (as LLaMA-Factory's model_utils/moe.py).
+_MOE_COEF_ATTRS = ("router_aux_loss_coef", "aux_loss_alpha", "aux_loss_coef")
+
+
+def apply_moe_aux_loss(config: Any, coef: float) -> None:
+    """Turn the router auxiliary loss on with this coefficient; a dense model gets a warning only."""
+    text = getattr(config, "text_config", None)
+    for target in (config, text):
+        if target is None:
+            continue
+        attr = next((a for a in _MOE_COEF_ATTRS if hasattr(target, a)), None)
+        if attr:
+            setattr(target, attr, coef)
+            if hasattr(target, "output_router_logits"):
+                target.output_router_logits = bool(coef)
+            return
+    log.warning("moe_aux_loss_coef: %s has no router loss (not a MoE model); ignored", config.model_type)
 
 
 def set_pad_token(model: nn.Module, tokenizer: Any) -> None:
@@ -129,6 +202,8 @@ def apply_lora(model: nn.Module, cfg: TrainConfig, *, stage: str) -> nn.Module:
     if cfg.adapter_name_or_path:
         return PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
     extra = [m.strip() for m in (cfg.additional_target or "").split(",") if m.strip()]
+    if cfg.resize_vocab and not extra:
+        extra = embedding_module_names(model)  # new token rows must learn (LLaMA-Factory does the same)
     common = dict(
         task_type=TaskType.SEQ_CLS if stage == "rm" else TaskType.CAUSAL_LM,
         modules_to_save=extra or None,  # SEQ_CLS adds the score head itself
@@ -161,10 +236,21 @@ def apply_lora(model: nn.Module, cfg: TrainConfig, *, stage: str) -> nn.Module:
     except ValueError as exc:  # e.g. an OFT block size that divides no layer's width
         key = "oft_block_size" if cfg.finetuning_type == "oft" else "lora_target"
         raise ConfigError(key, str(exc).splitlines()[0]) from exc
-    for param in model.parameters():  # trainable adapter weights in fp32 even over a bf16 base
+    if not cfg.pure_bf16:
+        upcast_trainable(model)  # trainable adapter weights in fp32 even over a bf16 base
+    return model
+
+
+def upcast_trainable(model: nn.Module) -> None:
+    for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    return model
+
+
+def embedding_module_names(model: nn.Module) -> list[str]:
+    """Leaf names of the input and output embeddings (embed_tokens, lm_head for Llama)."""
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if id(m) in wanted})
 
 
 def expanded_layer_ids(num_layers: int, num_expanded: int) -> range:
@@ -212,15 +298,20 @@ def apply_freeze(model: nn.Module, cfg: TrainConfig, *, stage: str) -> nn.Module
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("freeze: no parameter left trainable; check freeze_trainable_modules/extra_modules")
-    for param in trainable:
-        if param.dtype != torch.float32:
-            param.data = param.data.float()
+    if not cfg.pure_bf16:
+        upcast_trainable(model)
     return model
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
-    """Non-reentrant checkpointing: works with frozen inputs (LoRA/freeze) without hooks."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def enable_gradient_checkpointing(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Reentrant unless use_reentrant_gc is false (LLaMA-Factory's default); the TrainingArguments key
+    gradient_checkpointing_kwargs, when given, is passed as is. Reentrant checkpointing only produces
+    gradients when its input requires them, so with a frozen embedding (LoRA/freeze) the inputs do."""
+    kwargs = dict(cfg.training_args.get("gradient_checkpointing_kwargs") or {})
+    kwargs.setdefault("use_reentrant", cfg.use_reentrant_gc)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if kwargs["use_reentrant"]:
+        model.enable_input_require_grads()
     return model
 
 
@@ -241,19 +332,56 @@ def fit_embeddings(model: nn.Module, tokenizer: Any) -> nn.Module:
     return model
 
 
+def apply_upcasts(model: nn.Module, cfg: TrainConfig) -> None:
+    """upcast_layernorm: norm weights in fp32; upcast_lmhead_output: logits in fp32 (LLaMA-Factory's
+    model_utils/checkpointing.py prepare_model_for_training)."""
+    if cfg.upcast_layernorm:
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and any(part in name for part in ("norm", "ln")):
+                param.data = param.data.float()
+        for name, module in model.named_modules():
+            if any(p.dtype == torch.float32 and p.ndim == 1 for p in module.parameters(recurse=False)) and (
+                "norm" in name.rsplit(".", 1)[-1] or "ln" in name.rsplit(".", 1)[-1]
+            ):
+                # fp32 weight, output back in the input's dtype: the next (half) linear needs it when no
+                # autocast runs (LLaMA-Factory relies on autocast here)
+                module.register_forward_hook(lambda _m, args, output: output.to(args[0].dtype))
+    if cfg.upcast_lmhead_output:
+        head = model.get_output_embeddings()
+        if isinstance(head, nn.Linear) and head.weight.dtype != torch.float32:
+            head.register_forward_hook(lambda _module, _args, output: output.float())
+
+
+def resize_embeddings(model: nn.Module, tokenizer: Any) -> None:
+    """Grow the embeddings to the tokenizer (padded to a multiple of 64 as LLaMA-Factory does); new rows
+    start at the mean of the old ones (transformers' mean_resizing)."""
+    current = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > current:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+
+
 def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) -> nn.Module:
-    """load → (packing check) → freeze | lora → gradient checkpointing; the steps every stage shares."""
-    model = fit_embeddings(load_model(cfg, stage=stage, device=device), tokenizer)
+    """load → fit/resize embeddings → (packing check) → upcasts/kernels → freeze | lora | oft → gradient
+    checkpointing; the steps every stage shares."""
+    model = load_model(cfg, stage=stage, device=device)
+    if cfg.resize_vocab:
+        resize_embeddings(model, tokenizer)  # LLaMA-Factory's padded resize first; fit_embeddings then only
+    model = fit_embeddings(model, tokenizer)  # grows rows a template's added tokens still lack
     if cfg.packing and stage in ("pt", "sft"):
         check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":
         set_pad_token(model, tokenizer)
+    apply_upcasts(model, cfg)
+    if cfg.use_v1_kernels and device == "npu":
+        from runtime.npu_kernels import apply_npu_kernels
+
+        apply_npu_kernels(model)
     if cfg.finetuning_type == "freeze":
         model = apply_freeze(model, cfg, stage=stage)
     elif cfg.finetuning_type in ("lora", "oft"):
         model = apply_lora(model, cfg, stage=stage)
     if cfg.gradient_checkpointing:
-        model = enable_gradient_checkpointing(model)
+        model = enable_gradient_checkpointing(model, cfg)
     return model
 
 

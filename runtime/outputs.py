@@ -73,3 +73,37 @@ def plot_loss(log_history: list[dict[str, Any]], output_dir: Path) -> Path | Non
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _tensor_count(path: Path) -> int:
+    """Tensors in a safetensors file (its JSON header), or in a torch .bin; 0 when unreadable."""
+    try:
+        if path.suffix == ".safetensors":
+            with path.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+            return len([k for k in header if k != "__metadata__"])
+        return len(torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, RuntimeError):
+        return 0
+
+
+def missing_weights(out: Path, kind: str) -> str | None:
+    """Why `out` does not hold a loadable model (kind "model") or adapter ("adapter"); None if it does."""
+    if kind == "adapter":
+        need, stems = "adapter_config.json", ("adapter_model",)
+    else:
+        need, stems = "config.json", ("model", "pytorch_model")
+    if not (out / need).is_file():
+        return f"no {need}"
+    for stem in stems:
+        for ext in ("safetensors", "bin"):
+            index = out / f"{stem}.{ext}.index.json"
+            if index.is_file():
+                files = set(json.loads(index.read_text()).get("weight_map", {}).values())
+                if files and all(_tensor_count(out / f) for f in files):
+                    return None
+            single = out / f"{stem}.{ext}"
+            if single.is_file() and _tensor_count(single):
+                return None
+    return "no weights (no weight file holds any tensor)"

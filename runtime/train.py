@@ -7,6 +7,7 @@ group and, for ZeRO-3, zero.Init) come before any model is loaded.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import TrainConfig
+from runtime.config.rules import check_at_start
 from runtime.distributed import (
     deepspeed_for_device,
     detect_device,
@@ -55,6 +57,20 @@ def adjust_for_device(cfg: TrainConfig, device: str) -> None:
     if cfg.fp16 and device == "cpu":
         cfg.fp16 = False
         cfg.notes.append("fp16 is not available on cpu; training in fp32")
+    if cfg.fp8 and device != "cuda":
+        cfg.fp8 = False
+        cfg.notes.append(f"fp8: FP8 training needs CUDA (Hopper or newer); device is {device}, fp8 off")
+    elif cfg.fp8 and not any(importlib.util.find_spec(m) for m in ("torchao", "transformer_engine")):
+        cfg.fp8 = False
+        cfg.notes.append(
+            "fp8: needs torchao or transformer_engine installed (accelerate's FP8 backends); fp8 off"
+        )
+    if cfg.use_v1_kernels and device != "npu":
+        cfg.use_v1_kernels = False
+        cfg.notes.append(
+            f"use_v1_kernels: torch_npu's fused kernels are for Ascend NPUs; nothing to do on {device}"
+            + (" (enable_liger_kernel is the CUDA counterpart)" if device == "cuda" else "")
+        )
     if cfg.deepspeed_config is not None:
         cfg.deepspeed_config, note = deepspeed_for_device(cfg.deepspeed_config, device)
         if note:
@@ -130,6 +146,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         # CPU-offloaded FSDP tensors need, only when these are set before the group exists.
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
         os.environ.setdefault("FSDP_OFFLOAD_PARAMS", "true")
+    check_at_start(cfg, world()[2])  # report_to packages, DeepSpeed batch sizes: before any model loads
     args = build_training_args(cfg, device)
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()

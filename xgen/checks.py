@@ -211,5 +211,5 @@ def _parse_train(config: Config) -> TrainConfig | None:
     try:
         return parse_train_config(config.train, key_prefix="train.", base_dir=config.workdir)
     except ConfigError as err:
-        first, *rest = getattr(err, "errors", None) or [err]  # ConfigErrors: every bad key, one line each
+        first, *rest = err.errors  # ConfigErrors: every bad key, one line each
         raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest]) from None

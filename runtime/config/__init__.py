@@ -12,12 +12,20 @@ A key's whole story, one module each: `schema` (name, type, default, doc), `tran
 """
 
 from runtime.config.parse import load_config, parse_train_config
-from runtime.config.schema import FINETUNING_TYPES, STAGES, ConfigError, TrainConfig, train_fields
+from runtime.config.schema import (
+    FINETUNING_TYPES,
+    STAGES,
+    ConfigError,
+    ConfigErrors,
+    TrainConfig,
+    train_fields,
+)
 
 __all__ = [
     "FINETUNING_TYPES",
     "STAGES",
     "ConfigError",
+    "ConfigErrors",
     "TrainConfig",
     "load_config",
     "parse_train_config",

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from runtime.config.files import absolutize_local_models, read_yaml, resolve
+from runtime.config.refusals import classify
 from runtime.config.rules import normalise
-from runtime.config.schema import ConfigError, TrainConfig, train_fields
-from runtime.config.suggest import suggest
+from runtime.config.schema import ConfigError, ConfigErrors, TrainConfig, train_fields
 from runtime.config.translate import translate_keys
 
 _HINTS = typing.get_type_hints(TrainConfig)
@@ -59,7 +59,10 @@ def parse_train_config(
 ) -> TrainConfig:
     """Validate a `train:` mapping (or a flat LLaMA-Factory YAML) into a TrainConfig.
 
-    Raises ConfigError naming the key as `key_prefix + key` (the generator passes "train.").
+    Raises ConfigError naming the key as `key_prefix + key` (the generator passes "train."); when
+    several keys are unknown, refused or mistyped, one ConfigErrors listing them all.
+    Keys of transformers.TrainingArguments that are not TrainConfig fields land in
+    `cfg.training_args` and reach TrainingArguments unchanged (runtime/stages/common.py).
     Touches the file system only to read a `deepspeed`/`fsdp_config` JSON path. Relative paths
     (those JSON files, dataset_dir) are taken from `base_dir` when given: the generator passes
     job.workdir, where the runtime will run; the runtime itself passes nothing (it runs there).
@@ -70,27 +73,33 @@ def parse_train_config(
     raw = translate_keys({str(k): v for k, v in mapping.items()}, key_prefix, notes)
     known = train_fields()
     values: dict[str, Any] = {}
+    passthrough: dict[str, Any] = {}
+    errors: list[ConfigError] = []
     for key, value in raw.items():
-        if key not in known:
-            if key in _UNSUPPORTED_STAGE_KEYS:
-                raise ConfigError(key_prefix + key, _UNSUPPORTED_STAGE_KEYS[key])
-            raise ConfigError(key_prefix + key, "unknown key" + suggest(key, list(known)))
-        values[key] = _coerce(key_prefix + key, key, value)
+        try:
+            if key in known:
+                values[key] = _coerce(key_prefix + key, key, value)
+                continue
+            verdict, why = classify(key, value, list(known))
+            if verdict == "error":
+                raise ConfigError(key_prefix + key, why)
+            if verdict == "note":
+                notes.append(f"{key_prefix}{key} {why}")
+            else:
+                passthrough[key] = value  # transformers.TrainingArguments validates it at run time
+        except ConfigError as err:
+            errors.append(err)  # every per-key problem is reported, not only the first
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     cfg = TrainConfig(**values)
     cfg.notes = notes
     cfg.explicit = frozenset(values)
+    cfg.training_args = passthrough
     base = None if base_dir is None else os.fspath(base_dir)
     normalise(cfg, set(values), key_prefix, base)
     if base is not None:
         cfg.dataset_dir = resolve(cfg.dataset_dir, base)
     return cfg
-
-
-_UNSUPPORTED_STAGE_KEYS = {
-    "do_predict": "not supported by xgen-runtime (generate with vLLM or transformers)",
-    "streaming": "streaming datasets are not supported; use local files",
-    "quantization_bit": "QLoRA/quantised training is not supported",
-}
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:

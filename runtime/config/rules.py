@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from runtime.config.files import load_deepspeed, load_json
 from runtime.config.methods import check_methods
-from runtime.config.schema import STAGES, UNSUPPORTED_STAGES, ConfigError, TrainConfig, train_fields
+from runtime.config.schema import (
+    ROPE_SCALINGS,
+    STAGES,
+    UNSUPPORTED_STAGES,
+    ConfigError,
+    ConfigErrors,
+    TrainConfig,
+    train_fields,
+)
 from runtime.config.suggest import suggest
 
 
@@ -36,6 +47,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
     _normalise_distributed(cfg, p, base_dir)
     check_methods(cfg, p)
+    _normalise_model_keys(cfg, given, p)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
     if isinstance(cfg.resume_from_checkpoint, str) and cfg.resume_from_checkpoint in ("true", "false"):
@@ -118,6 +130,137 @@ def _normalise_distributed(cfg: TrainConfig, p: str, base_dir: str | None) -> No
         cfg.fsdp_config = fsdp_config
     elif fsdp_config:
         cfg.notes.append(f"{p}fsdp_config ignored: fsdp is false")
+    if cfg.deepspeed_config is not None:
+        _check_deepspeed_json(cfg, p)
+
+
+def _check_deepspeed_json(cfg: TrainConfig, p: str) -> None:
+    """What DeepSpeed would only trip over after the model has loaded (or never, and save no weights)."""
+    ds = cfg.deepspeed_config or {}
+    tp = ds.get("tensor_parallel") or {}
+    if isinstance(tp, dict) and (tp.get("autotp_size") or 1) > 1 and cfg.finetuning_type == "lora":
+        raise ConfigError(
+            p + "deepspeed",
+            f"tensor_parallel.autotp_size {tp['autotp_size']} (DeepSpeed AutoTP) does not work with LoRA "
+            "(it fails inside DeepSpeed); drop tensor_parallel or use finetuning_type: full",
+        )
+    zero = ds.get("zero_optimization") or {}
+    if zero.get("stage") == 3 and "stage3_gather_16bit_weights_on_model_save" not in zero:
+        # Without it a ZeRO-3 save writes no weights at all, only the sharded checkpoint.
+        cfg.deepspeed_config = {
+            **ds,
+            "zero_optimization": {**zero, "stage3_gather_16bit_weights_on_model_save": True},
+        }
+        cfg.notes.append(
+            f"{p}deepspeed: ZeRO-3 JSON without stage3_gather_16bit_weights_on_model_save; set to true "
+            "so the saved model has its weights"
+        )
+
+
+def _normalise_model_keys(cfg: TrainConfig, given: set[str], p: str) -> None:
+    """LLaMA-Factory's model keys: gradient-checkpointing switch, precision, RoPE, MoE."""
+    if cfg.disable_gradient_checkpointing is not None:
+        wanted = not cfg.disable_gradient_checkpointing
+        if "gradient_checkpointing" in given and cfg.gradient_checkpointing != wanted:
+            raise ConfigError(
+                p + "disable_gradient_checkpointing",
+                f"contradicts gradient_checkpointing: {str(cfg.gradient_checkpointing).lower()}; "
+                "give one of them",
+            )
+        cfg.gradient_checkpointing = wanted
+    if cfg.fsdp and cfg.use_reentrant_gc:
+        cfg.use_reentrant_gc = False  # FSDP2 needs non-reentrant checkpointing (LLaMA-Factory does the same)
+        if "use_reentrant_gc" in given and cfg.gradient_checkpointing:
+            cfg.notes.append(f"{p}use_reentrant_gc: FSDP2 needs non-reentrant checkpointing; using false")
+    if cfg.pure_bf16 and cfg.fp16:
+        raise ConfigError(p + "pure_bf16", "pure_bf16 and fp16 are both true; choose one")
+    if cfg.pure_bf16 and cfg.strategy == "deepspeed-z3":
+        raise ConfigError(
+            p + "pure_bf16", "incompatible with DeepSpeed ZeRO-3 (as in LLaMA-Factory); use bf16"
+        )
+    if cfg.fp8 and cfg.fp16:
+        raise ConfigError(p + "fp8", "fp8 and fp16 are both true; choose one (fp8 keeps bf16 for the rest)")
+    if cfg.rope_scaling is not None and cfg.rope_scaling not in ROPE_SCALINGS:
+        raise ConfigError(p + "rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)} (or null)")
+    if cfg.moe_aux_loss_coef is not None and cfg.moe_aux_loss_coef < 0:
+        raise ConfigError(p + "moe_aux_loss_coef", f"must be >= 0; got {cfg.moe_aux_loss_coef}")
+    if (cfg.add_tokens or cfg.add_special_tokens) and not cfg.resize_vocab:
+        cfg.resize_vocab = True  # new tokens need embedding rows, as in LLaMA-Factory
+        cfg.notes.append(f"{p}resize_vocab set to true: add_tokens/add_special_tokens add new tokens")
+
+
+# report_to name -> the modules transformers' integration needs (any one of them).
+_TRACKERS = {
+    "wandb": ("wandb",),
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "neptune": ("neptune",),
+    "swanlab": ("swanlab",),
+    "trackio": ("trackio",),
+    "codecarbon": ("codecarbon",),
+    "azure_ml": ("azureml",),
+}
+
+
+def check_at_start(cfg: TrainConfig, world_size: int) -> None:
+    """Run by each rank before the model loads: the checks that need the node's packages or the
+    world size. Every problem found is reported (ConfigErrors when several)."""
+    errors = tracker_problems(cfg) + world_size_problems(cfg, world_size)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+
+
+def tracker_problems(cfg: TrainConfig, p: str = "") -> list[ConfigError]:
+    """report_to names a logger whose package is not installed here (transformers fails after the load)."""
+    errors = []
+    for tracker in cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]:
+        modules = _TRACKERS.get(tracker)
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            errors.append(
+                ConfigError(
+                    p + "report_to",
+                    f"{tracker} is not installed on {os.uname().nodename} (pip install {modules[0]}), "
+                    "or drop it from report_to",
+                )
+            )
+    return errors
+
+
+def world_size_problems(cfg: TrainConfig, world_size: int, p: str = "") -> list[ConfigError]:
+    """A DeepSpeed JSON's fixed batch sizes or AutoTP size that contradict this world size. Torch-free:
+    `xgen check` can call it with nodes x devices_per_node when the device count is pinned."""
+    errors = []
+    ds = cfg.deepspeed_config or {}
+    tp = ds.get("tensor_parallel") or {}
+    tp_size = (tp.get("autotp_size") or 1) if isinstance(tp, dict) else 1
+    if tp_size > 1 and world_size % tp_size:
+        errors.append(
+            ConfigError(
+                p + "deepspeed",
+                f"tensor_parallel.autotp_size {tp_size} needs a world size divisible by it; "
+                f"the world size is {world_size}",
+            )
+        )
+    micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    fixed = {
+        "train_micro_batch_size_per_gpu": (micro, "per_device_train_batch_size"),
+        "gradient_accumulation_steps": (accum, "gradient_accumulation_steps"),
+        "train_batch_size": (micro * accum * world_size, f"{micro} x {accum} x world size {world_size}"),
+    }
+    for name, (expected, what) in fixed.items():
+        value = ds.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value != expected:
+            errors.append(
+                ConfigError(
+                    p + "deepspeed",
+                    f"{name} {value} in the DeepSpeed JSON contradicts {what} = {expected}; "
+                    f'set it to "auto" (the trainer fills it in) or to {expected}',
+                )
+            )
+    return errors
 
 
 _LORA_KEYS = (

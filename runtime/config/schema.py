@@ -16,6 +16,31 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    @property
+    def errors(self) -> list[ConfigError]:
+        """The one-key problems this error stands for (one here; several in ConfigErrors)."""
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several bad keys at once: str() is one `<key>: <message>` line per key; `.errors` the list.
+
+    Every rule raises a plain ConfigError; parse_train_config collects the per-key ones (unknown,
+    refused and mistyped keys) into this so a config with five problems needs one round of fixes."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        flat = [e for err in errors for e in err.errors]
+        super().__init__(flat[0].key, flat[0].message)
+        self.args = ("\n".join(f"{e.key}: {e.message}" for e in flat),)
+        self._errors = flat
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return list(self._errors)
+
 
 STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
@@ -74,6 +99,7 @@ OPTIMIZERS = (
     "stable_adamw",
 )
 UNSUPPORTED_STAGES = {"ppo": "PPO", "kto": "KTO"}
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
 
 def _f(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -254,6 +280,38 @@ class TrainConfig:
         "Liger kernels: fused linear+CE, RMSNorm, SwiGLU, RoPE (perf auto, CUDA: on if installed+unset).",
     )
     torch_compile: bool = _f(False, "torch.compile the model (off: compile time and recompiles unmeasured).")
+    # --- model and training keys of LLaMA-Factory (runtime/model.py applies them) ---
+    disable_gradient_checkpointing: bool | None = _f(
+        None,
+        "LLaMA-Factory's switch: true = checkpointing off, false = on; unset: gradient_checkpointing rules.",
+    )
+    use_reentrant_gc: bool = _f(
+        True, "Reentrant activation checkpointing (LLaMA-Factory's default); FSDP: off."
+    )
+    pure_bf16: bool = _f(False, "Load and train the weights in bf16 (no fp32 copy of trainable weights).")
+    upcast_layernorm: bool = _f(
+        False, "Norm weights in fp32 over a half-precision model (outputs stay in the input dtype)."
+    )
+    upcast_lmhead_output: bool = _f(False, "Cast the lm_head output (logits) to fp32.")
+    resize_vocab: bool = _f(
+        False, "Resize the embeddings to the tokenizer (after add_tokens; LoRA trains them)."
+    )
+    add_tokens: str | None = _f(
+        None, "Comma list of ordinary tokens to add to the tokenizer (resizes the vocab)."
+    )
+    add_special_tokens: str | None = _f(
+        None, "Comma list of special tokens to add (new_special_tokens is read as this); resizes the vocab."
+    )
+    rope_scaling: str | None = _f(
+        None, "linear|dynamic|yarn|llama3: stretch RoPE when cutoff_len exceeds the model's length."
+    )
+    moe_aux_loss_coef: float | None = _f(
+        None, "MoE models: router auxiliary loss coefficient (adds the loss)."
+    )
+    fp8: bool = _f(False, "FP8 mixed precision through accelerate (CUDA with torchao/transformer_engine).")
+    use_v1_kernels: bool | None = _f(
+        False, "Ascend: torch_npu fused RMSNorm, SwiGLU and rotary kernels (a note elsewhere)."
+    )
     seed: int = _f(42, "Seed for init, data order and dropout; all ranks share it.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_strategy: str = _f("steps", "When to checkpoint: no|steps|epoch.", choices=STRATEGIES)
@@ -282,15 +340,22 @@ class TrainConfig:
     )
     fsdp_config: dict | str | None = _f(None, "FSDP plugin options (dict or JSON path), e.g. cpu_offload.")
     # --- export ---
-    export_dir: str | None = _f(None, "export: where the merged standalone model goes.")
+    export_dir: str | None = _f(None, "export: where the merged (or re-saved) standalone model goes.")
     export_size: int = _f(5, "export: max shard size in GB.")
-    export_legacy_format: bool = _f(False, "export: accepted for LLaMA-Factory configs; safetensors always.")
+    export_legacy_format: bool = _f(False, "export: true writes pytorch_model*.bin instead of safetensors.")
+    # --- export keys (runtime/export.py) ---
+    export_device: str = _f(
+        "cpu", "export: cpu, or auto (the accelerator, when there is one).", choices=("cpu", "auto")
+    )
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})
     # Keys the config wrote (after renames): runtime.perf never overrides these.
     explicit: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
     deepspeed_config: dict | None = field(default=None, metadata={"internal": True})
+    # transformers.TrainingArguments keys that are not fields here (lr_scheduler_kwargs, neftune_noise_alpha,
+    # …): passed to TrainingArguments as written; transformers validates them (runtime/config/refusals.py).
+    training_args: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
     @property
     def strategy(self) -> str:

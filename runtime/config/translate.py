@@ -13,6 +13,8 @@ _RENAMED = {
     "neat_packing": "packing",
     "no_cuda": "use_cpu",
     "use_liger_kernel": "enable_liger_kernel",
+    "new_special_tokens": "add_special_tokens",  # LLaMA-Factory < 0.9.4
+    "activation_checkpointing": "gradient_checkpointing",  # transformers 5.x's new name
 }
 # Accepted for compatibility, with no effect here; the note says why.
 _IGNORED = {
@@ -23,7 +25,6 @@ _IGNORED = {
     "disable_tqdm": "xgen-runtime draws its own progress",
     "include_num_input_tokens_seen": "train_results.json always reports effective tokens",
     "log_level": "rank 0 logs, others stay quiet",
-    "export_device": "export merges on CPU",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from runtime.config import TrainConfig
+from runtime.config import ConfigError, TrainConfig
 from runtime.data import build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.model import build_model, load_tokenizer
@@ -48,10 +48,8 @@ def say(line: str) -> None:
 def build_training_args(cfg: TrainConfig, device: str) -> Any:
     """TrainingArguments from the config. Creating it initialises the process group (and, for
     ZeRO-3, makes the next from_pretrained partition the weights), so it comes before the model."""
-    from transformers import TrainingArguments
-
     eval_wanted = cfg.eval_strategy != "no"
-    return TrainingArguments(
+    kwargs = dict(
         output_dir=cfg.output_dir,
         do_train=cfg.do_train,
         do_eval=bool(cfg.do_eval) or eval_wanted,
@@ -97,6 +95,28 @@ def build_training_args(cfg: TrainConfig, device: str) -> Any:
         log_level="warning" if is_rank0() else "error",
         log_level_replica="error",
     )
+    args = make_training_args(kwargs, cfg.training_args)
+    if cfg.fp8:  # train.adjust_for_device left it on only on CUDA with an FP8 backend installed
+        args.mixed_precision = "fp8"  # Trainer hands this to accelerate (torchao, else transformer_engine)
+    return args
+
+
+def make_training_args(kwargs: dict[str, Any], passthrough: dict[str, Any]) -> Any:
+    """TrainingArguments(**kwargs, **passthrough); transformers' own complaint about a value becomes
+    one config line (`<key>: <its message>`), raised before any model or data is loaded."""
+    from transformers import TrainingArguments
+
+    clash = set(kwargs) & set(passthrough)
+    assert not clash, f"passthrough keys the runtime also sets: {clash}"  # refusals.RUNTIME_OWNED lists them
+    try:
+        return TrainingArguments(**kwargs, **passthrough)
+    except (ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        # Name the key the message mentions (passed-through keys first), else the only passed-through
+        # key, else the whole section: transformers' messages do not always say which key.
+        named = [k for k in [*passthrough, *kwargs] if k in message]
+        key = named[0] if named else next(iter(passthrough)) if len(passthrough) == 1 else "train"
+        raise ConfigError(key, f"transformers.TrainingArguments refused it: {message}") from None
 
 
 def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
@@ -201,9 +221,31 @@ def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: d
             outputs.write_json(
                 out / "eval_results.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             )
-    if cfg.do_train:
+    if cfg.do_train and trainer.args.should_save:
         kind = "adapter" if cfg.finetuning_type in ("lora", "oft") else "model"
+        why = outputs.missing_weights(out, kind)
+        if why and kind == "model" and cfg.strategy == "deepspeed-z3":
+            why = _consolidate_zero3(out, why)
+        if why:
+            raise RuntimeError(
+                f"{out} holds no loadable {kind}: {why}. With ZeRO-3 set "
+                "stage3_gather_16bit_weights_on_model_save: true in the DeepSpeed JSON"
+            )
         say(f"saved {kind} to {out}")
+
+
+def _consolidate_zero3(out: Path, why: str) -> str | None:
+    """ZeRO-3 with stage3_gather_16bit_weights_on_model_save: false saves only the shards; join them
+    into model.safetensors with DeepSpeed's own zero_to_fp32 (rank 0, after the save). fp32 weights."""
+    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+
+    from runtime import outputs
+
+    if not (out / "latest").is_file():
+        return why
+    say("note: ZeRO-3 saved shards only (stage3_gather_16bit_weights_on_model_save: false); consolidating")
+    convert_zero_checkpoint_to_fp32_state_dict(str(out), str(out), safe_serialization=True)
+    return outputs.missing_weights(out, "model")
 
 
 def _final_eval(trainer: Any) -> dict[str, Any]:

@@ -32,6 +32,24 @@ BAD = [
     ({"fsdp": "hybrid_shard"}, "train.fsdp: unsupported 'hybrid_shard'"),
     ({"model_name_or_path": ""}, "train.model_name_or_path: required"),
     ({"do_predict": True}, "train.do_predict: not supported"),
+    ({"quantization_bit": 4}, "train.quantization_bit: quantised (QLoRA) training is not supported"),
+    ({"image_max_pixels": 1024}, "train.image_max_pixels: multimodal training is out of scope"),
+    ({"ray_num_workers": 2}, "train.ray_num_workers: Ray is not supported"),
+    ({"vllm_maxlen": 2048}, "train.vllm_maxlen: inference engines are out of scope"),
+    ({"split_special_tokens": True}, "train.split_special_tokens: a LLaMA-Factory key (BaseModelArguments)"),
+    ({"rope_scaling": "ntk"}, "train.rope_scaling: must be one of linear, dynamic, yarn, llama3"),
+    ({"pure_bf16": True, "fp16": True}, "train.pure_bf16: pure_bf16 and fp16 are both true"),
+    (
+        {"disable_gradient_checkpointing": True, "gradient_checkpointing": True},
+        "train.disable_gradient_checkpointing: contradicts gradient_checkpointing: true",
+    ),
+    (
+        {
+            "finetuning_type": "lora",
+            "deepspeed": {"zero_optimization": {"stage": 2}, "tensor_parallel": {"autotp_size": 2}},
+        },
+        "train.deepspeed: tensor_parallel.autotp_size 2 (DeepSpeed AutoTP) does not work with LoRA",
+    ),
 ]
 
 
@@ -43,6 +61,47 @@ def test_bad_config_is_one_line_exit_2(tiny_dir: Path, tmp_path: Path, capsys, b
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"xgen-runtime: error: {message}"), err
+
+
+def test_several_bad_keys_one_line_each(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    cfg = base_config(tiny_dir, tmp_path / "out")
+    cfg.update({"quantization_bit": 4, "learnig_rate": 1, "image_max_pixels": 1, "cutoff_len": "x"})
+    assert main(["train", str(write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True))]) == 2
+    keys = [line.split(": ")[2] for line in capsys.readouterr().err.splitlines()]
+    assert sorted(keys) == [
+        "train.cutoff_len",
+        "train.image_max_pixels",
+        "train.learnig_rate",
+        "train.quantization_bit",
+    ]
+
+
+LATE = [
+    # (keys, expected line): only visible at run time, yet reported before the model loads
+    ({"debug": "no_such_option"}, "xgen-runtime: error: debug: transformers.TrainingArguments refused it:"),
+    ({"report_to": "wandb"}, "xgen-runtime: error: report_to: wandb is not installed on "),
+    (
+        {"deepspeed": {"zero_optimization": {"stage": 2}, "tensor_parallel": {"autotp_size": 2}}},
+        "xgen-runtime: error: deepspeed: tensor_parallel.autotp_size 2 needs a world size divisible by it",
+    ),
+    (
+        {"deepspeed": {"train_batch_size": 64, "zero_optimization": {"stage": 0}}},
+        "xgen-runtime: error: deepspeed: train_batch_size 64 in the DeepSpeed JSON contradicts 2 x 1 x world",
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "line"), LATE, ids=[next(iter(k)) for k, _ in LATE])
+def test_runtime_checks_before_model_load(tiny_dir: Path, tmp_path: Path, capsys, keys, line) -> None:
+    import importlib.util
+
+    if "report_to" in keys and importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    path = write_config(tmp_path / "cfg.yaml", base_config(tiny_dir, tmp_path / "out", **keys))
+    assert main(["train", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1].startswith(line), captured.err
+    assert "world_size=" not in captured.out  # the start line (after TrainingArguments) was never printed
 
 
 def test_bad_config_subprocess_has_no_traceback_and_loads_no_torch(tmp_path: Path) -> None:
@@ -87,7 +146,7 @@ def test_export_merges_lora_with_equal_logits(tiny_dir: Path, tmp_path: Path, ca
         "export_legacy_format": False,
     }
     assert main(["export", str(write_config(tmp_path / "export.yaml", export_cfg))]) == 0
-    assert "exported merged model to" in capsys.readouterr().out
+    assert "exported model to" in capsys.readouterr().out
 
     ids = torch.tensor([[5, 9, 14, 3, 22, 7]])
     with torch.no_grad():
@@ -104,10 +163,10 @@ def test_export_merges_lora_with_equal_logits(tiny_dir: Path, tmp_path: Path, ca
     assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
 
 
-def test_export_needs_adapter(tmp_path: Path, capsys) -> None:
+def test_export_without_adapter_needs_a_model_dir(tmp_path: Path, capsys) -> None:
     path = write_config(tmp_path / "e.yaml", {"model_name_or_path": "m", "export_dir": str(tmp_path / "x")})
     assert main(["export", str(path)]) == 2
-    assert capsys.readouterr().err.startswith("xgen-runtime: error: adapter_name_or_path: required")
+    assert capsys.readouterr().err.startswith("xgen-runtime: error: model_name_or_path: m has no config.json")
 
 
 def test_make_tiny(tmp_path: Path, capsys) -> None:

@@ -50,3 +50,38 @@ def test_lf_example_deepspeed(name: str, tiny_dir: Path, tmp_path: Path) -> None
     if "fa2" in name:
         assert "flash_attn: fa2 unavailable" in proc.stderr + proc.stdout
     _saved(out, proc.stdout)
+
+
+# LLaMA-Factory's current examples (train_lora, train_full, merge_lora): train 2 steps, then export the
+# result with the matching merge_lora config; the export must load and reproduce the trained logits.
+CURRENT = [
+    ("qwen3_lora_sft.yaml", "qwen3_lora_sft_merge.yaml", "preprocessing_num_workers=16 capped"),
+    ("qwen3_full_sft.yaml", "qwen3_full_sft_merge.yaml", "rope_scaling: yarn, factor 256"),
+]
+
+
+@pytest.mark.parametrize(("train", "merge", "expect"), CURRENT, ids=[t for t, _, _ in CURRENT])
+def test_lf_current_example_trains_and_exports(
+    train: str, merge: str, expect: str, tiny_dir: Path, tmp_path: Path, capsys, caplog
+) -> None:
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from runtime.cli import main
+
+    path, out = _materialise(train, tiny_dir, tmp_path)
+    assert run_inprocess(path) == 0
+    log = capsys.readouterr().out + caplog.text
+    assert expect in log, log
+    _saved(out, log)
+    export = tmp_path / "export"
+    text = (HERE / merge).read_text().replace("TINY", str(tiny_dir))
+    (tmp_path / merge).write_text(text.replace("ADAPTER", str(out)).replace("EXPORT", str(export)))
+    assert main(["export", str(tmp_path / merge)]) == 0
+    ids = torch.tensor([[5, 9, 14, 3]])
+    trained = AutoPeftModelForCausalLM if "lora" in train else AutoModelForCausalLM
+    with torch.no_grad():
+        want = trained.from_pretrained(out).eval()(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(export).eval()(input_ids=ids).logits
+    assert (want - got).abs().max() < 1e-4

@@ -172,3 +172,20 @@ def test_good_config_passes(tmp_path):
     result = run_xgen("check", str(cfg))
     assert result.returncode == 0, result.stderr
     assert "nodes:    2 x 4 devices per node" in result.stdout
+
+
+def test_several_bad_train_keys_one_line_each(tmp_path):
+    """The runtime's parser reports every bad train key; xgen prints each as its own line, exit 2."""
+    train = {**GOOD["train"], "quantization_bit": 4, "image_max_pixels": 1024, "learnig_rate": 1e-4}
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({**GOOD, "train": train}))
+    result = run_xgen("check", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert sorted(line.split(": ")[2] for line in lines) == [
+        "train.image_max_pixels",
+        "train.learnig_rate",
+        "train.quantization_bit",
+    ], result.stderr
+    assert all(line.startswith("xgen: error: ") for line in lines)
+    assert any(line.endswith("did you mean 'learning_rate'?") for line in lines)

@@ -179,7 +179,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
 def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) -> nn.Module:
     """load → (packing check) → freeze | lora → gradient checkpointing; the steps every stage shares."""
     model = load_model(cfg, stage=stage, device=device)
-    if cfg.packing and stage in ("pt", "sft"):
+    if (cfg.padding_free or cfg.neat_packing) and stage in ("pt", "sft"):
         check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":
         set_pad_token(model, tokenizer)

@@ -136,7 +136,9 @@ def resolve_perf(
 
 def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     """Write the plan into the config's keys; the data, model and TrainingArguments code reads only those."""
-    cfg.packing = plan.packing
+    # perf's packing is the padding-free lever; `packing`/`neat_packing` a config sets keep LLaMA-Factory's
+    # meaning (offline rows of cutoff_len), so a plan that packs what the config did not becomes padding_free.
+    cfg.padding_free = cfg.padding_free or (plan.packing and not cfg.packing)
     cfg.flash_attn = plan.flash_attn
     cfg.enable_liger_kernel = plan.liger
     cfg.optim = plan.optim

@@ -81,7 +81,6 @@ def parse_train_config(mapping: Mapping[str, Any], *, key_prefix: str = "") -> T
 
 _UNSUPPORTED_STAGE_KEYS = {
     "do_predict": "not supported by xgen-runtime (generate with vLLM or transformers)",
-    "streaming": "streaming datasets are not supported; use local files",
     "quantization_bit": "QLoRA/quantised training is not supported",
 }
 

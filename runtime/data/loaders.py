@@ -6,8 +6,10 @@ load_dataset's arrow cache is what lets a second rank (or a second run) skip the
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import DatasetDict, load_dataset, load_from_disk
 
 from runtime.config import ConfigError
 from runtime.data.registry import RANKING_COLUMNS, DatasetAttr
@@ -16,16 +18,24 @@ FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": 
 FILE_TYPES[".txt"] = "text"
 
 
-def load_raw(attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None) -> Dataset:
-    """The dataset's rows as stored (num_samples and max_samples applied), formatting decided."""
+def load_raw(
+    attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None, streaming: bool = False
+) -> Any:
+    """The dataset's rows as stored (num_samples and max_samples applied), formatting decided.
+    streaming: an IterableDataset read as it is consumed (num_samples is ignored, as in LLaMA-Factory)."""
     if not attr.path.exists():
         raise ConfigError(attr.key, f"{attr.where()}: file not found")
     try:
-        dataset = _read(attr, cache_dir)
+        dataset = _read(attr, cache_dir, streaming)
     except ConfigError:
         raise
     except Exception as exc:  # pyarrow/json errors: say which file, not a 40-line traceback
         raise ConfigError(attr.key, f"{attr.where()}: cannot read: {exc}") from exc
+    if streaming:
+        first = next(iter(dataset), {})
+        if attr.formatting == "auto" or attr.ranking is None:
+            detect_format(attr, list(first), first)
+        return dataset
     if attr.num_samples is not None:
         dataset = dataset.select(_sample_indices(len(dataset), attr.num_samples, seed))
     if max_samples is not None:
@@ -35,7 +45,7 @@ def load_raw(attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples
     return dataset
 
 
-def _read(attr: DatasetAttr, cache_dir: str | None) -> Dataset:
+def _read(attr: DatasetAttr, cache_dir: str | None, streaming: bool = False) -> Any:
     path = attr.path
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         loaded = load_from_disk(str(path))
@@ -45,7 +55,7 @@ def _read(attr: DatasetAttr, cache_dir: str | None) -> Dataset:
                     attr.key, f"{attr.where()}: no split '{attr.split}' (has {', '.join(loaded)})"
                 )
             loaded = loaded[attr.split]
-        return loaded
+        return loaded.to_iterable_dataset() if streaming else loaded
     files = (
         sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if path.is_dir()
@@ -55,7 +65,13 @@ def _read(attr: DatasetAttr, cache_dir: str | None) -> Dataset:
     if not files or None in kinds or len(kinds) != 1:
         known = ", ".join(sorted(FILE_TYPES))
         raise ConfigError(attr.key, f"{attr.where()}: need files of one type ({known}) or a saved HF dataset")
-    return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+    return load_dataset(
+        kinds.pop(),
+        data_files=[str(p) for p in files],
+        split="train",
+        cache_dir=cache_dir,
+        streaming=streaming,
+    )
 
 
 def _sample_indices(size: int, target: int, seed: int) -> np.ndarray:

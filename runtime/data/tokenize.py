@@ -9,6 +9,7 @@ the caller reports how many.
 from __future__ import annotations
 
 from runtime.data.templates import ChatFormat, with_system
+from runtime.data.tools import apply_tools
 
 IGNORE_INDEX = -100
 
@@ -35,23 +36,55 @@ def _keep_end(ids: list[int], n: int) -> list[int]:
     return ids[len(ids) - n :] if n else []
 
 
-def tokenize_sft(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int) -> dict[str, list]:
+def _conversation(
+    prompt: list, response: list, system: str, tools: str, chat: ChatFormat, tool_format
+) -> list:
+    """The turns a chat template renders: system first, tool schemas and tool turns written as the family
+    writes them (runtime.data.tools)."""
+    return apply_tools(
+        with_system(prompt + response, system), tools, tool_format=tool_format, template=chat.name
+    )
+
+
+def tokenize_sft(
+    batch: dict,
+    *,
+    tokenizer,
+    chat: ChatFormat,
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    tool_format: str | None = None,
+) -> dict[str, list]:
+    """LLaMA-Factory's supervised rows: prompt labels -100 (all labels with train_on_prompt); with
+    mask_history only the last reply is a label and the token budget goes to the last turns first."""
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for prompt, response, system in zip(batch["_prompt"], batch["_response"], batch["_system"], strict=True):
+    tools_column = batch.get("_tools") or [""] * len(batch["_prompt"])
+    rows = zip(batch["_prompt"], batch["_response"], batch["_system"], tools_column, strict=True)
+    for prompt, response, system, tools in rows:
         if len(prompt) % 2 != 1 or len(response) != 1:
             continue
-        pieces = chat.segments(tokenizer, with_system(prompt + response, system))
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for (source_text, _), (target_text, _) in zip(pieces[0::2], pieces[1::2], strict=True):
-            budget = cutoff_len - len(input_ids)
+        pieces = chat.segments(tokenizer, _conversation(prompt, response, system, tools, chat, tool_format))
+        pairs = [(s, t) for (s, _), (t, _) in zip(pieces[0::2], pieces[1::2], strict=True)]
+        if mask_history:
+            pairs.reverse()  # the budget goes to the last turns first
+        chunks: list[tuple[list[int], list[int]]] = []
+        total = 0
+        for turn, (source_text, target_text) in enumerate(pairs):
+            budget = cutoff_len - total
             if budget <= 0:
                 break
             source, target = _encode(tokenizer, source_text), _encode(tokenizer, target_text)
             source_len, target_len = infer_seqlen(len(source), len(target), budget)
             source, target = _keep_end(source, source_len), target[:target_len]
-            input_ids += source + target
-            labels += [IGNORE_INDEX] * len(source) + target
+            total += len(source) + len(target)
+            source_labels = list(source) if train_on_prompt else [IGNORE_INDEX] * len(source)
+            target_labels = [IGNORE_INDEX] * len(target) if mask_history and turn else list(target)
+            chunks.append((source + target, source_labels + target_labels))
+        if mask_history:
+            chunks.reverse()
+        input_ids = [t for ids, _ in chunks for t in ids]
+        labels = [t for _, row_labels in chunks for t in row_labels]
         if all(label == IGNORE_INDEX for label in labels):
             continue
         out["input_ids"].append(input_ids)
@@ -60,7 +93,9 @@ def tokenize_sft(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int) -
     return out
 
 
-def tokenize_pairwise(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int) -> dict[str, list]:
+def tokenize_pairwise(
+    batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int, tool_format: str | None = None
+) -> dict[str, list]:
     """chosen_* and rejected_* rows sharing one prompt (earlier turns count as prompt)."""
     names = [
         f"{side}_{field}"
@@ -68,10 +103,12 @@ def tokenize_pairwise(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: i
         for field in ("input_ids", "attention_mask", "labels")
     ]
     out: dict[str, list] = {name: [] for name in names}
-    for prompt, response, system in zip(batch["_prompt"], batch["_response"], batch["_system"], strict=True):
+    tools_column = batch.get("_tools") or [""] * len(batch["_prompt"])
+    rows = zip(batch["_prompt"], batch["_response"], batch["_system"], tools_column, strict=True)
+    for prompt, response, system, tools in rows:
         if len(prompt) % 2 != 1 or len(response) != 2:
             continue
-        conversation = with_system(prompt, system)
+        conversation = _conversation(prompt, [], system, tools, chat, tool_format)
         head, chosen_text = chat.split_last_reply(tokenizer, conversation + response[:1])
         _, rejected_text = chat.split_last_reply(tokenizer, conversation + response[1:])
         source = _encode(tokenizer, head)
@@ -87,28 +124,38 @@ def tokenize_pairwise(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: i
     return out
 
 
-def tokenize_pt(batch: dict, *, tokenizer, cutoff_len: int, packing: bool) -> dict[str, list]:
-    """Documents + EOS concatenated and cut into blocks of cutoff_len (the last block may be shorter).
+def tokenize_pt(
+    batch: dict, *, tokenizer, cutoff_len: int, packing: bool = True, keep_apart: bool = False
+) -> dict[str, list]:
+    """LLaMA-Factory's pt rows. packing (its default for pt): documents + EOS concatenated and cut into
+    blocks of cutoff_len (the last block may be shorter); otherwise each document cut to cutoff_len.
 
-    With packing, position_ids restart at every document start, so the packing collator keeps documents
-    from attending to each other inside a block.
+    keep_apart (the padding-free lever): position_ids restart at every document start, so the packing
+    collator keeps documents from attending to each other inside a block.
     """
     eos = tokenizer.eos_token or ""
     texts = [prompt[0]["content"] + eos for prompt in batch["_prompt"] if prompt and prompt[0]["content"]]
     documents = (
         [ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if ids] if texts else []
     )
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    if not packing:
+        for ids in documents:
+            block = ids[:cutoff_len]
+            out["input_ids"].append(block)
+            out["attention_mask"].append([1] * len(block))
+            out["labels"].append(list(block))
+        return out
     tokens = [t for ids in documents for t in ids]
     positions = [p for ids in documents for p in range(len(ids))]
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-    if packing:
+    if keep_apart:
         out["position_ids"] = []
     for start in range(0, len(tokens), cutoff_len):
         block = tokens[start : start + cutoff_len]
         out["input_ids"].append(block)
         out["attention_mask"].append([1] * len(block))
         out["labels"].append(list(block))
-        if packing:
+        if keep_apart:
             # A block that starts mid-document starts that document's positions afresh.
             out["position_ids"].append(_restart_first(positions[start : start + cutoff_len]))
     return out

@@ -84,6 +84,8 @@ def test_columns_and_tags_mapping(tmp_path: Path):
         "_prompt": [{"role": "user", "content": "why"}],
         "_response": [{"role": "assistant", "content": "because"}],
         "_system": "s",
+        "_tools": "",
+        "_media": "",
     }
     chat = _messages("chat", tmp_path)[0]
     assert (
@@ -139,6 +141,8 @@ def test_plain_openai_messages_file(tmp_path: Path):
         "_prompt": [{"role": "user", "content": "u"}],
         "_response": [{"role": "assistant", "content": "a"}],
         "_system": "s",
+        "_tools": "",
+        "_media": "",
     }
 
 

@@ -1,4 +1,5 @@
-"""Padding-free packing: one flattened row must give each example exactly its own logits."""
+"""Padding-free packing (runtime.perf's lever): one flattened row must give each example exactly its own
+logits. LLaMA-Factory's packing/neat_packing: tests/runtime/test_data_keys.py."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_packed_logits_equal_per_example_logits(
     import torch
 
     model = _model(tiny_dir, attn)
-    collate = build_collator(data_cfg(packing=True), tiny_tokenizer, stage="sft")
+    collate = build_collator(data_cfg(padding_free=True), tiny_tokenizer, stage="sft")
     batch = collate(sft_rows)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
     assert batch["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in sft_rows))
@@ -72,7 +73,7 @@ def test_packed_logits_equal_per_example_logits(
 def test_packed_pt_block_keeps_documents_apart(tiny_dir: Path, tiny_tokenizer, data_cfg):
     import torch
 
-    cfg = data_cfg(dataset="tiny_pt", cutoff_len=48, packing=True)
+    cfg = data_cfg(dataset="tiny_pt", cutoff_len=48, padding_free=True)
     block = build_datasets(cfg, tiny_tokenizer, stage="pt").train[1]
     batch = build_collator(cfg, tiny_tokenizer, stage="pt")([block])
     positions = block["position_ids"]

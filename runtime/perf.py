@@ -76,8 +76,8 @@ def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
 
 
 def resolve_packing(cfg: TrainConfig, device: str) -> bool:
-    """Padding-free rows for pt/sft on CUDA unless `packing` was set."""
-    return True if tunes(cfg, "packing", device) else bool(cfg.packing)
+    """Padding-free rows for pt/sft on CUDA unless `packing` was set (or set in code: cfg.padding_free)."""
+    return True if tunes(cfg, "packing", device) else bool(cfg.packing or cfg.padding_free)
 
 
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:

@@ -22,20 +22,22 @@ def load_raw(
     attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None, streaming: bool = False
 ) -> Any:
     """The dataset's rows as stored (num_samples and max_samples applied), formatting decided.
-    streaming: an IterableDataset read as it is consumed (num_samples is ignored, as in LLaMA-Factory)."""
+
+    streaming: as LLaMA-Factory does for local files, the file is read into datasets' memory-mapped arrow
+    cache and returned as an IterableDataset, so conversion and tokenization happen as training consumes
+    rows (num_samples is ignored, as there)."""
     if not attr.path.exists():
         raise ConfigError(attr.key, f"{attr.where()}: file not found")
     try:
-        dataset = _read(attr, cache_dir, streaming)
+        dataset = _read(attr, cache_dir)
     except ConfigError:
         raise
     except Exception as exc:  # pyarrow/json errors: say which file, not a 40-line traceback
         raise ConfigError(attr.key, f"{attr.where()}: cannot read: {exc}") from exc
     if streaming:
-        first = next(iter(dataset), {})
         if attr.formatting == "auto" or attr.ranking is None:
-            detect_format(attr, list(first), first)
-        return dataset
+            detect_format(attr, dataset.column_names, dataset[0] if len(dataset) else {})
+        return dataset.to_iterable_dataset()
     if attr.num_samples is not None:
         dataset = dataset.select(_sample_indices(len(dataset), attr.num_samples, seed))
     if max_samples is not None:
@@ -45,7 +47,7 @@ def load_raw(
     return dataset
 
 
-def _read(attr: DatasetAttr, cache_dir: str | None, streaming: bool = False) -> Any:
+def _read(attr: DatasetAttr, cache_dir: str | None) -> Dataset:
     path = attr.path
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         loaded = load_from_disk(str(path))
@@ -55,7 +57,7 @@ def _read(attr: DatasetAttr, cache_dir: str | None, streaming: bool = False) -> 
                     attr.key, f"{attr.where()}: no split '{attr.split}' (has {', '.join(loaded)})"
                 )
             loaded = loaded[attr.split]
-        return loaded.to_iterable_dataset() if streaming else loaded
+        return loaded
     files = (
         sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if path.is_dir()
@@ -70,7 +72,6 @@ def _read(attr: DatasetAttr, cache_dir: str | None, streaming: bool = False) -> 
         data_files=[str(p) for p in files],
         split="train",
         cache_dir=cache_dir,
-        streaming=streaming,
     )
 
 

@@ -42,7 +42,11 @@ def _conversation(
     """The turns a chat template renders: system first, tool schemas and tool turns written as the family
     writes them (runtime.data.tools)."""
     return apply_tools(
-        with_system(prompt + response, system), tools, tool_format=tool_format, template=chat.name
+        with_system(prompt + response, system),
+        tools,
+        tool_format=tool_format,
+        template=chat.name,
+        default_system=getattr(chat, "default_system", None) or "",  # where the template exposes it
     )
 
 

@@ -167,9 +167,17 @@ def _observation(template: str | None) -> tuple[str, str]:
 
 
 def apply_tools(
-    messages: list[dict], tools: str, *, tool_format: str | None, template: str | None
+    messages: list[dict],
+    tools: str,
+    *,
+    tool_format: str | None,
+    template: str | None,
+    default_system: str = "",
 ) -> list[dict]:
-    """Messages with roles system/user/assistant/function/observation -> turns a chat template renders."""
+    """Messages with roles system/user/assistant/function/observation -> turns a chat template renders.
+
+    As in LLaMA-Factory the tool text follows the system text, the template's default system when the
+    conversation has none (`default_system`: a template's own default, which the system turn replaces)."""
     has_tool_turns = any(m["role"] in ("function", "observation") for m in messages)
     if not tools and not has_tool_turns:
         return messages
@@ -185,7 +193,7 @@ def apply_tools(
         out.append({"role": "system", "content": messages[0]["content"] + tool_text})
         rest = messages[1:]
     elif tool_text:
-        out.append({"role": "system", "content": tool_text})
+        out.append({"role": "system", "content": default_system + tool_text})
     role, pattern = _observation(template)
     for m in rest:
         if m["role"] == "function":

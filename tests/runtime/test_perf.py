@@ -133,4 +133,6 @@ def test_packed_training_matches_padded_training_on_cpu(tiny_dir: Path, tmp_path
         assert abs(a - b) <= FP32_RTOL * abs(a), f"step {step}: padded {a} vs packed {b}"
     # Both count only real tokens (non_padding): the packed row has no pads, the padded batch's are skipped.
     assert padded.trainer.state.num_input_tokens_seen == packed.trainer.state.num_input_tokens_seen
-    assert "xgen-runtime: perf: auto (cpu) " in capsys.readouterr().out
+    assert "xgen-runtime: perf: auto (cpu) packing=on attention=auto liger=off optim=adamw_torch" in (
+        capsys.readouterr().out
+    )

@@ -37,12 +37,12 @@ TOOL_ROW = {
 # LLaMA-Factory 0.9.5's qwen template + qwen tool format on TOOL_ROW (its Template.encode_multiturn output,
 # decoded; written out here from that run).
 QWEN_TOOL_TEXT = (
-    "<|im_start|>system\nS\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    "<|im_start|>system\nS\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+    "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
     '{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", '
-    '"parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}, '
-    '"required": ["city"]}}}\n</tools>\n\nFor each function call, return a json object with function name and '
-    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '"parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}'
+    ', "required": ["city"]}}}\n</tools>\n\nFor each function call, return a json object with function name '
+    "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
     "<|im_start|>user\nweather in paris?<|im_end|>\n<|im_start|>assistant\n"
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "paris"}}\n</tool_call><|im_end|>\n'
@@ -235,3 +235,23 @@ def test_streaming_trains_with_max_steps(tiny_dir: Path, tmp_path: Path):
     result = run_training(parse_train_config(raw))
     assert result.code == 0 and result.trainer.state.global_step == 2
     assert type(result.trainer.train_dataset).__name__ == "IterableDataset"
+
+
+@pytest.mark.slow
+def test_tokenized_path_on_two_ranks_is_written_once_and_read_by_every_rank(tiny_dir: Path, tmp_path: Path):
+    """First launch: rank 0 tokenizes and saves, rank 1 waits and loads. Second launch: the data file is
+    gone, so every rank must read the saved rows (nothing is tokenized)."""
+    import shutil
+
+    from trainer_harness import base_config, run_torchrun, write_config
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dir / "data", data)
+    keys = {"dataset_dir": str(data), "tokenized_path": str(tmp_path / "tok"), "max_steps": 2}
+    for run in ("first", "second"):
+        cfg = base_config(tiny_dir, tmp_path / run, save_strategy="no", **keys)
+        result = run_torchrun(write_config(tmp_path / f"{run}.yaml", cfg), tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert (tmp_path / "tok" / "dataset_dict.json").is_file()
+        (data / "tiny_alpaca.json").unlink(missing_ok=True)
+    assert "loaded tokenized datasets from" in result.stdout

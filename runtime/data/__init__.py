@@ -198,7 +198,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
             if media:
                 raise ConfigError(key, f"{attr.where()}: {media} in the text: {MULTIMODAL}")
         parts.append(messages)
-    dataset = _mix(parts, cfg, key)
+    dataset = _mix(parts, cfg)
     tokenized = _tokenize(dataset, context)
     if context["streaming"]:
         return tokenized
@@ -213,7 +213,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
     return tokenized
 
 
-def _mix(parts: list[Any], cfg: TrainConfig, key: str) -> Any:
+def _mix(parts: list[Any], cfg: TrainConfig) -> Any:
     """LLaMA-Factory's mix_strategy: concat, or datasets.interleave_datasets stopping when the first
     (interleave_under) or the last (interleave_over) dataset runs out."""
     if len(parts) == 1:

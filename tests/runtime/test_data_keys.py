@@ -255,3 +255,13 @@ def test_tokenized_path_on_two_ranks_is_written_once_and_read_by_every_rank(tiny
         assert (tmp_path / "tok" / "dataset_dict.json").is_file()
         (data / "tiny_alpaca.json").unlink(missing_ok=True)
     assert "loaded tokenized datasets from" in result.stdout
+
+
+@pytest.mark.slow
+def test_streaming_on_two_ranks(tiny_dir: Path, tmp_path: Path):
+    from trainer_harness import base_config, run_torchrun, write_config
+
+    cfg = base_config(tiny_dir, tmp_path / "out", streaming=True, max_steps=2, save_strategy="no")
+    result = run_torchrun(write_config(tmp_path / "stream.yaml", cfg), tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "train_results.json").read_text())["global_step"] == 2

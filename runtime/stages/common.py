@@ -102,6 +102,10 @@ def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
     from runtime.data import build_datasets
 
     # runtime.data caps preprocessing_num_workers to the CPUs available, with a note.
+    if ctx.cfg.streaming:
+        # Each rank reads the stream and keeps its share of the batches: accelerate's default for an
+        # IterableDataset (rank 0 reads, then broadcasts) needs batches of one length, padded ones are not.
+        ctx.args.accelerator_config.dispatch_batches = False
     if not ctx.cfg.tokenized_path:
         with ctx.args.main_process_first(desc="tokenise datasets"):
             return build_datasets(ctx.cfg, tokenizer, stage=stage)

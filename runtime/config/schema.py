@@ -16,6 +16,10 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised inside datasets.map worker processes too: it must survive pickling back to the parent.
+        return (ConfigError, (self.key, self.message))
+
 
 STAGES = ("pt", "sft", "rm", "dpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")

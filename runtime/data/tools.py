@@ -132,38 +132,44 @@ def format_tools(tools: list[dict], tool_format: str) -> str:
     return writer(tools) if tools else ""
 
 
+# LLaMA-Factory's templates that carry their own tool format (template.py's format_function/format_tools);
+# every other template uses "default". The second group is theirs but not written here: refused.
+_QWEN = {"qwen", "qwen3", "qwen3_nothink", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink", "qwen2_vl"}
+_QWEN |= {"qwen3_vl", "qwen3_vl_nothink", "keye_vl", "llava_next_qwen", "mimo", "mimo_v2", "mimo_vl"}
+_LLAMA3 = {"llama3", "llama4", "mllama", "llava_next_llama3"}
+_GLM4 = {"glm4", "glm4v", "glm_ocr", "glmz1", "chatglm3"}
+_TEMPLATE_TOOL_FORMAT = {**dict.fromkeys(_QWEN, "qwen"), **dict.fromkeys(_LLAMA3, "llama3")}
+_TEMPLATE_TOOL_FORMAT.update(dict.fromkeys(_GLM4, "glm4"))
+_NOT_WRITTEN = {"qwen3_5", "qwen3_5_nothink", "qwen3_6", "glm4_moe", "glm4_5v", "glm4_7", "aeva", "gemma4"}
+_NOT_WRITTEN |= {"gemma4n", "lfm2", "lfm2_vl", "minimax1", "minimax2", "seed_oss", "bailing_v2", "mistral"}
+_NOT_WRITTEN |= {"ministral", "mistral_small", "ministral3", "pixtral", "llava_next_mistral"}
+_NOT_WRITTEN |= {"llava_next_video_mistral"}
+# Where a tool result goes (LLaMA-Factory's format_observation): role and content pattern; else a user turn.
+_TOOL_ROLE = {"chatml", "chatml_de", "cpm4", "dbrx", "falcon_h1", "opencoder", "ernie", "gemma", "gemma2"}
+_TOOL_ROLE |= {"gemma3", "gemma3n", "paligemma_chat", "granite4"}
+_OBSERVATION = {
+    **dict.fromkeys(_QWEN, ("user", "<tool_response>\n{}\n</tool_response>")),
+    **dict.fromkeys(_LLAMA3, ("ipython", "{}")),
+    **dict.fromkeys(_GLM4, ("observation", "{}")),
+    **dict.fromkeys(_TOOL_ROLE, ("tool", "{}")),
+}
+
+
 def default_tool_format(template: str | None) -> str:
     """The tool format LLaMA-Factory's template of that name carries (default for the rest)."""
     name = template or ""
-    if name.startswith("qwen") and not name.startswith("qwen3_5"):
-        return "qwen"
-    if name.startswith("llama3"):
-        return "llama3"
-    if name == "glm4":
-        return "glm4"
-    if name in ("mistral", "qwen3_5", "glm4_moe", "gemma4", "lfm2", "seed_oss", "ling") or name.startswith(
-        "minimax"
-    ):
+    if name in _NOT_WRITTEN:
         raise ConfigError(
             "tool_format",
             f"template {name}'s own tool format is not written by xgen-runtime; "
             f"set tool_format: one of {', '.join(FORMATS)}",
         )
-    return "default"
+    return _TEMPLATE_TOOL_FORMAT.get(name, "default")
 
 
 def _observation(template: str | None) -> tuple[str, str]:
     """(role, content pattern) of a tool result in LLaMA-Factory's template (its format_observation)."""
-    name = template or ""
-    if name.startswith("qwen"):
-        return "user", "<tool_response>\n{}\n</tool_response>"
-    if name.startswith("llama3"):
-        return "ipython", "{}"
-    if name == "glm4":
-        return "observation", "{}"
-    if name == "chatml":
-        return "tool", "{}"
-    return "user", "{}"  # templates without one read results as a user turn
+    return _OBSERVATION.get(template or "", ("user", "{}"))
 
 
 def apply_tools(

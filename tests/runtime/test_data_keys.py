@@ -92,7 +92,7 @@ def test_tools_are_written_as_llama_factory_writes_them(data_cfg, tiny_tokenizer
         "formatting": "sharegpt",
         "columns": {"messages": "conversations", "system": "system", "tools": "tools"},
     }
-    folder = _write(tmp_path / "data", {"tools.json": [TOOL_ROW]}, {"tools": entry})
+    folder = _write(tmp_path / "data", {"tools.json": [TOOL_ROW] * 4}, {"tools": entry})
     row = build_datasets(
         data_cfg(dataset="tools", dataset_dir=folder, template="qwen"), tiny_tokenizer, stage="sft"
     ).train[0]
@@ -108,6 +108,10 @@ def test_tools_are_written_as_llama_factory_writes_them(data_cfg, tiny_tokenizer
     assert '"parameters": {"city": "paris"}' in text and "<|im_start|>tool\n" in text
     with pytest.raises(ConfigError, match="^tool_format: 'mistral' is not written by xgen-runtime"):
         parse_train_config({"model_name_or_path": "m", "dataset": "d", "tool_format": "mistral"})
+    # A template whose own tool format is not written here: one line, also from tokenizer worker processes.
+    cfg = data_cfg(dataset="tools", dataset_dir=folder, template="mistral", preprocessing_num_workers=2)
+    with pytest.raises(ConfigError, match="^tool_format: template mistral's own tool format is not written"):
+        build_datasets(cfg, tiny_tokenizer, stage="sft")
 
 
 def test_multimodal_data_is_refused(data_cfg, tiny_tokenizer, tmp_path: Path):

@@ -389,9 +389,6 @@ def runtime_section(model_dir, data_dir, out: str, args, overrides: dict) -> dic
     }
     if args.mode == "lora":
         section.update(lora_rank=16, lora_alpha=32, lora_dropout=0.0, lora_target="all")
-    if args.smoke:
-        # CPU: perf auto leaves packing off there; ask for it so the smoke runs the packed path too.
-        section.update(packing=True)
     section.update(overrides)
     return section
 
@@ -405,6 +402,10 @@ def run_runtime(model_dir, data_dir, eval_rows, args, variant: str = "runtime") 
     overrides = LEVERS[variant.removeprefix("runtime-")] if variant != "runtime" else {}
     with tempfile.TemporaryDirectory() as out, plain_llama_module():
         cfg = parse_train_config(runtime_section(model_dir, data_dir, out, args, overrides))
+        if args.smoke and "packing" not in overrides:
+            # CPU: perf auto leaves its padding-free lever off there (`packing` would mean LLaMA-Factory's
+            # offline rows); switch the lever on so the smoke runs the packed path too.
+            cfg.padding_free = True
         meter = ThroughputMeter(args.warmup)
         result = run_training(cfg, extra_callbacks=[meter.callback])
         if result.code != 0:

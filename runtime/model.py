@@ -367,7 +367,7 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     if cfg.resize_vocab:
         resize_embeddings(model, tokenizer)  # LLaMA-Factory's padded resize first; fit_embeddings then only
     model = fit_embeddings(model, tokenizer)  # grows rows a template's added tokens still lack
-    if cfg.packing and stage in ("pt", "sft"):
+    if (cfg.padding_free or cfg.neat_packing) and stage in ("pt", "sft"):
         check_packing_support(model)  # packed examples must never attend to each other
     if stage == "rm":
         set_pad_token(model, tokenizer)

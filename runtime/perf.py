@@ -76,8 +76,8 @@ def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
 
 
 def resolve_packing(cfg: TrainConfig, device: str) -> bool:
-    """Padding-free rows for pt/sft on CUDA unless `packing` was set."""
-    return True if tunes(cfg, "packing", device) else bool(cfg.packing)
+    """Padding-free rows for pt/sft on CUDA unless `packing` was set (or set in code: cfg.padding_free)."""
+    return True if tunes(cfg, "packing", device) else bool(cfg.packing or cfg.padding_free)
 
 
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
@@ -136,7 +136,9 @@ def resolve_perf(
 
 def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     """Write the plan into the config's keys; the data, model and TrainingArguments code reads only those."""
-    cfg.packing = plan.packing
+    # perf's packing is the padding-free lever; `packing`/`neat_packing` a config sets keep LLaMA-Factory's
+    # meaning (offline rows of cutoff_len), so a plan that packs what the config did not becomes padding_free.
+    cfg.padding_free = cfg.padding_free or (plan.packing and not cfg.packing)
     cfg.flash_attn = plan.flash_attn
     cfg.enable_liger_kernel = plan.liger
     cfg.optim = plan.optim

@@ -10,6 +10,7 @@ from runtime.config.methods import check_methods
 from runtime.config.schema import (
     ROPE_SCALINGS,
     STAGES,
+    TOOL_FORMATS,
     UNSUPPORTED_STAGES,
     ConfigError,
     ConfigErrors,
@@ -45,6 +46,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
         raise ConfigError(p + "fp16", "bf16 and fp16 are both true; choose one")
     if cfg.packing and cfg.stage in ("rm", "dpo"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
+    _normalise_data(cfg, p)
     _normalise_distributed(cfg, p, base_dir)
     check_methods(cfg, p)
     _normalise_model_keys(cfg, given, p)
@@ -59,6 +61,67 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     if cfg.lora_alpha is None:
         cfg.lora_alpha = cfg.lora_rank * 2
     _note_ignored(cfg, given, p)
+
+
+def _normalise_data(cfg: TrainConfig, p: str) -> None:
+    """LLaMA-Factory's data-key rules (its DataArguments.__post_init__ and get_train_args)."""
+    if cfg.neat_packing:
+        if cfg.stage != "sft":
+            raise ConfigError(p + "neat_packing", f"applies to stage sft only; stage is {cfg.stage}")
+        if cfg.packing is False:
+            raise ConfigError(p + "packing", "false contradicts neat_packing: true; drop one")
+        cfg.packing = True
+        cfg.explicit = cfg.explicit | {"packing"}  # runtime.perf never overrides it
+    if cfg.packing is None:
+        cfg.packing = cfg.stage == "pt"  # LLaMA-Factory's default
+    for key in ("train_on_prompt", "mask_history"):
+        if getattr(cfg, key) and cfg.stage != "sft":
+            raise ConfigError(p + key, f"applies to stage sft only; stage is {cfg.stage}")
+    if cfg.train_on_prompt and cfg.mask_history:
+        raise ConfigError(p + "mask_history", "contradicts train_on_prompt: true; choose one")
+    if cfg.tool_format is not None and cfg.tool_format not in TOOL_FORMATS:
+        raise ConfigError(
+            p + "tool_format",
+            f"{cfg.tool_format!r} is not written by xgen-runtime; use one of {', '.join(TOOL_FORMATS)} "
+            "or leave it unset",
+        )
+    if cfg.interleave_probs is not None:
+        if cfg.mix_strategy == "concat":
+            raise ConfigError(
+                p + "interleave_probs", "needs mix_strategy interleave_under or interleave_over"
+            )
+        items = (
+            cfg.interleave_probs.split(",") if isinstance(cfg.interleave_probs, str) else cfg.interleave_probs
+        )
+        try:
+            probs = [float(x) for x in items]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                p + "interleave_probs", f"expected numbers, got {cfg.interleave_probs!r}"
+            ) from None
+        if any(x < 0 for x in probs) or abs(sum(probs) - 1) > 1e-6:
+            raise ConfigError(p + "interleave_probs", f"must be >= 0 and sum to 1; got {probs}")
+        for key in ("dataset", "eval_dataset"):
+            value = getattr(cfg, key)
+            names = [
+                n for n in (value.split(",") if isinstance(value, str) else value or []) if str(n).strip()
+            ]
+            if names and len(names) != len(probs):
+                raise ConfigError(
+                    p + "interleave_probs", f"{len(probs)} probabilities for {len(names)} datasets in {key}"
+                )
+        cfg.interleave_probs = probs
+    if cfg.streaming:
+        if cfg.max_steps <= 0:
+            raise ConfigError(p + "streaming", "a stream has no length: set max_steps (> 0)")
+        if cfg.max_samples is not None:
+            raise ConfigError(p + "max_samples", "cannot be combined with streaming; drop one")
+        if 0 < cfg.val_size < 1:
+            raise ConfigError(p + "val_size", "with streaming, give a whole number of examples")
+        if cfg.packing and cfg.stage == "sft":
+            raise ConfigError(p + "streaming", "sft packing needs the whole dataset; set packing: false")
+    if cfg.buffer_size <= 0:
+        raise ConfigError(p + "buffer_size", f"must be > 0; got {cfg.buffer_size}")
 
 
 def _check_ranges(cfg: TrainConfig, p: str) -> None:

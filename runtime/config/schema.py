@@ -21,6 +21,10 @@ class ConfigError(ValueError):
         """The one-key problems this error stands for (one here; several in ConfigErrors)."""
         return [self]
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised inside datasets.map worker processes too: it must survive pickling back to the parent.
+        return (ConfigError, (self.key, self.message))
+
 
 class ConfigErrors(ConfigError):
     """Several bad keys at once: str() is one `<key>: <message>` line per key; `.errors` the list.
@@ -36,6 +40,9 @@ class ConfigErrors(ConfigError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type, tuple[list[ConfigError]]]:
+        return (ConfigErrors, (self._errors,))
 
     @property
     def errors(self) -> list[ConfigError]:
@@ -98,6 +105,9 @@ OPTIMIZERS = (
     "apollo_adamw",
     "stable_adamw",
 )
+# LLaMA-Factory's tool formats that runtime/data/tools.py writes; its others are refused.
+TOOL_FORMATS = ("default", "qwen", "glm4", "llama3")
+MIX = ("concat", "interleave_under", "interleave_over")
 UNSUPPORTED_STAGES = {"ppo": "PPO", "kto": "KTO"}
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
@@ -203,10 +213,34 @@ class TrainConfig:
     preprocessing_num_workers: int | None = _f(
         None, "Processes for tokenisation; capped at the CPUs available."
     )
-    packing: bool = _f(
-        False, "pt/sft: pack examples into rows, no cross-example attention (perf auto, CUDA: on unless set)."
+    packing: bool | None = _f(
+        None,
+        "LLaMA-Factory packing: whole examples packed offline into rows of cutoff_len (the batch size then "
+        "counts rows); null: on for pt, off otherwise.",
     )
     overwrite_cache: bool = _f(False, "Re-tokenise instead of reading the datasets cache.")
+    # --- data keys of LLaMA-Factory (issue 14; read by runtime.data) ---
+    neat_packing: bool = _f(
+        False, "sft: packing with the examples kept apart (positions restart, no cross-attention)."
+    )
+    train_on_prompt: bool = _f(False, "sft: labels on the prompt tokens too.")
+    mask_history: bool = _f(False, "sft: only the last turn's response is a label.")
+    tool_format: str | None = _f(
+        None,
+        "How tools and function calls are written (default|qwen|glm4|llama3); default: the template's.",
+    )
+    mix_strategy: str = _f(
+        "concat", "How several datasets are mixed: concat|interleave_under|interleave_over.", choices=MIX
+    )
+    interleave_probs: str | list | None = _f(
+        None, "Interleave: sampling probability per dataset (comma list), default equal."
+    )
+    streaming: bool = _f(False, "Read the datasets as a stream instead of tokenising them first (max_steps).")
+    buffer_size: int = _f(16384, "Streaming: size of the shuffle buffer.")
+    tokenized_path: str | None = _f(
+        None,
+        "Tokenised datasets saved here once (global rank 0) and loaded by every later run and rank.",
+    )
     # --- training ---
     output_dir: str = _f(
         "saves/run", "Where checkpoints and the final model go; must be shared across nodes."
@@ -356,6 +390,9 @@ class TrainConfig:
     # transformers.TrainingArguments keys that are not fields here (lr_scheduler_kwargs, neftune_noise_alpha,
     # …): passed to TrainingArguments as written; transformers validates them (runtime/config/refusals.py).
     training_args: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+    # runtime.perf's padding-free lever: each micro-batch flattened into one row (not LLaMA-Factory's
+    # packing, which the `packing`/`neat_packing` keys mean).
+    padding_free: bool = field(default=False, metadata={"internal": True})
 
     @property
     def strategy(self) -> str:

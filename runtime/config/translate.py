@@ -10,7 +10,6 @@ from runtime.config.schema import ConfigError
 # Keys transformers 5.x removed or LLaMA-Factory spells differently: old -> (new, how).
 _RENAMED = {
     "evaluation_strategy": "eval_strategy",
-    "neat_packing": "packing",
     "no_cuda": "use_cpu",
     "use_liger_kernel": "enable_liger_kernel",
     "new_special_tokens": "add_special_tokens",  # LLaMA-Factory < 0.9.4

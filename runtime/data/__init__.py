@@ -9,17 +9,18 @@ rank 0's results instead of redoing them. Config field names are LLaMA-Factory's
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, DatasetDict, concatenate_datasets, interleave_datasets
 
 from runtime.config import STAGES, ConfigError, TrainConfig
-from runtime.data.formats import PAIRWISE_STAGES, check_columns, to_messages
+from runtime.data.formats import MULTIMODAL, PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
-from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support
+from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support, pack_rows
 from runtime.data.registry import resolve_datasets
 from runtime.data.templates import NAMED_TEMPLATES, ChatFormat, resolve_template
 from runtime.data.tokenize import tokenize_pairwise, tokenize_pt, tokenize_sft
@@ -33,7 +34,7 @@ __all__ = [
     "build_collator",
     "build_datasets",
     "check_packing_support",
-    "packing_enabled",
+    "packing_mode",
     "resolve_template",
     "worker_count",
 ]
@@ -61,23 +62,77 @@ def worker_count(requested: int | None) -> int | None:
     return requested if requested > 1 else None
 
 
-def packing_enabled(cfg: TrainConfig, stage: str) -> bool:
-    """LLaMA-Factory: packing unset means on for pt, off otherwise. Only pt and sft pack."""
-    packing = cfg.packing
-    if packing is None:
-        return stage == "pt"
-    if packing and stage in PAIRWISE_STAGES:
-        raise ConfigError(
-            "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
-        )
-    return bool(packing)
+def packing_mode(cfg: TrainConfig, stage: str) -> str:
+    """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf's lever).
+
+    LLaMA-Factory: packing unset means on for pt, off otherwise; for pt, packing means documents
+    concatenated into cutoff_len blocks. Only pt and sft pack."""
+    packing = cfg.packing if cfg.packing is not None else stage == "pt"
+    if stage in PAIRWISE_STAGES:
+        if packing or cfg.neat_packing:
+            raise ConfigError(
+                "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
+            )
+        return "off"
+    if stage == "sft" and cfg.neat_packing:
+        return "neat"
+    if stage == "sft" and packing:
+        return "rows"
+    return "padding_free" if cfg.padding_free else "off"
 
 
-def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
-    """Tokenized train (and eval) rows for `stage`; see runtime-contracts for the columns."""
+def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str, args: Any = None) -> DatasetSplits:
+    """Tokenized train (and eval) rows for `stage`; see runtime-contracts for the columns.
+
+    With `tokenized_path`, the rows saved there by an earlier run are loaded and nothing is tokenized;
+    otherwise they are built and saved there (by global rank 0 when `args`, the TrainingArguments, is given).
+    """
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    packing = packing_enabled(cfg, stage)
+    if cfg.tokenized_path and has_tokenized_data(cfg.tokenized_path):
+        return load_tokenized(cfg)
+    splits = _build_splits(cfg, tokenizer, stage=stage)
+    if cfg.tokenized_path:
+        if cfg.streaming:
+            raise ConfigError("tokenized_path", "a stream cannot be saved; tokenize once without streaming")
+        if args is None or args.process_index == 0:
+            save_tokenized(cfg.tokenized_path, splits)
+    return splits
+
+
+def has_tokenized_data(path: str) -> bool:
+    """LLaMA-Factory's test: a directory that is not empty (written by save_to_disk)."""
+    return os.path.isdir(path) and len(os.listdir(path)) > 0
+
+
+def save_tokenized(path: str, splits: DatasetSplits) -> None:
+    parts = {"train": splits.train}
+    if splits.eval is not None:
+        parts["validation"] = splits.eval
+    DatasetDict(parts).save_to_disk(path)
+    _note(f"tokenized datasets saved to {path}; later runs with tokenized_path load them")
+
+
+def load_tokenized(cfg: TrainConfig) -> DatasetSplits:
+    from datasets import load_from_disk
+
+    try:
+        loaded = load_from_disk(cfg.tokenized_path)
+    except Exception as exc:  # not a saved dataset: say which key, not a traceback
+        raise ConfigError("tokenized_path", f"{cfg.tokenized_path} holds no saved dataset: {exc}") from exc
+    if not isinstance(loaded, DatasetDict):
+        loaded = DatasetDict({"train": loaded})
+    _note(f"loaded tokenized datasets from {cfg.tokenized_path}; dataset keys are not read")
+    train, evaluation = loaded.get("train"), loaded.get("validation")
+    if train is None:
+        raise ConfigError("tokenized_path", f"{cfg.tokenized_path} has no train split")
+    if cfg.streaming:
+        train = train.to_iterable_dataset()
+    return DatasetSplits(train=train, eval=evaluation)
+
+
+def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
+    mode = packing_mode(cfg, stage)
     cutoff_len = cfg.cutoff_len
     if not isinstance(cutoff_len, int) or cutoff_len < 1:
         raise ConfigError("cutoff_len", f"must be a positive integer, got {cutoff_len!r}")
@@ -92,14 +147,27 @@ def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
         )
     if not cfg.dataset:
         raise ConfigError("dataset", "no dataset given: name entries of dataset_info.json or data files")
+    streaming = bool(cfg.streaming)
     context = {
         "stage": stage,
         "tokenizer": tokenizer,
         "chat": chat,
-        "cutoff_len": cutoff_len,
-        "packing": packing,
-        "num_proc": worker_count(cfg.preprocessing_num_workers),
-        "load_from_cache_file": not cfg.overwrite_cache,
+        # LLaMA-Factory packs into cutoff_len - 1 (and pads each row to cutoff_len): the same examples share
+        # a row here; rows are padded per batch instead.
+        "cutoff_len": cutoff_len - 1 if mode in ("rows", "neat") and cutoff_len > 1 else cutoff_len,
+        "mode": mode,
+        "pt_packing": cfg.packing if cfg.packing is not None else True,
+        "train_on_prompt": cfg.train_on_prompt,
+        "mask_history": cfg.mask_history,
+        "tool_format": cfg.tool_format,
+        "streaming": streaming,
+        # datasets.map options: a stream is mapped lazily, without worker processes or a cache.
+        "map": {}
+        if streaming
+        else {
+            "num_proc": worker_count(cfg.preprocessing_num_workers),
+            "load_from_cache_file": not cfg.overwrite_cache,
+        },
     }
     train = _build_one(cfg, "dataset", context)
     evaluation = _build_one(cfg, "eval_dataset", context) if cfg.eval_dataset else None
@@ -107,15 +175,19 @@ def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     if val_size > 0:
         if evaluation is not None:
             raise ConfigError("val_size", "set either val_size or eval_dataset, not both")
+        if streaming:  # LLaMA-Factory: the first val_size examples of the stream
+            return DatasetSplits(train=train.skip(int(val_size)), eval=train.take(int(val_size)))
         test_size = int(val_size) if val_size > 1 else float(val_size)
         if len(train) < 2 or (isinstance(test_size, int) and test_size >= len(train)):
             raise ConfigError("val_size", f"{val_size} leaves no training rows out of {len(train)}")
         parts = train.train_test_split(test_size=test_size, seed=cfg.seed)
         train, evaluation = parts["train"], parts["test"]
+    if streaming:
+        train = train.shuffle(seed=cfg.seed, buffer_size=cfg.buffer_size)
     return DatasetSplits(train=train, eval=evaluation)
 
 
-def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Dataset:
+def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
     parts = []
     for attr in resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=key):
         raw = load_raw(
@@ -123,53 +195,101 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Dataset:
             cache_dir=cfg.cache_dir,
             seed=cfg.seed,
             max_samples=cfg.max_samples,
+            streaming=context["streaming"],
         )
-        check_columns(attr, raw.column_names, stage=context["stage"])
-        parts.append(
-            to_messages(
-                raw, attr, num_proc=context["num_proc"], load_from_cache_file=context["load_from_cache_file"]
-            )
-        )
-    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        check_columns(attr, list(raw.column_names or []), stage=context["stage"])
+        messages = to_messages(raw, attr, **context["map"])
+        if not context["streaming"]:
+            media = next((m for m in messages["_media"] if m), "")
+            if media:
+                raise ConfigError(key, f"{attr.where()}: {media} in the text: {MULTIMODAL}")
+        parts.append(messages)
+    dataset = _mix(parts, cfg)
     tokenized = _tokenize(dataset, context)
+    if context["streaming"]:
+        return tokenized
     if len(tokenized) == 0:
         raise ConfigError(
             key,
             f"no usable rows in {getattr(cfg, key)} for stage {context['stage']} (check formatting/columns)",
         )
-    if context["stage"] != "pt" and len(tokenized) < len(dataset):
+    if context["stage"] != "pt" and context["mode"] not in ("rows", "neat") and len(tokenized) < len(dataset):
         dropped = len(dataset) - len(tokenized)
         _note(f"{key}: dropped {dropped} of {len(dataset)} rows (broken turns, or nothing left to learn)")
     return tokenized
 
 
-def _tokenize(dataset: Dataset, context: dict[str, Any]) -> Dataset:
-    stage = context["stage"]
+def _mix(parts: list[Any], cfg: TrainConfig) -> Any:
+    """LLaMA-Factory's mix_strategy: concat, or datasets.interleave_datasets stopping when the first
+    (interleave_under) or the last (interleave_over) dataset runs out."""
+    if len(parts) == 1:
+        return parts[0]
+    if cfg.mix_strategy == "concat":
+        return concatenate_datasets(parts)
+    stopping = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted"}[cfg.mix_strategy]
+    probs = cfg.interleave_probs if isinstance(cfg.interleave_probs, list) else None
+    return interleave_datasets(parts, probabilities=probs, seed=cfg.seed, stopping_strategy=stopping)
+
+
+def _tokenize(dataset: Any, context: dict[str, Any]) -> Any:
+    stage, mode = context["stage"], context["mode"]
     kwargs: dict[str, Any] = {"tokenizer": context["tokenizer"], "cutoff_len": context["cutoff_len"]}
     if stage == "pt":
-        function, kwargs["packing"] = tokenize_pt, context["packing"]
+        function = tokenize_pt
+        kwargs.update(packing=context["pt_packing"], keep_apart=mode == "padding_free")
+    elif stage == "sft":
+        function = tokenize_sft
+        kwargs.update(
+            chat=context["chat"],
+            train_on_prompt=context["train_on_prompt"],
+            mask_history=context["mask_history"],
+            tool_format=context["tool_format"],
+        )
     else:
-        function, kwargs["chat"] = (tokenize_sft if stage == "sft" else tokenize_pairwise), context["chat"]
-    return dataset.map(
-        function,
-        batched=True,
-        fn_kwargs=kwargs,
-        remove_columns=dataset.column_names,
-        num_proc=context["num_proc"],
-        load_from_cache_file=context["load_from_cache_file"],
-        desc=f"Tokenizing ({stage})",
-    )
+        function = tokenize_pairwise
+        kwargs.update(chat=context["chat"], tool_format=context["tool_format"])
+    if context["streaming"]:
+        function = functools.partial(_refuse_media, function)
+    columns = list(dataset.column_names or [])
+    options = dict(context["map"])
+    if not context["streaming"]:
+        options["desc"] = f"Tokenizing ({stage})"
+    tokenized = dataset.map(function, batched=True, fn_kwargs=kwargs, remove_columns=columns, **options)
+    if mode in ("rows", "neat"):
+        if not context["streaming"]:
+            options["desc"] = "Packing rows of cutoff_len"
+        tokenized = tokenized.map(
+            pack_rows,
+            batched=True,
+            batch_size=1000,  # LLaMA-Factory's preprocessing_batch_size: rows are packed within such a batch
+            fn_kwargs={"capacity": context["cutoff_len"], "neat": mode == "neat"},
+            remove_columns=list(tokenized.column_names or []),
+            **options,
+        )
+    return tokenized
+
+
+def _refuse_media(function: Callable, batch: dict, **kwargs: Any) -> dict:
+    """Streams are not read ahead: a media placeholder stops the run at the batch that holds it."""
+    media = next((m for m in batch.get("_media", []) if m), "")
+    if media:
+        raise ConfigError("dataset", f"{media} in the text: {MULTIMODAL}")
+    return function(batch, **kwargs)
 
 
 def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
-    """Padding for pt/sft (packing: one flattened row), chosen-then-rejected pairs for rm/dpo."""
+    """Padding for pt/sft (neat rows without attention_mask; padding_free: one flattened row),
+    chosen-then-rejected pairs for rm/dpo."""
     # Imported here: collators need torch, and `xgen-runtime check` reads datasets without it.
-    from runtime.data.collators import PackingCollator, PaddingCollator, PairwiseCollator
+    from runtime.data.collators import NeatPackingCollator, PackingCollator, PaddingCollator, PairwiseCollator
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     if stage in PAIRWISE_STAGES:
-        packing_enabled(cfg, stage)  # raises if packing was asked for
+        packing_mode(cfg, stage)  # raises if packing was asked for
         return PairwiseCollator(pad_id)
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    return PackingCollator() if packing_enabled(cfg, stage) else PaddingCollator(pad_id)
+    mode = packing_mode(cfg, stage)
+    if mode == "neat":
+        return NeatPackingCollator(pad_id)
+    return PackingCollator() if mode == "padding_free" else PaddingCollator(pad_id)

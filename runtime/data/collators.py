@@ -44,6 +44,21 @@ class PackingCollator:
 
 
 @dataclass
+class NeatPackingCollator:
+    """Rows from pack_rows(neat=True), padded to the longest; no attention_mask, so transformers keeps the
+    examples apart from position_ids (each pad gets position 0: a sequence of its own, label -100)."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": _pad([f["input_ids"] for f in features], self.pad_token_id),
+            "labels": _pad([f["labels"] for f in features], IGNORE_INDEX),
+            "position_ids": _pad([f["position_ids"] for f in features], 0),
+        }
+
+
+@dataclass
 class PairwiseCollator:
     """input_ids [2B, L]: the B chosen rows first, then the B rejected rows, padded together."""
 

@@ -3,6 +3,8 @@
     _prompt:   [{role, content}, ...]  the conversation up to the last user turn (history included)
     _response: [{role: assistant, content}]  one reply; for preference data [chosen, rejected]
     _system:   str ("" when none)
+    _tools:    str (the tools column's JSON, "" when none); function_call/observation turns keep the roles
+               function/observation until runtime.data.tools writes them in the family's format
 
 Rows LLaMA-Factory would call broken (roles out of order, wrong turn count) come out with empty
 _prompt/_response; the stage tokenizer drops them and says how many.
@@ -10,16 +12,28 @@ _prompt/_response; the stage tokenizer drops them and says how many.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from datasets import Dataset, Features, List, Value
+from datasets import Features, List, Value
 
 from runtime.config import ConfigError
 from runtime.data.registry import DatasetAttr
 
 MESSAGE = {"role": Value("string"), "content": Value("string")}
-FEATURES = Features({"_prompt": List(MESSAGE), "_response": List(MESSAGE), "_system": Value("string")})
+FEATURES = Features(
+    {
+        "_prompt": List(MESSAGE),
+        "_response": List(MESSAGE),
+        "_system": Value("string"),
+        "_tools": Value("string"),
+        "_media": Value("string"),  # the first <image>/<video>/<audio> placeholder seen ("" for none)
+    }
+)
 PAIRWISE_STAGES = ("rm", "dpo")
+MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_TOKENS = ("<image>", "<video>", "<audio>")
+MULTIMODAL = "multimodal data is not supported (xgen-runtime trains text models); use a text-only dataset"
 
 
 def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> None:
@@ -33,6 +47,9 @@ def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> 
         raise ConfigError(
             attr.key, f"{attr.where()}: preference data (ranking) is for stage rm or dpo, not {stage}"
         )
+    media = [c for c in MEDIA_COLUMNS if c in attr.explicit or c in column_names]
+    if media:
+        raise ConfigError(attr.key, f"{attr.where()}: has {'/'.join(media)} columns: {MULTIMODAL}")
     required = set(attr.explicit)
     if attr.formatting == "alpaca":
         required.add("prompt")
@@ -55,20 +72,19 @@ def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> 
     attr.columns = {k: v for k, v in attr.columns.items() if v in present}
 
 
-def to_messages(
-    dataset: Dataset, attr: DatasetAttr, *, num_proc: int | None, load_from_cache_file: bool
-) -> Dataset:
-    """Map the raw rows to _prompt/_response/_system (cached by datasets' fingerprint)."""
+def to_messages(dataset: Any, attr: DatasetAttr, **map_options: Any) -> Any:
+    """Map the raw rows to _prompt/_response/_system/_tools (cached by datasets' fingerprint; a stream is
+    mapped lazily). `map_options`: num_proc and load_from_cache_file for a Dataset, none for a stream."""
     convert = convert_alpaca if attr.formatting == "alpaca" else convert_sharegpt
+    if map_options:
+        map_options["desc"] = f"Converting {attr.name} ({attr.formatting})"
     return dataset.map(
         convert,
         batched=True,
         fn_kwargs={"columns": attr.columns, "tags": attr.tags, "ranking": bool(attr.ranking)},
-        remove_columns=dataset.column_names,
+        remove_columns=list(dataset.column_names or []),
         features=FEATURES,
-        num_proc=num_proc,
-        load_from_cache_file=load_from_cache_file,
-        desc=f"Converting {attr.name} ({attr.formatting})",
+        **map_options,
     )
 
 
@@ -77,12 +93,25 @@ def _rows(batch: dict[str, list]) -> list[dict[str, Any]]:
     return [{k: v[i] for k, v in batch.items()} for i in range(size)]
 
 
-def _out(rows: list[tuple[list, list, str]]) -> dict[str, list]:
+def _out(rows: list[tuple[list, list, str]], tools: list[str]) -> dict[str, list]:
+    media = []
+    for prompt, response, system in rows:
+        text = system + "".join(m["content"] for m in prompt + response)
+        media.append(next((t for t in MEDIA_TOKENS if t in text), ""))
     return {
         "_prompt": [r[0] for r in rows],
         "_response": [r[1] for r in rows],
         "_system": [r[2] for r in rows],
+        "_tools": tools,
+        "_media": media,
     }
+
+
+def _tools(row: dict[str, Any], columns: dict[str, str]) -> str:
+    value = row.get(columns.get("tools", ""))
+    if value is None or value == "":
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _msg(role: str, content: Any) -> dict[str, str]:
@@ -90,8 +119,9 @@ def _msg(role: str, content: Any) -> dict[str, str]:
 
 
 def convert_alpaca(batch: dict[str, list], *, columns: dict[str, str], tags: dict[str, str], ranking: bool):
-    out = []
+    out, tools = [], []
     for row in _rows(batch):
+        tools.append(_tools(row, columns))
         prompt = []
         history = row.get(columns.get("history", ""))
         if isinstance(history, list):
@@ -109,20 +139,21 @@ def convert_alpaca(batch: dict[str, list], *, columns: dict[str, str], tags: dic
         else:
             response = []
         out.append((prompt, response, row.get(columns.get("system", "")) or ""))
-    return _out(out)
+    return _out(out, tools)
 
 
 def convert_sharegpt(batch: dict[str, list], *, columns: dict[str, str], tags: dict[str, str], ranking: bool):
     role_of = {
         tags["user_tag"]: "user",
-        tags["observation_tag"]: "tool",
+        tags["observation_tag"]: "observation",
         tags["assistant_tag"]: "assistant",
-        tags["function_tag"]: "assistant",  # a function call is the assistant's turn, as text
+        tags["function_tag"]: "function",  # written in the family's call syntax by runtime.data.tools
     }
     odd, even = (tags["user_tag"], tags["observation_tag"]), (tags["assistant_tag"], tags["function_tag"])
     role_key, content_key = tags["role_tag"], tags["content_tag"]
-    out = []
+    out, tools = [], []
     for row in _rows(batch):
+        tools.append(_tools(row, columns))
         turns = list(row.get(columns["messages"]) or [])
         system = row.get(columns.get("system", "")) or ""
         if turns and isinstance(turns[0], dict) and turns[0].get(role_key) == tags["system_tag"]:
@@ -141,4 +172,4 @@ def convert_sharegpt(batch: dict[str, list], *, columns: dict[str, str], tags: d
             ok = ok and len(messages) % 2 == 0 and len(messages) > 0
             prompt, response = messages[:-1], messages[-1:]
         out.append((prompt, response, system) if ok else ([], [], system))
-    return _out(out)
+    return _out(out, tools)

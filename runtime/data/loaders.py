@@ -6,6 +6,8 @@ load_dataset's arrow cache is what lets a second rank (or a second run) skip the
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -16,8 +18,14 @@ FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": 
 FILE_TYPES[".txt"] = "text"
 
 
-def load_raw(attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None) -> Dataset:
-    """The dataset's rows as stored (num_samples and max_samples applied), formatting decided."""
+def load_raw(
+    attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None, streaming: bool = False
+) -> Any:
+    """The dataset's rows as stored (num_samples and max_samples applied), formatting decided.
+
+    streaming: as LLaMA-Factory does for local files, the file is read into datasets' memory-mapped arrow
+    cache and returned as an IterableDataset, so conversion and tokenization happen as training consumes
+    rows (num_samples is ignored, as there)."""
     if not attr.path.exists():
         raise ConfigError(attr.key, f"{attr.where()}: file not found")
     try:
@@ -26,6 +34,10 @@ def load_raw(attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples
         raise
     except Exception as exc:  # pyarrow/json errors: say which file, not a 40-line traceback
         raise ConfigError(attr.key, f"{attr.where()}: cannot read: {exc}") from exc
+    if streaming:
+        if attr.formatting == "auto" or attr.ranking is None:
+            detect_format(attr, dataset.column_names, dataset[0] if len(dataset) else {})
+        return dataset.to_iterable_dataset()
     if attr.num_samples is not None:
         dataset = dataset.select(_sample_indices(len(dataset), attr.num_samples, seed))
     if max_samples is not None:
@@ -55,7 +67,12 @@ def _read(attr: DatasetAttr, cache_dir: str | None) -> Dataset:
     if not files or None in kinds or len(kinds) != 1:
         known = ", ".join(sorted(FILE_TYPES))
         raise ConfigError(attr.key, f"{attr.where()}: need files of one type ({known}) or a saved HF dataset")
-    return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+    return load_dataset(
+        kinds.pop(),
+        data_files=[str(p) for p in files],
+        split="train",
+        cache_dir=cache_dir,
+    )
 
 
 def _sample_indices(size: int, target: int, seed: int) -> np.ndarray:

@@ -1,5 +1,12 @@
-"""Padding-free packing: a batch of examples flattened into one row whose position_ids restart at 0
-for every example, like transformers' DataCollatorWithFlattening.
+"""Two kinds of packing.
+
+LLaMA-Factory's `packing`/`neat_packing` (sft): `pack_rows` puts whole tokenized examples into rows of at
+most cutoff_len tokens offline (greedy knapsack, as LLaMA-Factory does); the batch size then counts rows.
+Plain `packing` lets the examples of a row attend to each other (LLaMA-Factory's choice); `neat_packing`
+keeps them apart with restarting position_ids and no attention_mask (below).
+
+runtime.perf's padding-free lever (`padding_free`, not a key): a batch of examples flattened into one row
+whose position_ids restart at 0 for every example, like transformers' DataCollatorWithFlattening.
 
 No attention_mask is passed: transformers then reads packed sequences from position_ids and builds a
 block-diagonal causal mask (eager, sdpa, flex) or uses varlen kernels (flash attention), so examples
@@ -10,6 +17,7 @@ The model must run without a KV cache (use_cache False): check_packing_support(m
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from runtime.config import ConfigError
@@ -37,6 +45,46 @@ def check_packing_support(model_or_attn: Any) -> None:
         )
     if config is not None:
         config.use_cache = False
+
+
+def knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of total length <= capacity: each bin takes the longest example that
+    still fits, then the next, until none fits (LLaMA-Factory's greedy_knapsack, so rows group alike)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sizes = [lengths[i] for i in order]
+    bins = []
+    while order:
+        room, current = capacity, []
+        while True:
+            k = bisect.bisect(sizes, room) - 1
+            if k < 0:
+                break
+            room -= sizes.pop(k)
+            current.append(order.pop(k))
+        if not current:  # an example longer than a row: tokenize_sft truncates, so only a bug gets here
+            raise ValueError(f"example of {sizes[0]} tokens exceeds a row of {capacity}")
+        bins.append(current)
+    return bins
+
+
+def pack_rows(batch: dict, *, capacity: int, neat: bool) -> dict[str, list]:
+    """Tokenized sft examples -> rows of whole examples, each at most `capacity` tokens.
+
+    position_ids restart per example in both modes (as in LLaMA-Factory); under `neat` the first label of
+    each example is -100 (it would be predicted from the previous example) and no attention_mask is kept, so
+    the collator leaves the model to build the block-diagonal mask from position_ids."""
+    out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    if not neat:
+        out["attention_mask"] = []
+    lengths = [len(ids) for ids in batch["input_ids"]]
+    for members in knapsack(lengths, capacity):
+        row = flatten([{"input_ids": batch["input_ids"][i], "labels": batch["labels"][i]} for i in members])
+        if not neat:
+            row["labels"] = [label for i in members for label in batch["labels"][i]]
+            out["attention_mask"].append([1] * len(row["input_ids"]))
+        for key in ("input_ids", "labels", "position_ids"):
+            out[key].append(row[key])
+    return out
 
 
 def flatten(features: list[dict]) -> dict[str, list[int]]:

@@ -124,8 +124,18 @@ def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
     from runtime.data import build_datasets
 
     # runtime.data caps preprocessing_num_workers to the CPUs available, with a note.
-    with ctx.args.main_process_first(desc="tokenise datasets"):
-        return build_datasets(ctx.cfg, tokenizer, stage=stage)
+    if ctx.cfg.streaming:
+        # Each rank reads the stream and keeps its share of the batches: accelerate's default for an
+        # IterableDataset (rank 0 reads, then broadcasts) needs batches of one length, padded ones are not.
+        ctx.args.accelerator_config.dispatch_batches = False
+    if not ctx.cfg.tokenized_path:
+        with ctx.args.main_process_first(desc="tokenise datasets"):
+            return build_datasets(ctx.cfg, tokenizer, stage=stage)
+    # tokenized_path: global rank 0 tokenizes and saves once; every other rank then loads it from there
+    # (the inner local wait: on a path a node cannot see, that node's first rank builds for the others).
+    with ctx.args.main_process_first(local=False, desc="tokenise datasets once"):
+        with ctx.args.main_process_first(local=True, desc="load tokenized datasets"):
+            return build_datasets(ctx.cfg, tokenizer, stage=stage, args=ctx.args)
 
 
 def make_trainer(

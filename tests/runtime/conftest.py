@@ -11,10 +11,18 @@ from runtime.config import TrainConfig
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_dir: Path):
+def _tiny_tokenizer_loaded(tiny_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_dir / "model")
+
+
+@pytest.fixture
+def tiny_tokenizer(_tiny_tokenizer_loaded):
+    """A fresh copy per test: a named template adds its stop words to the tokenizer it formats for."""
+    import copy
+
+    return copy.deepcopy(_tiny_tokenizer_loaded)
 
 
 @pytest.fixture

@@ -84,6 +84,8 @@ def test_columns_and_tags_mapping(tmp_path: Path):
         "_prompt": [{"role": "user", "content": "why"}],
         "_response": [{"role": "assistant", "content": "because"}],
         "_system": "s",
+        "_tools": "",
+        "_media": "",
     }
     chat = _messages("chat", tmp_path)[0]
     assert (
@@ -139,6 +141,8 @@ def test_plain_openai_messages_file(tmp_path: Path):
         "_prompt": [{"role": "user", "content": "u"}],
         "_response": [{"role": "assistant", "content": "a"}],
         "_system": "s",
+        "_tools": "",
+        "_media": "",
     }
 
 
@@ -184,7 +188,7 @@ def test_max_samples_num_samples_and_val_split(data_cfg, tiny_tokenizer, tiny_di
         ({"dataset": "reverse_sft", "eval_dataset": "nope"}, "eval_dataset", "unknown dataset 'nope'"),
         ({"dataset": "x", "dataset_dir": "/does/not/exist"}, "dataset", "does not exist"),
         ({"dataset": "tiny_pref"}, "dataset", "preference data"),
-        ({"dataset": "reverse_sft", "template": "vicuna9"}, "template", "choose one of"),
+        ({"dataset": "reverse_sft", "template": "vicuna9"}, "template", "unknown template"),
         (
             {"dataset": "reverse_sft", "val_size": 0.1, "eval_dataset": "reverse_sft_eval"},
             "val_size",

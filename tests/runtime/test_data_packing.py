@@ -1,7 +1,9 @@
-"""Padding-free packing: one flattened row must give each example exactly its own logits."""
+"""Padding-free packing (runtime.perf's lever): one flattened row must give each example exactly its own
+logits. LLaMA-Factory's packing/neat_packing: tests/runtime/test_data_keys.py."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ IGNORE = -100
 
 
 @pytest.fixture(scope="module")
-def sft_rows(tiny_tokenizer, tiny_dir: Path, tmp_path_factory):
+def sft_rows(_tiny_tokenizer_loaded, tiny_dir: Path, tmp_path_factory):
     cfg = TrainConfig(
         dataset="tiny_sharegpt",
         dataset_dir=str(tiny_dir / "data"),
@@ -21,7 +23,7 @@ def sft_rows(tiny_tokenizer, tiny_dir: Path, tmp_path_factory):
         max_samples=6,
         cache_dir=str(tmp_path_factory.mktemp("cache")),
     )
-    train = build_datasets(cfg, tiny_tokenizer, stage="sft").train
+    train = build_datasets(cfg, copy.deepcopy(_tiny_tokenizer_loaded), stage="sft").train
     rows = [train[i] for i in range(len(train))]
     assert len({len(r["input_ids"]) for r in rows}) > 2  # examples of different lengths
     return rows
@@ -44,7 +46,7 @@ def test_packed_logits_equal_per_example_logits(
     import torch
 
     model = _model(tiny_dir, attn)
-    collate = build_collator(data_cfg(packing=True), tiny_tokenizer, stage="sft")
+    collate = build_collator(data_cfg(padding_free=True), tiny_tokenizer, stage="sft")
     batch = collate(sft_rows)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
     assert batch["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in sft_rows))
@@ -72,7 +74,7 @@ def test_packed_logits_equal_per_example_logits(
 def test_packed_pt_block_keeps_documents_apart(tiny_dir: Path, tiny_tokenizer, data_cfg):
     import torch
 
-    cfg = data_cfg(dataset="tiny_pt", cutoff_len=48, packing=True)
+    cfg = data_cfg(dataset="tiny_pt", cutoff_len=48, padding_free=True)
     block = build_datasets(cfg, tiny_tokenizer, stage="pt").train[1]
     batch = build_collator(cfg, tiny_tokenizer, stage="pt")([block])
     positions = block["position_ids"]

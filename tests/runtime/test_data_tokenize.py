@@ -124,8 +124,15 @@ def test_pt_blocks(data_cfg, tiny_tokenizer, tiny_dir: Path):
     assert [t for ids in train["input_ids"] for t in ids] == stream
     assert train["labels"] == train["input_ids"]
 
-    packed = build_datasets(
-        data_cfg(dataset="tiny_pt", cutoff_len=32, packing=True), tiny_tokenizer, stage="pt"
+    # LLaMA-Factory's pt `packing: false`: one row per document, cut to cutoff_len.
+    single = build_datasets(
+        data_cfg(dataset="tiny_pt", cutoff_len=32, packing=False), tiny_tokenizer, stage="pt"
+    )
+    documents = [tiny_tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"][:32] for t in texts]
+    assert single.train["input_ids"] == documents
+
+    packed = build_datasets(  # the padding-free lever: positions restart per document inside a block
+        data_cfg(dataset="tiny_pt", cutoff_len=32, padding_free=True), tiny_tokenizer, stage="pt"
     ).train
     eos = tiny_tokenizer.eos_token_id
     for row in packed:

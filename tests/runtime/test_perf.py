@@ -79,8 +79,10 @@ def test_liger_asked_for_where_it_cannot_run_falls_back_with_a_note() -> None:
 def test_apply_writes_the_plan_into_the_keys() -> None:
     p, cfg = plan("cuda")
     apply_perf(cfg, p)
-    assert (cfg.packing, cfg.flash_attn, cfg.enable_liger_kernel, cfg.optim) == (
+    # perf's packing is the padding-free lever; `packing` keeps LLaMA-Factory's meaning (offline rows).
+    assert (cfg.padding_free, cfg.packing, cfg.flash_attn, cfg.enable_liger_kernel, cfg.optim) == (
         True,
+        False,
         "flex",
         True,
         "adamw_torch_fused",
@@ -94,6 +96,9 @@ def test_config_checks_the_new_keys() -> None:
         parse_train_config({**BASE, "perf": "fast"})
     cfg = parse_train_config({**BASE, "flash_attn": "flex", "neat_packing": True})
     assert cfg.flash_attn == "flex" and cfg.packing is True and "packing" in cfg.explicit
+    p = resolve_perf(cfg, "cuda", liger_available=False)
+    apply_perf(cfg, p)
+    assert p.packing and not cfg.padding_free  # the config's neat_packing, not the padding-free lever
 
 
 def test_flex_off_cuda_falls_back_to_sdpa() -> None:
@@ -104,12 +109,14 @@ def test_flex_off_cuda_falls_back_to_sdpa() -> None:
     assert attn == "sdpa" and "flex needs CUDA" in warning
 
 
-def _run(tiny_dir: Path, out: Path, **keys):
+def _run(tiny_dir: Path, out: Path, padding_free: bool = False, **keys):
     from runtime.config import parse_train_config
     from runtime.train import run_training
 
     raw = base_config(tiny_dir, out, per_device_train_batch_size=4, max_steps=5, save_strategy="no", **keys)
-    result = run_training(parse_train_config(raw))
+    cfg = parse_train_config(raw)
+    cfg.padding_free = padding_free  # what perf auto sets on CUDA; not a key (`packing` is LLaMA-Factory's)
+    result = run_training(cfg)
     assert result.code == 0
     history = result.trainer.state.log_history
     return result, [e["loss"] for e in history if "loss" in e]
@@ -118,8 +125,9 @@ def _run(tiny_dir: Path, out: Path, **keys):
 def test_packed_training_matches_padded_training_on_cpu(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     """Same batches, same seed: packing (one flattened row, block-diagonal attention) vs padding."""
     padded, padded_losses = _run(tiny_dir, tmp_path / "padded", packing=False)
-    packed, packed_losses = _run(tiny_dir, tmp_path / "packed", packing=True)
-    assert packed.perf.packing and not padded.perf.packing
+    packed, packed_losses = _run(tiny_dir, tmp_path / "packed", padding_free=True)
+    assert packed.trainer.data_collator.__class__.__name__ == "PackingCollator"
+    assert padded.trainer.data_collator.__class__.__name__ == "PaddingCollator"
     assert len(packed_losses) == 5 and len(set(packed_losses)) > 1  # it trained: the losses move
     for step, (a, b) in enumerate(zip(padded_losses, packed_losses, strict=True), 1):
         assert abs(a - b) <= FP32_RTOL * abs(a), f"step {step}: padded {a} vs packed {b}"

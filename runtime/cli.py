@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from runtime.config import ConfigError, load_config
+from runtime.secrets import check_test_assert_env, load_secret_env_file, redact
 
 EXIT_CONFIG = 2
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = build_tiny(args.dir, seed=args.seed)
             print(f"xgen-runtime: wrote {paths.model} and {paths.data}")
             return 0
+        load_secret_env_file()  # before anything reads the environment (DeepSpeed multi-node only)
         cfg = load_config(args.config)
         if args.command == "export":
             from runtime.export import export
@@ -49,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from runtime.train import train
 
+        check_test_assert_env()
         return train(cfg)
     except ConfigError as exc:
-        print(f"xgen-runtime: error: {exc}", file=sys.stderr, flush=True)
+        print(redact(f"xgen-runtime: error: {exc}"), file=sys.stderr, flush=True)
         return EXIT_CONFIG
 
 

@@ -27,6 +27,7 @@ from runtime.distributed import (
     patch_deepspeed_shm_build,
     patch_trainer_fsdp_on_cpu,
 )
+from runtime.secrets import redact
 
 # Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
 EXIT_PREEMPTED = 75
@@ -131,7 +132,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         init_deepspeed_distributed()
     info = gather_start_info(device, cfg.strategy)
     if is_rank0():
-        print(info.line(), flush=True)
+        print(redact(info.line()), flush=True)
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runtime.secrets import is_credential_name
 from xgen.errors import XgenError
 
 Device = Literal["auto", "cuda", "npu", "cpu"]
@@ -40,6 +41,15 @@ class JobConfig:
             "/shared/runs/sft",
         ),
     )
+
+
+def secret_keys(env: Mapping[str, str], secret_env: typing.Iterable[str]) -> tuple[str, ...]:
+    """The keys of an `env:` mapping that hold credentials: named like one, or listed in `secret_env`.
+
+    Shared by every section with an env/pass_env/secret_env triple (cluster now, a container later).
+    """
+    listed = set(secret_env)
+    return tuple(k for k in env if k in listed or is_credential_name(k))
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,32 @@ class ClusterConfig:
             "{NCCL_P2P_LEVEL: NVL}",
         ),
     )
+    pass_env: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Variables forwarded from the environment the job is submitted/started from to every rank, "
+            "by name: their values are never written into a generated file or printed (credentials).",
+            "[HF_TOKEN, WANDB_API_KEY]",
+        ),
+    )
+    secret_env: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "cluster.env keys that are credentials although their names do not say so (*TOKEN*, *KEY*, "
+            "*SECRET*, *PASSWORD*, *CREDENTIAL* are found by name): never printed, script written 0700.",
+            "[REGISTRY_AUTH]",
+        ),
+    )
+
+    @property
+    def written_secrets(self) -> tuple[str, ...]:
+        """cluster.env keys whose values are credentials: a file holding them is written owner-only."""
+        return secret_keys(self.env, self.secret_env)
+
+    @property
+    def hidden_env(self) -> tuple[str, ...]:
+        """Names shown as <set>/<unset>, never with a value: pass_env, then the secret cluster.env keys."""
+        return (*self.pass_env, *self.written_secrets)
 
 
 @dataclass(frozen=True)

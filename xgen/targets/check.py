@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+from runtime.secrets import MASK
 from xgen.config import Config
 from xgen.targets.common import master_addr
+
+
+def forwarded(names: tuple[str, ...]) -> str:
+    """Each forwarded name and whether it is set in this (the submitting) environment; never the value."""
+    return ", ".join(f"{n} ({'set' if os.environ.get(n) else 'NOT set here'})" for n in names)
 
 
 def summary(config: Config) -> str:
@@ -18,7 +26,8 @@ def summary(config: Config) -> str:
         else "ddp"
     )
     hosts = ", ".join(h.name for h in config.host_list) or "from Slurm / the environment"
-    env = ", ".join(f"{k}={v}" for k, v in c.env.items()) or "defaults only"
+    secret = set(c.written_secrets)
+    env = ", ".join(f"{k}={MASK if k in secret else v}" for k, v in c.env.items()) or "defaults only"
     lines = [
         f"config:   {config.source}",
         f"job:      {config.job.name} in {config.workdir}",
@@ -29,6 +38,7 @@ def summary(config: Config) -> str:
         f"train:    {train.get('stage', '?')}/{train.get('finetuning_type', '?')} "
         f"{train.get('model_name_or_path', '?')}, strategy {strategy}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
+        *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),
         "ok",
     ]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,8 @@ def master_addr(config: Config) -> str | None:
 
 
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
+    c = config.cluster
+    secret = set(c.written_secrets)
     return {
         "target": target,
         "regen_args": regen_args,
@@ -51,4 +53,8 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "master_addr": master_addr(config),
         # None on one node without a configured port: the script picks a free one at run time.
         "master_port": config.cluster.master_port or (None if config.cluster.nodes == 1 else DEFAULT_PORT),
+        # cluster.env split: plain values are exported and shown; credential values only exported.
+        "plain_env": {k: v for k, v in c.env.items() if k not in secret},
+        "secret_env": {k: v for k, v in c.env.items() if k in secret},
+        "hidden_env": list(c.hidden_env),
     }

@@ -70,8 +70,7 @@ def load_secret_env_file() -> None:
     if not path:
         return
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        os.environ.update(read_secret_env_file(path))
     except OSError as err:
         from runtime.config import ConfigError
 
@@ -80,10 +79,14 @@ def load_secret_env_file() -> None:
             f"cannot read {path} on this node ({err.strerror}); keep the config's directory on a "
             "filesystem every node sees",
         ) from None
-    for record in data.split(b"\0"):
-        name, sep, value = record.decode("utf-8", "surrogateescape").partition("=")
-        if sep:
-            os.environ[name] = value
+
+
+def read_secret_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """NAME=VALUE records separated by NUL (the one byte no environment value can hold)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    records = (r.decode("utf-8", "surrogateescape").partition("=") for r in data.split(b"\0"))
+    return {name: value for name, sep, value in records if sep}
 
 
 # --- test scaffolding (not a feature) -----------------------------------------------------------

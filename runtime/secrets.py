@@ -8,7 +8,6 @@ it writes to output_dir. A value never needs to be printed: the scripts and `xge
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Mapping
 
 MASK = "***"
@@ -103,13 +102,11 @@ def check_test_assert_env() -> None:
 
     rank = os.environ.get("RANK", "0")
     missing = [n for n in names if not os.environ.get(n)]
-    if missing:
-        print(
-            f"xgen-runtime: test hook: rank {rank} on {socket.gethostname()}: NOT set: {', '.join(missing)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(3)
-    print(
-        f"xgen-runtime: test hook: rank {rank} on {socket.gethostname()}: set: {', '.join(names)}", flush=True
+    said = f"NOT set: {', '.join(missing)}" if missing else f"set: {', '.join(names)}"
+    # One write per line: the ranks of a node share the log, and print() may split a line in two writes.
+    os.write(
+        2 if missing else 1,
+        f"xgen-runtime: test hook: rank {rank} on {socket.gethostname()}: {said}\n".encode(),
     )
+    if missing:
+        raise SystemExit(3)

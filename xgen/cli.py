@@ -52,10 +52,11 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def emit(text: str, output: str | None, config: Config | None = None) -> None:
+def emit(text: str, output: str | None, config: Config | None = None, target: str | None = None) -> None:
     """Write the script to -o (atomically) or stdout; owner-only when it holds credential values."""
     script = text.startswith("#!")
-    if config is None or not config.cluster.written_secrets:
+    secrets = config.secrets_written(target) if config is not None else ()
+    if config is None or not secrets:
         if output:
             write_atomic(output, text, 0o755 if script else 0o644)
         else:
@@ -69,7 +70,7 @@ def emit(text: str, output: str | None, config: Config | None = None) -> None:
         where = f"the file stdout goes to is now readable by you only ({mode:04o})"
     else:
         where = "stdout is not a file xgen can protect: write with -o FILE (owner-only) instead"
-    warn_secrets(config, f"written into the script; {where}")
+    warn_secrets(config, secrets, f"written into the script; {where}")
     if not output:
         sys.stdout.write(text)
 
@@ -92,9 +93,12 @@ def protect_stdout(mode: int) -> bool:
     return True
 
 
-def warn_secrets(config: Config, what: str) -> None:
-    """The one warning line for credential values in cluster.env (and a config others can read)."""
-    names = ", ".join(config.cluster.written_secrets)
+def warn_secrets(config: Config, secrets: tuple[tuple[str, str], ...], what: str) -> None:
+    """The one warning line for credential values in the config (and a config others can read)."""
+    keys = ", ".join(key for key, _ in secrets)
+    names = (
+        ", ".join(dict.fromkeys(n for _, n in secrets if not n.startswith("-"))) or "NAME, …"
+    )  # not --flags
     try:
         config_mode = stat.S_IMODE(config.source.stat().st_mode)
     except OSError:
@@ -105,7 +109,7 @@ def warn_secrets(config: Config, what: str) -> None:
         else ""
     )
     click.echo(
-        f"xgen: warning: cluster.env holds credentials ({names}): {what}{readable}; better: "
+        f"xgen: warning: credentials in the config ({keys}): {what}{readable}; better: "
         f"cluster.pass_env: [{names}] and export them where the job starts, so no file holds them",
         err=True,
     )
@@ -154,7 +158,7 @@ def slurm(config_file: str, output: str | None) -> None:
     """
     from xgen.targets import slurm as target
 
-    run(lambda cfg: emit(target.build(cfg), output, cfg), config_file)
+    run(lambda cfg: emit(target.build(cfg), output, cfg, "slurm"), config_file)
 
 
 @main.command()
@@ -180,7 +184,7 @@ def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> Non
             require_directory_of(output)
         if hosts is not None and hostfile:
             write_atomic(hostfile, hosts)
-        emit(script, output, cfg)
+        emit(script, output, cfg, "deepspeed")
 
     run(action, config_file)
 
@@ -198,7 +202,7 @@ def shell(config_file: str, node_rank: int | None, output: str | None) -> None:
     """
     from xgen.targets import shell as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "shell"), config_file)
 
 
 @main.command()
@@ -214,7 +218,7 @@ def accelerate(config_file: str, node_rank: int | None, output: str | None) -> N
     """
     from xgen.targets import accelerate as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "accelerate"), config_file)
 
 
 @main.command()
@@ -246,8 +250,8 @@ def check(config_file: str) -> None:
 
     def action(cfg: Config) -> None:
         sys.stdout.write(summary(cfg))
-        if cfg.cluster.written_secrets:
-            warn_secrets(cfg, "every generated script will hold them (owner-only)")
+        if cfg.secrets_written():
+            warn_secrets(cfg, cfg.secrets_written(), "the generated scripts will hold them (owner-only)")
 
     run(action, config_file)
 

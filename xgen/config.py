@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -50,6 +51,18 @@ def secret_keys(env: Mapping[str, str], secret_env: typing.Iterable[str]) -> tup
     """
     listed = set(secret_env)
     return tuple(k for k in env if k in listed or is_credential_name(k))
+
+
+_ASSIGNED = re.compile(r"(?:^|[\s;&|(])([A-Za-z_][A-Za-z0-9_]*)=")
+_FLAG = re.compile(
+    r"(?:^|\s)--?([A-Za-z0-9_-]*(?:token|password|passwd|secret)[A-Za-z0-9_-]*)(?:[=\s]|$)", re.I
+)
+
+
+def _credentials_in_shell(line: str) -> list[str]:
+    """Credential-looking names a shell line assigns (HF_TOKEN=…) or passes as a flag (--token …)."""
+    names = [m for m in _ASSIGNED.findall(line) if is_credential_name(m)]
+    return names + [f"--{flag}" for flag in _FLAG.findall(line)]
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,18 @@ class Config:
         if self.job.workdir is None:
             return str(base)
         return str(base / self.job.workdir)
+
+    def secrets_written(self, target: str | None = None) -> tuple[tuple[str, str], ...]:
+        """(config key, variable name) of each credential value `target`'s script will hold (None: any).
+
+        cluster.env keys named like credentials or listed in cluster.secret_env, and, in the Slurm script,
+        slurm.setup lines that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`).
+        """
+        found = [(f"cluster.env.{name}", name) for name in self.cluster.written_secrets]
+        if target in (None, "slurm"):
+            for i, line in enumerate(self.slurm.setup):
+                found += [(f"slurm.setup[{i}]", name) for name in _credentials_in_shell(line)]
+        return tuple(found)
 
     @property
     def pinned_devices(self) -> int | None:

@@ -152,7 +152,7 @@ def test_no_credential_value_is_printed_or_readable_by_others(drawn):
             assert result.exit_code == 0, (target, result.stderr, result.output)
             printed = result.stdout + result.stderr
             assert not [v for v in everything if v in printed], f"xgen {target} printed a credential"
-            assert result.stderr.count("xgen: warning: cluster.env holds credentials") == 1, result.stderr
+            assert result.stderr.count("xgen: warning: credentials in the config") == 1, result.stderr
         # Every file xgen wrote that holds a value is owner-only; the scripts do hold the cluster.env ones.
         for path in tmp.rglob("*"):
             if path.is_file() and path != config:
@@ -240,7 +240,9 @@ def test_stdout_redirect_is_narrowed_and_a_pipe_is_named(tmp_path):
     assert stat.S_IMODE((tmp_path / "job.sh").stat().st_mode) == 0o700
     assert "hf_redirect_secret" in (tmp_path / "job.sh").read_text()
     (warning,) = proc.stderr.splitlines()
-    assert "(HF_TOKEN)" in warning and "stdout goes to is now readable by you only (0700)" in warning
+    assert (
+        "(cluster.env.HF_TOKEN)" in warning and "stdout goes to is now readable by you only (0700)" in warning
+    )
     assert "job.yaml itself is readable by others (mode 0644)" in warning
     assert "cluster.pass_env: [HF_TOKEN]" in warning
     piped = _shell(f"xgen slurm {config} | cat > piped.sh", tmp_path)
@@ -265,3 +267,22 @@ def test_bad_pass_env_and_secret_env(tmp_path, cluster, line):
     result = CliRunner().invoke(main, ["check", str(config)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"xgen: error: {line}"), result.stderr
+
+
+def test_a_credential_in_slurm_setup_makes_the_slurm_script_owner_only(tmp_path):
+    config = tmp_path / "job.yaml"
+    setup = [
+        "module load cuda",
+        "export HF_TOKEN=hf_in_setup_1",
+        "huggingface-cli login --token hf_in_setup_2",
+    ]
+    config.write_text(yaml.safe_dump({"slurm": {"setup": setup}}))
+    config.chmod(0o600)
+    result = CliRunner().invoke(main, ["slurm", str(config), "-o", str(tmp_path / "job.sh")])
+    assert result.exit_code == 0
+    assert stat.S_IMODE((tmp_path / "job.sh").stat().st_mode) == 0o700
+    assert "(slurm.setup[1], slurm.setup[2])" in result.stderr and "pass_env: [HF_TOKEN]" in result.stderr
+    # The other scripts do not run slurm.setup, so they hold nothing and stay as they were.
+    result = CliRunner().invoke(main, ["shell", str(config), "-o", str(tmp_path / "node.sh")])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert stat.S_IMODE((tmp_path / "node.sh").stat().st_mode) == 0o755

@@ -17,8 +17,8 @@ _CREDENTIAL_PARTS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL
 SECRET_NAMES_VAR = "XGEN_SECRET_NAMES"
 # DeepSpeed's multi-node launcher: the owner-only file holding the credentials (see load_secret_env_file).
 SECRET_ENV_FILE_VAR = "XGEN_SECRET_ENV_FILE"
-# Shorter values are not masked: "1" or "on" would turn every number or word in a log into ***.
-_MIN_MASKED = 4
+# Shorter values are not masked: "1", "true" or "false" would turn words all over a log into ***.
+_MIN_MASKED = 6
 
 
 def is_credential_name(name: str) -> bool:

@@ -53,16 +53,19 @@ def secret_keys(env: Mapping[str, str], secret_env: typing.Iterable[str]) -> tup
     return tuple(k for k in env if k in listed or is_credential_name(k))
 
 
-_ASSIGNED = re.compile(r"(?:^|[\s;&|(])([A-Za-z_][A-Za-z0-9_]*)=")
-_FLAG = re.compile(
-    r"(?:^|\s)--?([A-Za-z0-9_-]*(?:token|password|passwd|secret)[A-Za-z0-9_-]*)(?:[=\s]|$)", re.I
-)
+# NAME=VALUE and --flag VALUE in a shell line; group 2 is set when VALUE is read from elsewhere
+# ($VAR, "$VAR", $(cat file)): that writes no credential into the script.
+_ASSIGNED = re.compile(r"(?:^|[\s;&|(])([A-Za-z_][A-Za-z0-9_]*)=(['\"]?\$)?")
+_FLAG = re.compile(r"(?:^|\s)--?([A-Za-z][A-Za-z0-9_-]*)(?:=|\s+)(['\"]?\$)?")
 
 
 def _credentials_in_shell(line: str) -> list[str]:
-    """Credential-looking names a shell line assigns (HF_TOKEN=…) or passes as a flag (--token …)."""
-    names = [m for m in _ASSIGNED.findall(line) if is_credential_name(m)]
-    return names + [f"--{flag}" for flag in _FLAG.findall(line)]
+    """Credential-looking names a shell line sets to a literal (HF_TOKEN=hf_…, --token hf_…)."""
+    names = [n for n, ref in _ASSIGNED.findall(line) if not ref and is_credential_name(n)]
+    flags = [
+        f"--{f}" for f, ref in _FLAG.findall(line) if not ref and is_credential_name(f.replace("-", "_"))
+    ]
+    return names + flags
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,8 @@ def test_a_credential_in_slurm_setup_makes_the_slurm_script_owner_only(tmp_path)
         "module load cuda",
         "export HF_TOKEN=hf_in_setup_1",
         "huggingface-cli login --token hf_in_setup_2",
+        'export WANDB_API_KEY="$(cat ~/.wandb_key)" TOKENIZERS_PARALLELISM=false',  # read at run time: fine
+        "python prep.py --tokenizer_dir tok --token $HF_TOKEN",
     ]
     config.write_text(yaml.safe_dump({"slurm": {"setup": setup}}))
     config.chmod(0o600)

@@ -12,6 +12,7 @@ import sys
 
 from runtime.check import error_lines
 from runtime.config import ConfigError, load_config
+from runtime.secrets import check_test_assert_env, load_secret_env_file, redact
 
 EXIT_CONFIG = 2
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"freeze_trainable_layers: {args.num_expand}"
             )
             return 0
+        load_secret_env_file()  # before anything reads the environment (DeepSpeed multi-node only)
         cfg = load_config(args.config)
         if args.command == "check":
             return _check(cfg, args.config, args.visible_only)
@@ -75,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from runtime.train import train
 
+        check_test_assert_env()
         return train(cfg)
     except ConfigError as exc:
-        _print_errors(error_lines(exc))
+        _print_errors([redact(line) for line in error_lines(exc)])
         return EXIT_CONFIG
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from runtime.secrets import redact
+
 
 def peak_memory_gib(device: str) -> float:
     """Max memory allocated on this rank's accelerator (0 on CPU, where torch does not track it)."""
@@ -19,7 +21,8 @@ def peak_memory_gib(device: str) -> float:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """One JSON file in output_dir; a credential value from the environment is written as ***."""
+    path.write_text(redact(json.dumps(data, indent=2, sort_keys=True)) + "\n")
 
 
 def train_results(

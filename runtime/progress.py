@@ -12,6 +12,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from runtime.secrets import redact
+
 
 def _fmt_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -98,6 +100,7 @@ class ProgressCallback(TrainerCallback):
             self._emit(f"step {state.global_step}/{state.max_steps} | {stats}")
 
     def _emit(self, line: str) -> None:
+        line = redact(line)
         if self._bar is not None:
             self._bar.console.print(line)
         else:

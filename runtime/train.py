@@ -30,6 +30,7 @@ from runtime.distributed import (
     patch_trainer_fsdp_on_cpu,
     world,
 )
+from runtime.secrets import redact
 
 # Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
 EXIT_PREEMPTED = 75
@@ -152,7 +153,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         init_deepspeed_distributed()
     info = gather_start_info(device, cfg.strategy)
     if is_rank0():
-        print(info.line(), flush=True)
+        print(redact(info.line()), flush=True)
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")

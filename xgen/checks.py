@@ -106,16 +106,47 @@ def _check_cluster(config: Config) -> tuple[Host, ...]:
         raise XgenError(
             "cluster.nccl_debug", f"must be one of {'|'.join(NCCL_DEBUG_LEVELS)}, got {c.nccl_debug!r}"
         )
-    for name in c.env:
+    check_env_names("cluster", c.env, c.pass_env, c.secret_env)
+    return _hosts(config)
+
+
+def check_env_names(
+    section: str, env: dict[str, str], pass_env: tuple[str, ...], secret_env: tuple[str, ...]
+) -> None:
+    """The rules for one env/pass_env/secret_env triple (cluster now; a container section can reuse them)."""
+    for name in env:
         if not _ENV_NAME.match(name):
             raise XgenError(
-                f"cluster.env.{name}", "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                f"{section}.env.{name}", "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
             )
         if name in _RESERVED_ENV:
             raise XgenError(
-                f"cluster.env.{name}", "is set by the generated script itself; use the matching config key"
+                f"{section}.env.{name}", "is set by the generated script itself; use the matching config key"
             )
-    return _hosts(config)
+    for key, names in (("pass_env", pass_env), ("secret_env", secret_env)):
+        for i, name in enumerate(names):
+            where = f"{section}.{key}[{i}]"
+            if not _ENV_NAME.match(name):
+                raise XgenError(
+                    where, f"{name!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                )
+            if name in names[:i]:
+                raise XgenError(where, f"{name} is listed twice; list it once")
+            if name in _RESERVED_ENV:
+                raise XgenError(where, f"{name} is set by the generated script itself; remove it")
+    for i, name in enumerate(pass_env):
+        if name in env:
+            raise XgenError(
+                f"{section}.pass_env[{i}]",
+                f"{name} is also given a value in {section}.env; keep one (pass_env writes no value)",
+            )
+    for i, name in enumerate(secret_env):
+        if name not in env:
+            raise XgenError(
+                f"{section}.secret_env[{i}]",
+                f"{name} is not a key of {section}.env; add it there or drop it "
+                "(pass_env names are always hidden)",
+            )
 
 
 def _hosts(config: Config) -> tuple[Host, ...]:

@@ -6,8 +6,10 @@ output file is only ever replaced whole (temp file + os.replace), so a failure l
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -51,11 +53,67 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def emit(text: str, output: str | None) -> None:
+def emit(text: str, output: str | None, config: Config | None = None, target: str | None = None) -> None:
+    """Write the script to -o (atomically) or stdout; owner-only when it holds credential values."""
+    script = text.startswith("#!")
+    secrets = config.secrets_written(target) if config is not None else ()
+    if config is None or not secrets:
+        if output:
+            write_atomic(output, text, 0o755 if script else 0o644)
+        else:
+            sys.stdout.write(text)
+        return
+    mode = 0o700 if script else 0o600
     if output:
-        write_atomic(output, text, 0o755 if text.startswith("#!") else 0o644)
+        write_atomic(output, text, mode)  # the temp file is 0600 from the start, never wider
+        where = f"{output} is readable by you only ({mode:04o})"
+    elif protect_stdout(mode):
+        where = f"the file stdout goes to is now readable by you only ({mode:04o})"
     else:
+        where = "stdout is not a file xgen can protect: write with -o FILE (owner-only) instead"
+    warn_secrets(config, secrets, f"written into the script; {where}")
+    if not output:
         sys.stdout.write(text)
+
+
+def protect_stdout(mode: int) -> bool:
+    """chmod the file stdout is redirected to (`> job.sh`), before a byte is written to it.
+
+    Only a regular, empty file we own: a shell redirect creates it with the umask's mode (often 0644),
+    so this narrows it; a pipe, a terminal or a file someone else keeps (`>> shared.log`) is left alone.
+    """
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size != 0:
+            return False
+        os.fchmod(fd, mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return True
+
+
+def warn_secrets(config: Config, secrets: tuple[tuple[str, str], ...], what: str) -> None:
+    """The one warning line for credential values in the config (and a config others can read)."""
+    keys = ", ".join(key for key, _ in secrets)
+    names = (
+        ", ".join(dict.fromkeys(n for _, n in secrets if not n.startswith("-"))) or "NAME, …"
+    )  # not --flags
+    try:
+        config_mode = stat.S_IMODE(config.source.stat().st_mode)
+    except OSError:
+        config_mode = 0
+    readable = (
+        f"; {config.source.name} itself is readable by others (mode {config_mode:04o}): chmod 600 it"
+        if config_mode & 0o077
+        else ""
+    )
+    click.echo(
+        f"xgen: warning: credentials in the config ({keys}): {what}{readable}; better: "
+        f"cluster.pass_env: [{names}] and export them where the job starts, so no file holds them",
+        err=True,
+    )
 
 
 def run(action: Callable[[Config], object], config_file: str) -> None:
@@ -101,7 +159,7 @@ def slurm(config_file: str, output: str | None) -> None:
     """
     from xgen.targets import slurm as target
 
-    run(lambda cfg: emit(target.build(cfg), output), config_file)
+    run(lambda cfg: emit(target.build(cfg), output, cfg, "slurm"), config_file)
 
 
 @main.command()
@@ -127,7 +185,7 @@ def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> Non
             require_directory_of(output)
         if hosts is not None and hostfile:
             write_atomic(hostfile, hosts)
-        emit(script, output)
+        emit(script, output, cfg, "deepspeed")
 
     run(action, config_file)
 
@@ -145,7 +203,7 @@ def shell(config_file: str, node_rank: int | None, output: str | None) -> None:
     """
     from xgen.targets import shell as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "shell"), config_file)
 
 
 @main.command()
@@ -161,7 +219,7 @@ def accelerate(config_file: str, node_rank: int | None, output: str | None) -> N
     """
     from xgen.targets import accelerate as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "accelerate"), config_file)
 
 
 @main.command()
@@ -194,7 +252,12 @@ def check(config_file: str) -> None:
     """
     from xgen.targets.check import datasets, summary
 
-    run(lambda cfg: sys.stdout.write(summary(cfg) + datasets(cfg) + "\nok\n"), config_file)
+    def action(cfg: Config) -> None:
+        sys.stdout.write(summary(cfg) + datasets(cfg) + "\nok\n")
+        if cfg.secrets_written():
+            warn_secrets(cfg, cfg.secrets_written(), "the generated scripts will hold them (owner-only)")
+
+    run(action, config_file)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ The `train:` keys belong to the runtime: its parser validates them and `Config.t
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from runtime.config import TrainConfig
+from runtime.secrets import is_credential_name
 
 Device = Literal["auto", "cuda", "npu", "cpu"]
 Launcher = Literal["torchrun", "deepspeed", "accelerate"]
@@ -36,6 +40,30 @@ class JobConfig:
             "/shared/runs/sft",
         ),
     )
+
+
+def secret_keys(env: Mapping[str, str], secret_env: typing.Iterable[str]) -> tuple[str, ...]:
+    """The keys of an `env:` mapping that hold credentials: named like one, or listed in `secret_env`.
+
+    Shared by every section with an env/pass_env/secret_env triple (cluster now, a container later).
+    """
+    listed = set(secret_env)
+    return tuple(k for k in env if k in listed or is_credential_name(k))
+
+
+# NAME=VALUE and --flag VALUE in a shell line; group 2 is set when VALUE is read from elsewhere
+# ($VAR, "$VAR", $(cat file)): that writes no credential into the script.
+_ASSIGNED = re.compile(r"(?:^|[\s;&|(])([A-Za-z_][A-Za-z0-9_]*)=(['\"]?\$)?")
+_FLAG = re.compile(r"(?:^|\s)--?([A-Za-z][A-Za-z0-9_-]*)(?:=|\s+)(['\"]?\$)?")
+
+
+def _credentials_in_shell(line: str) -> list[str]:
+    """Credential-looking names a shell line sets to a literal (HF_TOKEN=hf_…, --token hf_…)."""
+    names = [n for n, ref in _ASSIGNED.findall(line) if not ref and is_credential_name(n)]
+    flags = [
+        f"--{f}" for f, ref in _FLAG.findall(line) if not ref and is_credential_name(f.replace("-", "_"))
+    ]
+    return names + flags
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,32 @@ class ClusterConfig:
             "{NCCL_P2P_LEVEL: NVL}",
         ),
     )
+    pass_env: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Variables forwarded from the environment the job is submitted/started from to every rank, "
+            "by name: their values are never written into a generated file or printed (credentials).",
+            "[HF_TOKEN, WANDB_API_KEY]",
+        ),
+    )
+    secret_env: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "cluster.env keys that are credentials although their names do not say so (*TOKEN*, *KEY*, "
+            "*SECRET*, *PASSWORD*, *CREDENTIAL* are found by name): never printed, script written 0700.",
+            "[REGISTRY_AUTH]",
+        ),
+    )
+
+    @property
+    def written_secrets(self) -> tuple[str, ...]:
+        """cluster.env keys whose values are credentials: a file holding them is written owner-only."""
+        return secret_keys(self.env, self.secret_env)
+
+    @property
+    def hidden_env(self) -> tuple[str, ...]:
+        """Names shown as <set>/<unset>, never with a value: pass_env, then the secret cluster.env keys."""
+        return (*self.pass_env, *self.written_secrets)
 
 
 @dataclass(frozen=True)
@@ -199,6 +253,18 @@ class Config:
         if self.job.workdir is None:
             return str(base)
         return str(base / self.job.workdir)
+
+    def secrets_written(self, target: str | None = None) -> tuple[tuple[str, str], ...]:
+        """(config key, variable name) of each credential value `target`'s script will hold (None: any).
+
+        cluster.env keys named like credentials or listed in cluster.secret_env, and, in the Slurm script,
+        slurm.setup lines that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`).
+        """
+        found = [(f"cluster.env.{name}", name) for name in self.cluster.written_secrets]
+        if target in (None, "slurm"):
+            for i, line in enumerate(self.slurm.setup):
+                found += [(f"slurm.setup[{i}]", name) for name in _credentials_in_shell(line)]
+        return tuple(found)
 
     @property
     def pinned_devices(self) -> int | None:

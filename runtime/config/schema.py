@@ -21,7 +21,7 @@ class ConfigError(ValueError):
         """The one-key problems this error stands for (one here; several in ConfigErrors)."""
         return [self]
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Raised inside datasets.map worker processes too: it must survive pickling back to the parent.
         return (ConfigError, (self.key, self.message))
 
@@ -41,7 +41,7 @@ class ConfigErrors(ConfigError):
     def __str__(self) -> str:
         return str(self.args[0])
 
-    def __reduce__(self) -> tuple[type, tuple[list[ConfigError]]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (ConfigErrors, (self._errors,))
 
     @property

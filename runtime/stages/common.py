@@ -18,6 +18,7 @@ from runtime.data import build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.model import build_model, load_tokenizer
 from runtime.optimizers import add_badam_hooks, method_optimizer
+from runtime.secrets import redact
 from runtime.trainer import PissaConvertCallback
 
 
@@ -40,9 +41,9 @@ class RunContext:
 
 
 def say(line: str) -> None:
-    """One line on rank 0, prefixed so cluster logs can be grepped."""
+    """One line on rank 0, prefixed so cluster logs can be grepped; credential values masked."""
     if is_rank0():
-        print(f"xgen-runtime: {line}", flush=True)
+        print(redact(f"xgen-runtime: {line}"), flush=True)
 
 
 def build_training_args(cfg: TrainConfig, device: str) -> Any:

@@ -155,13 +155,8 @@ def test_several_runtime_errors_are_one_line_each(tmp_path, monkeypatch):
 
     import runtime.config
     from runtime.check import error_lines
-    from runtime.config import ConfigError
+    from runtime.config.schema import ConfigError, ConfigErrors
     from xgen.errors import XgenError
-
-    class ConfigErrors(ConfigError):
-        def __init__(self, errors):
-            super().__init__(errors[0].key, errors[0].message)
-            self.errors = errors
 
     err = ConfigErrors([ConfigError("train.a", "x"), ConfigError("train.b", "y")])
     assert error_lines(err) == ["train.a: x", "train.b: y"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from runtime.config import TrainConfig
+from runtime.secrets import MASK
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.targets.common import master_addr, master_port
@@ -71,11 +73,17 @@ def _key_and_message(line: str) -> tuple[str, str]:
     return (key, message) if message else ("train", line)
 
 
+def forwarded(names: tuple[str, ...]) -> str:
+    """Each forwarded name and whether it is set in this (the submitting) environment; never the value."""
+    return ", ".join(f"{n} ({'set' if os.environ.get(n) else 'NOT set here'})" for n in names)
+
+
 def summary(config: Config) -> str:
     c = config.cluster
     devices = "auto-detected" if config.pinned_devices is None else str(config.pinned_devices)
     hosts = ", ".join(h.name for h in config.host_list) or "from Slurm / the environment"
-    env = ", ".join(f"{k}={v}" for k, v in c.env.items()) or "defaults only"
+    secret = set(c.written_secrets)
+    env = ", ".join(f"{k}={MASK if k in secret else v}" for k, v in c.env.items()) or "defaults only"
     lines = [
         f"config:   {config.source}",
         f"job:      {config.job.name} in {config.workdir}",
@@ -85,5 +93,6 @@ def summary(config: Config) -> str:
         f"launcher: {config.launcher} (python: {config.python})",
         f"train:    {_train(config)}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
+        *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),
     ]
     return "\n".join(lines) + "\n"

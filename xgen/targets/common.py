@@ -44,6 +44,8 @@ def master_port(config: Config) -> int | None:
 
 
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
+    c = config.cluster
+    secret = set(c.written_secrets)
     return {
         "target": target,
         "regen_args": regen_args,
@@ -58,4 +60,8 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
         "master_port": master_port(config),
+        # cluster.env split: plain values are exported and shown; credential values only exported.
+        "plain_env": {k: v for k, v in c.env.items() if k not in secret},
+        "secret_env": {k: v for k, v in c.env.items() if k in secret},
+        "hidden_env": list(c.hidden_env),
     }

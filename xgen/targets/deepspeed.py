@@ -43,13 +43,25 @@ def _check_remote_safe(config: Config) -> None:
             "DeepSpeed's launcher passes the config path to remote shells unquoted; "
             "move it to a path without spaces or shell characters",
         )
+    secret = set(config.cluster.written_secrets)  # these travel in a file, not on the command line
     for key, value in config.cluster.env.items():
-        if not _NO_DQ_SPECIAL.match(value):
+        if key not in secret and not _NO_DQ_SPECIAL.match(value):
             raise XgenError(
                 f"cluster.env.{key}",
                 "DeepSpeed forwards env to other nodes inside double quotes, "
                 'so ", $, `, \\ and newlines cannot pass; remove them',
             )
+
+
+def _forwarded_names(config: Config, single: bool) -> list[str]:
+    """Names whose values go through DS_ENV_FILE: never a credential (those use XGEN_SECRET_ENV_FILE)."""
+    hidden = set(config.cluster.hidden_env)
+    names = [*FORWARDED_ENV, *(k for k in config.cluster.env if k not in hidden)]
+    if hidden:
+        names.append("XGEN_SECRET_NAMES")
+        if not single:
+            names.append("XGEN_SECRET_ENV_FILE")
+    return names
 
 
 def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
@@ -83,7 +95,7 @@ def build(config: Config, hostfile: str | None) -> tuple[str, str | None]:
         slots=slots,
         single=single,
         hostfile=str(Path(hostfile).absolute()) if hostfile else "",
-        env_names=[*FORWARDED_ENV, *config.cluster.env],
+        env_names=_forwarded_names(config, single),
     )
     text = render("deepspeed.sh.j2", ctx)
     write = slots and hostfile and not single

@@ -163,8 +163,20 @@ xgen_comm_env() {
       shown+=" $name=${!name}"
     fi
   done
+  # Credentials (cluster.pass_env, secret cluster.env keys): whether each is set, never the value.
+  for name in HF_TOKEN WANDB_API_KEY; do
+    if [[ -n "${!name:-}" ]]; then
+      shown+=" $name=<set>"
+    else
+      shown+=" $name=<unset>"
+      echo "xgen: $(hostname): warning: $name is not set here; export it where the job is submitted/started (cluster.pass_env)" >&2
+    fi
+  done
   echo "xgen: $(hostname): env$shown" >&2
 }
+
+# Names (never values) the runtime masks as *** in everything it prints or writes to output_dir.
+export XGEN_SECRET_NAMES=HF_TOKEN,WANDB_API_KEY
 
 xgen_check_master() {
   # A master that resolves to loopback (Debian's "127.0.1.1 host" line) makes rank 0 listen where no
@@ -205,7 +217,20 @@ fi
 DS_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/xgen-deepspeed-env.XXXXXX")
 export DS_ENV_FILE
 trap 'rm -f "$DS_ENV_FILE"' EXIT
-for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS; do
+# Credentials (cluster.pass_env, secret cluster.env keys) must not go there: DeepSpeed copies those lines
+# onto the pdsh command line (`export NAME=VALUE; …`, visible in `ps` on every node) and logs it. They go
+# to an owner-only (0600) file next to the config, on the filesystem every node shares, as NAME=VALUE
+# records; only its path travels, and each rank reads it at start. Removed when this script exits.
+XGEN_SECRET_ENV_FILE=$(mktemp "$(dirname "$XGEN_CONFIG")/.xgen-secret-env.XXXXXX") \
+  || xgen_die "cannot create a private file next to $XGEN_CONFIG for the credentials; make that directory writable"
+export XGEN_SECRET_ENV_FILE
+trap 'rm -f "$DS_ENV_FILE" "$XGEN_SECRET_ENV_FILE"' EXIT
+for xgen_var in HF_TOKEN WANDB_API_KEY; do
+  if [[ -n "${!xgen_var+set}" ]]; then
+    printf '%s=%s\0' "$xgen_var" "${!xgen_var}" >>"$XGEN_SECRET_ENV_FILE"
+  fi
+done
+for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS XGEN_SECRET_NAMES XGEN_SECRET_ENV_FILE; do
   if [[ -n "${!xgen_var+set}" ]]; then
     printf '%s=%s\n' "$xgen_var" "${!xgen_var}" >>"$DS_ENV_FILE"
   fi
@@ -224,7 +249,10 @@ echo "xgen: deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
-"$PYTHON" -m deepspeed.launcher.runner \
+# env -u: the launcher itself never holds the credentials (it would copy MLFLOW*/PYTHON*/NCCL*… names
+# onto the remote command line); the ranks read them from $XGEN_SECRET_ENV_FILE.
+env -u HF_TOKEN -u WANDB_API_KEY \
+  "$PYTHON" -m deepspeed.launcher.runner \
   --hostfile "$XGEN_HOSTFILE" \
   --master_addr "$MASTER_ADDR" \
   --master_port "$MASTER_PORT" \

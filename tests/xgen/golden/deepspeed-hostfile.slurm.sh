@@ -161,8 +161,20 @@ xgen_comm_env() {
       shown+=" $name=${!name}"
     fi
   done
+  # Credentials (cluster.pass_env, secret cluster.env keys): whether each is set, never the value.
+  for name in HF_TOKEN WANDB_API_KEY; do
+    if [[ -n "${!name:-}" ]]; then
+      shown+=" $name=<set>"
+    else
+      shown+=" $name=<unset>"
+      echo "xgen: $(hostname): warning: $name is not set here; export it where the job is submitted/started (cluster.pass_env)" >&2
+    fi
+  done
   echo "xgen: $(hostname): env$shown" >&2
 }
+
+# Names (never values) the runtime masks as *** in everything it prints or writes to output_dir.
+export XGEN_SECRET_NAMES=HF_TOKEN,WANDB_API_KEY
 
 xgen_check_master() {
   # A master that resolves to loopback (Debian's "127.0.1.1 host" line) makes rank 0 listen where no

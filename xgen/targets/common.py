@@ -49,6 +49,7 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "nic_checks": nic_checks(config.cluster.nic),
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
+        "ssh_hosts": [],  # hostfile launchers: the preflight runs on these over ssh
         # None on one node without a configured port: the script picks a free one at run time.
         "master_port": config.cluster.master_port or (None if config.cluster.nodes == 1 else DEFAULT_PORT),
     }

@@ -82,6 +82,7 @@ def build(config: Config, hostfile: str | None) -> tuple[str, str | None]:
         hosts=hosts,
         slots=slots,
         single=single,
+        ssh_hosts=[] if single else hosts,
         hostfile=str(Path(hostfile).absolute()) if hostfile else "",
         env_names=[*FORWARDED_ENV, *config.cluster.env],
     )

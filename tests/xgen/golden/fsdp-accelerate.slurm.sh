@@ -271,7 +271,6 @@ xgen_node() {
     rm -rf "$XGEN_PID_DIR"
     mkdir -p "$XGEN_PID_DIR"
   fi
-  xgen_preflight
   xgen_devices
   xgen_comm_env
   local rc=0
@@ -283,10 +282,31 @@ xgen_node() {
   return "$rc"
 }
 
+xgen_preflight_node() {
+  # What each task of the preflight step runs (below); `bash job.sh --preflight` runs it by hand.
+  NODE_RANK=$SLURM_NODEID
+  export NODE_RANK
+  xgen_preflight
+}
+
+if [[ "${1:-}" == --preflight ]]; then
+  xgen_preflight_node
+  exit
+fi
+
 # Inside an allocation, `bash job.sh --node` runs one node's part by hand (what each srun task runs).
 if [[ "${1:-}" == --node ]]; then
   xgen_node
   exit
+fi
+
+# The preflight is its own step, without --kill-on-bad-exit: every node finishes and prints its lines
+# (a node killed half-way would lose them), and srun's status is the worst node's: 3 = the cluster is wrong.
+if (( XGEN_PREFLIGHT )); then
+  XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
+$(declare -f xgen_preflight xgen_preflight_node)
+xgen_preflight_node"
+  srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
 fi
 
 # --- launch ---
@@ -294,7 +314,7 @@ fi
 # even when sbatch had --export=NONE. --kill-on-bad-exit=1: one failed node ends the step instead of
 # leaving the others hanging in a collective.
 XGEN_NODE_SCRIPT="set -euo pipefail
-$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_check_nic xgen_comm_env xgen_check_master xgen_preflight xgen_launch xgen_stopped_here xgen_node)
+$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_check_nic xgen_comm_env xgen_check_master xgen_launch xgen_stopped_here xgen_node)
 xgen_node"
 srun --export=ALL --kill-on-bad-exit=1 --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_NODE_SCRIPT" &
 XGEN_STEP_PID=$!

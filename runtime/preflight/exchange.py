@@ -156,7 +156,7 @@ class Master:
         for rank in sorted(want - set(self.peers)):
             self.findings.append(
                 Finding(
-                    f"node rank {rank}",
+                    self.s.name_of(rank),
                     "preflight",
                     f"did not report to {self.s.host} within {deadline_s(self.s):.0f} s "
                     "(cluster.preflight_timeout / rdzv_timeout)",

@@ -96,6 +96,10 @@ def preflight(s: Settings) -> int:
     try:
         cfg, raw_train = _load(s)
     except ConfigError as err:
+        if err.message.startswith("file not found: "):  # a DeepSpeed/FSDP JSON missing on this node
+            path = os.path.join(s.workdir, err.message.split(": ", 1)[1])
+            say([Finding(s.host, err.key, f"{path} not found here", inputs.SHARED_FIX)])
+            return EXIT_PREFLIGHT
         say([Finding(s.host, err.key, err.message, "fix the config")])
         return EXIT_CONFIG
     result, crash = _bounded(lambda: local_checks(s, cfg, raw_train), s.timeout / 2)

@@ -24,9 +24,13 @@ class Settings:
     rdzv_timeout: float = 300.0  # nodes never wait for each other longer than the rendezvous would
     device: str = "auto"  # auto | cuda | npu | cpu
     devices_per_node: int | None = None  # None = auto
+    hosts: tuple[str, ...] = ()  # node names by node rank, when known (to name a node that never reports)
     ssh_hosts: tuple[str, ...] = ()  # hostfile launchers: run the preflight on these hosts over ssh
     ssh_port: int | None = None
     python: str = "python3"  # the interpreter the remote hosts run (ssh mode)
+
+    def name_of(self, rank: int) -> str:
+        return self.hosts[rank] if rank < len(self.hosts) else f"node rank {rank}"
 
     @property
     def exchange_window(self) -> float:
@@ -53,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rdzv-timeout", type=float, default=300.0)
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "npu", "cpu"))
     p.add_argument("--devices-per-node", default="auto")
+    p.add_argument("--hosts", default="", help="comma list of node names by node rank, when known")
     p.add_argument("--ssh", default="", help="comma list of hosts: run the preflight there over ssh")
     p.add_argument("--ssh-port", type=int, default=None)
     p.add_argument("--python", default="python3", help="interpreter on the ssh hosts")
@@ -78,6 +83,7 @@ def from_args(argv: list[str] | None = None) -> Settings:
         rdzv_timeout=a.rdzv_timeout,
         device=a.device,
         devices_per_node=per_node,
+        hosts=tuple(h for h in a.hosts.split(",") if h),
         ssh_hosts=tuple(h for h in a.ssh.split(",") if h),
         ssh_port=a.ssh_port,
         python=a.python,

@@ -64,7 +64,7 @@ def check_ssh(s: Settings) -> list[Finding]:
 def remote_command(s: Settings, rank: int, argv: list[str]) -> str:
     """The preflight's own arguments, for host `rank`, as one remote shell command line."""
     keep: list[str] = []
-    skip = {"--ssh", "--ssh-port", "--python", "--node-rank", "--host"}
+    skip = {"--ssh", "--ssh-port", "--python", "--node-rank", "--host", "--hosts"}
     it = iter(argv)
     for arg in it:
         name = arg.split("=", 1)[0]
@@ -73,7 +73,16 @@ def remote_command(s: Settings, rank: int, argv: list[str]) -> str:
                 next(it, None)
             continue
         keep.append(arg)
-    cmd = [s.python, "-m", "runtime.preflight", *keep, "--node-rank", str(rank)]
+    cmd = [
+        s.python,
+        "-m",
+        "runtime.preflight",
+        *keep,
+        "--node-rank",
+        str(rank),
+        "--hosts",
+        ",".join(s.ssh_hosts),
+    ]
     return f"cd {shlex.quote(s.workdir)} && exec {shlex.join(cmd)}"
 
 

@@ -70,7 +70,10 @@ def submit(cluster: harness.Cluster, shared: Path, config: dict) -> tuple[dict[s
     job = cluster.sbatch(script, cwd=shared, env=e2e.RUN_ENV)
     info = cluster.wait_done(job, timeout=180)
     took = time.monotonic() - submitted
-    return info, Path(info["StdOut"]).read_text(errors="replace"), took
+    out = Path(info["StdOut"]).read_text(errors="replace")
+    print(f"--- {config['job']['name']}: {info['JobState']} {info['ExitCode']} after {took:.1f} s")
+    print("\n".join(preflight_lines(out, "node0") + preflight_lines(out, "node1")))
+    return info, out, took
 
 
 def test_six_faults_on_node1_each_named_in_one_line(
@@ -202,6 +205,8 @@ def test_deepspeed_ssh_batchmode_failure_names_node1(
         )
         took = time.monotonic() - started
     out = proc.stdout + proc.stderr
+    print(f"--- deepspeed: exit {proc.returncode} after {took:.1f} s")
+    print("\n".join(preflight_lines(out, "node0") + preflight_lines(out, "node1")))
     assert proc.returncode == 3, out[-5000:]
     assert took < 90, f"took {took:.0f} s"
     lines = problem_lines(out, "node1")

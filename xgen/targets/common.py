@@ -50,6 +50,8 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
         "ssh_hosts": [],  # hostfile launchers: the preflight runs on these over ssh
+        # Node names by rank, so the preflight can name a node that never reported (Slurm: at run time).
+        "host_names": ",".join(h.name for h in config.host_list),
         # None on one node without a configured port: the script picks a free one at run time.
         "master_port": config.cluster.master_port or (None if config.cluster.nodes == 1 else DEFAULT_PORT),
     }

@@ -194,7 +194,9 @@ xgen_launch() {
 # cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
 XGEN_PREFLIGHT=1
 XGEN_PREFLIGHT_TIMEOUT=60
-export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT
+# Node names by node rank (to name a node that never reports); Slurm fills it in from the allocation.
+XGEN_PREFLIGHT_HOSTS=''
+export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT XGEN_PREFLIGHT_HOSTS
 
 xgen_preflight() {
   (( XGEN_PREFLIGHT )) || return 0
@@ -203,6 +205,7 @@ xgen_preflight() {
     --workdir "$XGEN_WORKDIR" \
     --node-rank "${NODE_RANK:-0}" \
     --nnodes "$NNODES" \
+    --hosts "$XGEN_PREFLIGHT_HOSTS" \
     --master-addr "$MASTER_ADDR" \
     --master-port "$MASTER_PORT" \
     --timeout "$XGEN_PREFLIGHT_TIMEOUT" \
@@ -267,7 +270,8 @@ xgen_node() {
 xgen_preflight_node() {
   # What each task of the preflight step runs (below); `bash job.sh --preflight` runs it by hand.
   NODE_RANK=$SLURM_NODEID
-  export NODE_RANK
+  XGEN_PREFLIGHT_HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | paste -sd, - || true)
+  export NODE_RANK XGEN_PREFLIGHT_HOSTS
   xgen_preflight
 }
 
@@ -288,7 +292,9 @@ if (( XGEN_PREFLIGHT )); then
   XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
 $(declare -f xgen_preflight xgen_preflight_node)
 xgen_preflight_node"
+  XGEN_PREFLIGHT_START=$(date +%s%N)
   srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
+  echo "xgen: preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms" >&2
 fi
 
 # --- launch ---

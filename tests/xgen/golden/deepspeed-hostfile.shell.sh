@@ -208,7 +208,9 @@ xgen_launch() {
 # cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
 XGEN_PREFLIGHT=1
 XGEN_PREFLIGHT_TIMEOUT=60
-export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT
+# Node names by node rank (to name a node that never reports); Slurm fills it in from the allocation.
+XGEN_PREFLIGHT_HOSTS=node0,node1
+export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT XGEN_PREFLIGHT_HOSTS
 
 xgen_preflight() {
   (( XGEN_PREFLIGHT )) || return 0
@@ -217,6 +219,7 @@ xgen_preflight() {
     --workdir "$XGEN_WORKDIR" \
     --node-rank "${NODE_RANK:-0}" \
     --nnodes "$NNODES" \
+    --hosts "$XGEN_PREFLIGHT_HOSTS" \
     --master-addr "$MASTER_ADDR" \
     --master-port "$MASTER_PORT" \
     --timeout "$XGEN_PREFLIGHT_TIMEOUT" \

@@ -23,6 +23,15 @@ import harness
 import pytest
 
 FAKE_PEFT = "0.17.0"
+# Fault 9: node0 shows two free GPUs, node1 one GPU that a stale process holds.
+FAKE_NVIDIA_SMI = """#!/bin/sh
+n=2; busy=0
+if [ "$(hostname)" = node1 ]; then n=1; busy=1; fi
+case "$1" in
+  -L) i=0; while [ $i -lt $n ]; do echo "GPU $i: Fake GPU (UUID: GPU-fake-$i)"; i=$((i+1)); done ;;
+  --query-compute-apps=*) [ $busy = 1 ] && echo "GPU-fake-0, 31337, 15000"; exit 0 ;;
+esac
+"""
 
 
 def daemon_pid(cluster: harness.Cluster, name: str) -> str:
@@ -64,10 +73,12 @@ def problem_lines(out: str, node: str) -> list[str]:
     ]
 
 
-def submit(cluster: harness.Cluster, shared: Path, config: dict) -> tuple[dict[str, str], str, float]:
+def submit(
+    cluster: harness.Cluster, shared: Path, config: dict, env: dict | None = None
+) -> tuple[dict[str, str], str, float]:
     script = e2e.render(shared, "slurm", e2e.write_config(shared, config))
     submitted = time.monotonic()
-    job = cluster.sbatch(script, cwd=shared, env=e2e.RUN_ENV)
+    job = cluster.sbatch(script, cwd=shared, env={**e2e.RUN_ENV, **(env or {})})
     info = cluster.wait_done(job, timeout=180)
     took = time.monotonic() - submitted
     out = Path(info["StdOut"]).read_text(errors="replace")
@@ -79,8 +90,9 @@ def submit(cluster: harness.Cluster, shared: Path, config: dict) -> tuple[dict[s
 def test_six_faults_on_node1_each_named_in_one_line(
     cluster: harness.Cluster, tiny: Path, shared_dir: Path
 ) -> None:
-    """Faults 1, 2, 4, 5, 6, 8 on node1: loopback hostname, NIC missing, peft version, model directory
-    empty, output_dir private, 1 MiB /dev/shm. The job fails fast; node0 is named in no problem line."""
+    """Faults 1, 2, 4, 5, 6, 8, 9 on node1: loopback hostname, NIC missing, peft version, model directory
+    empty, output_dir private, 1 MiB /dev/shm, one GPU of two pinned and that one busy (a fake
+    nvidia-smi on PATH that answers by hostname). The job fails fast; node0 is named in no problem line."""
     model = shared_dir / "model"
     shutil.copytree(tiny / "model", model)
     out_parent = shared_dir / "outparent"
@@ -88,7 +100,8 @@ def test_six_faults_on_node1_each_named_in_one_line(
     config = e2e.merge(
         e2e.base_config(tiny, shared_dir, name="xgt-preflight"),
         {
-            "cluster": {"preflight_timeout": 30},
+            # cuda: the preflight asks nvidia-smi; it stops the job before anything needs a real GPU.
+            "cluster": {"preflight_timeout": 30, "device": "cuda"},
             "train": {
                 "model_name_or_path": str(model),
                 "output_dir": str(out_parent / "out"),
@@ -107,6 +120,10 @@ def test_six_faults_on_node1_each_named_in_one_line(
     metadata = Path(str(dist.locate_file(next(f for f in dist.files or [] if f.name == "METADATA"))))
     fake_metadata = shared_dir / "peft-METADATA"
     fake_metadata.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {FAKE_PEFT}", metadata.read_text()))
+    fake_bin = shared_dir / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (fake_bin / "nvidia-smi").chmod(0o755)
     pid = daemon_pid(cluster, "slurmd-node1")
     ip1 = ["ip", "-n", node1.netns, "link", "set"]
     with broken(cluster) as inject:
@@ -132,7 +149,7 @@ def test_six_faults_on_node1_each_named_in_one_line(
         inject([*ip1, "eth0", "down"], [*ip1, "eth0", "up"])
         inject([*ip1, "eth0", "name", "eth7"], [*ip1, "eth7", "name", "eth0"])
         inject([*ip1, "eth7", "up"], [*ip1, "eth7", "down"])
-        info, out, took = submit(cluster, shared_dir, config)
+        info, out, took = submit(cluster, shared_dir, config, {"PATH": f"{fake_bin}:{cluster.env()['PATH']}"})
     assert info["JobState"] == "FAILED", (info, out[-5000:])
     assert info["ExitCode"].split(":")[0] == "3", (info["ExitCode"], out[-5000:])
     assert took < 90, f"took {took:.0f} s:\n{out[-5000:]}"
@@ -144,6 +161,8 @@ def test_six_faults_on_node1_each_named_in_one_line(
         "5 model missing": rf"train\.model_name_or_path: {re.escape(str(model))} is empty here",
         "6 output_dir not shared": r"train\.output_dir: .*/outparent/out is not shared with node0 .*needs it",
         "8 small /dev/shm": r"/dev/shm: 1\.0 MiB here .*below cluster\.min_shm_gb=1",
+        "9 fewer GPUs": r"cluster\.devices_per_node: 2 pinned but 1 GPUs visible here \(nvidia-smi -L\)",
+        "9 busy GPU": r"devices: GPU 0 is busy: pid 31337 holds 15000 MiB; stop the stale process",
     }
     lines = problem_lines(out, "node1")
     missing = [name for name, pattern in expected.items() if not any(re.search(pattern, x) for x in lines)]

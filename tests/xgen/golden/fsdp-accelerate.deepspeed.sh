@@ -120,17 +120,20 @@ xgen_devices() {
 
 # --- communication ---
 xgen_check_nic() {
-  # NCCL matches interface names by prefix unless the name starts with "="; a missing one fails late
-  # with an obscure socket error, so check here.
-  local want=$1 mode=$2 have
+  # NCCL matches interface names by prefix unless the list starts with "=", and a comma list means "any
+  # of these"; none present fails late with an obscure socket error, so check here.
+  local mode=$1 want have
+  shift
   local -a names=(/sys/class/net/*)
   names=("${names[@]##*/}")
-  for have in "${names[@]}"; do
-    if [[ "$have" == "$want" ]] || [[ "$mode" == prefix && "$have" == "$want"* ]]; then
-      return 0
-    fi
+  for want in "$@"; do
+    for have in "${names[@]}"; do
+      if [[ "$have" == "$want" ]] || [[ "$mode" == prefix && "$have" == "$want"* ]]; then
+        return 0
+      fi
+    done
   done
-  xgen_die "cluster.nic: no interface '$want' on $(hostname) (it has: ${names[*]}); fix cluster.nic"
+  xgen_die "cluster.nic: no interface '$*' on $(hostname) (it has: ${names[*]}); fix cluster.nic"
 }
 
 xgen_comm_env() {
@@ -138,7 +141,7 @@ xgen_comm_env() {
   export NCCL_SOCKET_IFNAME=eth0
   export HCCL_SOCKET_IFNAME=eth0
   export GLOO_SOCKET_IFNAME=eth0
-  xgen_check_nic eth0 prefix
+  xgen_check_nic prefix eth0
   # NCCL log level: WARN is quiet; INFO prints the transports it picked (first stop when a job hangs).
   export NCCL_DEBUG=WARN
   if [[ "$XGEN_DEVICE" == npu ]]; then

@@ -136,6 +136,14 @@ class ClusterConfig:
             "8",
         ),
     )
+    min_bandwidth_gbps: int | None = field(
+        default=None,
+        metadata=doc(
+            "`xgen doctor` warns when the cross-node all-reduce bus bandwidth is under this many Gbit/s "
+            "(it also warns under a tenth of the NIC's link speed).",
+            "100",
+        ),
+    )
 
 
 @dataclass(frozen=True)

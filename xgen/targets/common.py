@@ -49,6 +49,8 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "nic_checks": nic_checks(config.cluster.nic),
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
+        # What the launcher starts on every rank: the trainer, or `xgen doctor`'s bandwidth test.
+        "launch_module": "runtime train",
         "ssh_hosts": [],  # hostfile launchers: the preflight runs on these over ssh
         # Node names by rank, so the preflight can name a node that never reported (Slurm: at run time).
         "host_names": ",".join(h.name for h in config.host_list),

@@ -3,6 +3,7 @@ the JSON report. Torch-free, so it is tested without a process group."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import Any
@@ -84,10 +85,9 @@ def table(result: dict[str, Any], rich: bool | None = None) -> str:
                 t.add_column(c)
             for r in body:
                 t.add_row(*r)
-            console = Console(record=True)
-            with console.capture():
-                console.print(t)
-            return console.export_text()
+            console = Console(file=io.StringIO(), width=160)
+            console.print(t)
+            return console.file.getvalue()  # type: ignore[attr-defined]
         except ImportError:
             pass
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import re
 import shutil
 import time
@@ -87,6 +88,21 @@ def submit(
     return info, out, took
 
 
+def doctor_submit(cluster: harness.Cluster, shared: Path, cfg: Path, tag: str, env: dict | None = None):
+    """`xgen doctor slurm CFG --submit`, as a user on the login node runs it; (exit status, its output)."""
+    proc = cluster.slurm(
+        [str(e2e.XGEN), "doctor", "slurm", str(cfg), "--submit", "-o", str(shared / f"doctor-{tag}.sh")],
+        cwd=shared,
+        env=cluster.env({**e2e.RUN_ENV, **(env or {})}),
+        timeout=300,
+        check=False,
+    )
+    print(
+        f"--- xgen doctor slurm --submit ({tag}): exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 def test_six_faults_on_node1_each_named_in_one_line(
     cluster: harness.Cluster, tiny: Path, shared_dir: Path
 ) -> None:
@@ -149,7 +165,10 @@ def test_six_faults_on_node1_each_named_in_one_line(
         inject([*ip1, "eth0", "down"], [*ip1, "eth0", "up"])
         inject([*ip1, "eth0", "name", "eth7"], [*ip1, "eth7", "name", "eth0"])
         inject([*ip1, "eth7", "up"], [*ip1, "eth7", "down"])
-        info, out, took = submit(cluster, shared_dir, config, {"PATH": f"{fake_bin}:{cluster.env()['PATH']}"})
+        path = {"PATH": f"{fake_bin}:{cluster.env()['PATH']}"}
+        info, out, took = submit(cluster, shared_dir, config, path)
+        # `xgen doctor slurm` runs the same preflight: the same lines, exit 3, no bandwidth test.
+        doctor_rc, doctor_out = doctor_submit(cluster, shared_dir, shared_dir / "xgen.yaml", "faults", path)
     assert info["JobState"] == "FAILED", (info, out[-5000:])
     assert info["ExitCode"].split(":")[0] == "3", (info["ExitCode"], out[-5000:])
     assert took < 90, f"took {took:.0f} s:\n{out[-5000:]}"
@@ -169,6 +188,9 @@ def test_six_faults_on_node1_each_named_in_one_line(
     assert not missing, f"no line for {missing}; node1's lines:\n" + "\n".join(lines) + "\n" + out[-4000:]
     assert len(lines) == len(expected), "one line per problem:\n" + "\n".join(lines)
     assert not problem_lines(out, "node0"), "node0 is healthy:\n" + "\n".join(problem_lines(out, "node0"))
+    assert doctor_rc == 3, doctor_out[-4000:]
+    assert sorted(problem_lines(doctor_out, "node1")) == sorted(lines), doctor_out[-4000:]
+    assert "xgen: doctor: results" not in doctor_out
 
 
 def test_blocked_master_port_named_before_the_rendezvous_timeout(
@@ -235,3 +257,38 @@ def test_deepspeed_ssh_batchmode_failure_names_node1(
     ), out[-5000:]
     assert not problem_lines(out, "node0"), out[-5000:]
     assert "pdsh" not in out, "the DeepSpeed launcher started despite the ssh failure"
+
+
+def test_doctor_clean_then_throttled_link(cluster: harness.Cluster, tiny: Path, shared_dir: Path) -> None:
+    """`xgen doctor slurm --submit` on the clean cluster: exit 0, a row per node, busbw across nodes and a
+    JSON report; then node1's link shaped with tbf both ways (no netem here): it warns about bandwidth."""
+    config = e2e.merge(
+        e2e.base_config(tiny, shared_dir, name="xgt-doctor"), {"cluster": {"preflight_timeout": 30}}
+    )
+    cfg = e2e.write_config(shared_dir, config)
+    rc, out = doctor_submit(cluster, shared_dir, cfg, "clean")
+    assert rc == 0, out[-5000:]
+    assert re.search(r"(?m)^node0 .*passed", out) and re.search(r"(?m)^node1 .*passed", out), out
+    assert re.search(r"(?m)^all ranks .* 4 ", out), out
+    reports = sorted(shared_dir.glob("xgen-doctor-*.json"))
+    assert len(reports) == 1, reports
+    clean = json.loads(reports[0].read_text())
+    assert [n["host"] for n in clean["nodes"]] == ["node0", "node1"] and clean["world_size"] == 4
+    assert clean["cross_node_busbw_gbps"] > 0
+    node1 = cluster.node("node1")
+    tbf = ["root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "400ms"]
+    with broken(cluster) as inject:
+        inject(
+            ["tc", "qdisc", "add", "dev", node1.veth, *tbf], ["tc", "qdisc", "del", "dev", node1.veth, "root"]
+        )
+        inject(
+            ["tc", "-n", node1.netns, "qdisc", "add", "dev", "eth0", *tbf],
+            ["tc", "-n", node1.netns, "qdisc", "del", "dev", "eth0", "root"],
+        )
+        rc, out = doctor_submit(cluster, shared_dir, cfg, "slow")
+    assert rc == 0, out[-5000:]  # warnings do not fail the doctor
+    slow = json.loads(sorted(shared_dir.glob("xgen-doctor-*.json"))[-1].read_text())
+    assert slow["cross_node_busbw_gbps"] < clean["cross_node_busbw_gbps"] / 2, (slow, clean)
+    assert re.search(
+        r"xgen: doctor: warning: node\d: cross-node busbw .* under a tenth of eth0's link speed", out
+    ), out

@@ -10,7 +10,7 @@ import subprocess
 from typing import Any
 
 from runtime.preflight import versions
-from runtime.preflight.network import interfaces, nic_matches
+from runtime.preflight.network import interfaces
 from runtime.preflight.resources import human
 
 
@@ -31,7 +31,7 @@ def chosen_nic(nic: str | None) -> str | None:
         for have in names:
             if have == want or (not nic.startswith("=") and have.startswith(want)):
                 return have
-    return None if nic_matches(nic, names) is False else None
+    return None
 
 
 def nic_address(name: str) -> str | None:

@@ -120,12 +120,7 @@ def check_local(s: Settings, items: list[tuple[str, Path, bool]]) -> tuple[list[
             if must:
                 out.append(Finding(s.host, key, f"{path} not found here", SHARED_FIX))
                 info["bad"] = True
-        elif (
-            key.endswith("_or_path")
-            and info["dir"]
-            and "config.json" not in info["files"]
-            and key.startswith("train.model")
-        ):
+        elif key == "train.model_name_or_path" and info["dir"] and "config.json" not in info["files"]:
             what = "is empty" if not info["files"] else "has no config.json"
             out.append(Finding(s.host, key, f"{path} {what} here", SHARED_FIX))
             info["bad"] = True

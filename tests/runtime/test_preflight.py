@@ -552,3 +552,17 @@ def test_settings_from_script_arguments():
         ]
     )
     assert s.master_port == 29500 and s.devices_per_node == 8 and s.exchange_window == 20
+
+
+def test_clock_skew_is_a_warning():
+    master = exchange.Master(settings(host="node0"))
+    facts = {"host": "node1", "versions": {}, "inputs": {}, "time": time.time() + 42}
+    master.peers[1] = exchange.Peer(conn=None, facts=facts, received=time.time())  # type: ignore[arg-type]
+    master.compare({"versions": {}, "inputs": {}})
+    (f,) = master.findings
+    assert (
+        f.level == "warning"
+        and f.host == "node1"
+        and f.what == "clock"
+        and "+42 s off node0's clock" in f.wrong
+    )

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(shellcheck slurm-wlm munge openssh-server pdsh iproute2)
+APT_PACKAGES=(shellcheck slurm-wlm munge openssh-server pdsh iproute2 iptables)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

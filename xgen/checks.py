@@ -93,6 +93,9 @@ def _check_cluster(config: Config) -> tuple[Host, ...]:
     _positive("cluster.hccl_connect_timeout", c.hccl_connect_timeout)
     _positive("cluster.hccl_exec_timeout", c.hccl_exec_timeout)
     _positive("cluster.omp_num_threads", c.omp_num_threads)
+    _positive("cluster.preflight_timeout", c.preflight_timeout, 5)
+    _positive("cluster.min_shm_gb", c.min_shm_gb, 0)
+    _positive("cluster.min_bandwidth_gbps", c.min_bandwidth_gbps)
     if c.master_addr is not None and not _HOST.match(c.master_addr):
         raise XgenError("cluster.master_addr", f"{c.master_addr!r} is not a hostname or address")
     if c.nic is not None:

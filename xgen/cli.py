@@ -222,6 +222,111 @@ def accelerate(config_file: str, node_rank: int | None, output: str | None) -> N
     run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "accelerate"), config_file)
 
 
+@main.group()
+def doctor() -> None:
+    """The preflight plus an all-reduce bandwidth test, as its own job (docs/preflight.md).
+
+    \b
+    The script is the matching generator's (same allocation, environment, detection and rendezvous)
+    with `python -m runtime.doctor` in place of the trainer: bus bandwidth (nccl-tests' busbw) inside
+    and across nodes, one table row per node, a JSON report (xgen-doctor-<job>.json in the workdir).
+    Exit 0 when nothing is wrong (warnings allowed), 3 when the preflight fails.
+    """
+
+
+@doctor.command("slurm")
+@CONFIG
+@OUTPUT
+@click.option("--submit", is_flag=True, help="sbatch it, wait for the end, print the table.")
+def doctor_slurm(config_file: str, output: str | None, submit: bool) -> None:
+    """`xgen doctor slurm CFG [--submit]`."""
+    from xgen.targets import slurm as target
+
+    def action(cfg: Config) -> None:
+        text = target.build(cfg, module="runtime.doctor")
+        if not submit:
+            emit(text, output)
+            return
+        path = output or "xgen-doctor.sh"
+        write_atomic(path, text, 0o755)
+        sys.exit(submit_and_report(path))
+
+    run(action, config_file)
+
+
+@doctor.command("shell")
+@CONFIG
+@NODE_RANK
+@OUTPUT
+def doctor_shell(config_file: str, node_rank: int | None, output: str | None) -> None:
+    """`xgen doctor shell CFG --node-rank N`: run the script on every node."""
+    from xgen.targets import shell as target
+
+    run(lambda cfg: emit(target.build(cfg, node_rank, module="runtime.doctor"), output), config_file)
+
+
+@doctor.command("deepspeed")
+@CONFIG
+@click.option("--hostfile", type=click.Path(dir_okay=False), help="Where to write the DeepSpeed hostfile.")
+@OUTPUT
+def doctor_deepspeed(config_file: str, hostfile: str | None, output: str | None) -> None:
+    """`xgen doctor deepspeed CFG --hostfile H`: run the script on the first host."""
+    from xgen.targets import deepspeed as target
+
+    def action(cfg: Config) -> None:
+        script, hosts = target.build(cfg, hostfile, module="runtime.doctor")
+        if output:
+            require_directory_of(output)
+        if hosts is not None and hostfile:
+            write_atomic(hostfile, hosts)
+        emit(script, output)
+
+    run(action, config_file)
+
+
+def submit_and_report(script: str) -> int:
+    """sbatch the doctor script, wait for its end, print its preflight lines and table; its exit status."""
+    import re
+    import subprocess
+    import time
+
+    def sh(*argv: str) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise XgenError(argv[0], (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}")
+        return proc.stdout
+
+    try:
+        job = sh("sbatch", "--parsable", script).strip().split(";")[0]
+    except FileNotFoundError:
+        raise XgenError("--submit", "sbatch not found; run it on a Slurm login node") from None
+    click.echo(f"xgen: doctor: submitted job {job}; waiting", err=True)
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+    while True:
+        info = dict(re.findall(r"(\S+?)=(\S*)", sh("scontrol", "show", "job", "--oneliner", job)))
+        if info.get("JobState") in final:
+            break
+        time.sleep(2)
+    try:
+        log = Path(info.get("StdOut", "")).read_text(errors="replace")
+    except OSError:
+        log = ""
+    # The preflight's lines, then the doctor's block (from its results marker to its report line).
+    lines = log.splitlines()
+    shown = [line for line in lines if line.startswith("xgen: preflight:")]
+    if "xgen: doctor: results" in lines:
+        block = lines[lines.index("xgen: doctor: results") + 1 :]
+        shown += block[
+            : next((i + 1 for i, x in enumerate(block) if x.startswith("xgen: doctor: report")), None)
+        ]
+    click.echo("\n".join(shown))
+    code = int(info.get("ExitCode", "1:0").split(":")[0])
+    click.echo(
+        f"xgen: doctor: job {job} {info.get('JobState')} (exit {code}); log {info.get('StdOut')}", err=True
+    )
+    return code
+
+
 @main.command()
 @click.argument("name", metavar="STAGE", type=click.Choice(NAMED_STAGES))
 @OUTPUT

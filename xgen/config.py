@@ -162,6 +162,40 @@ class ClusterConfig:
         """Names shown as <set>/<unset>, never with a value: pass_env, then the secret cluster.env keys."""
         return (*self.pass_env, *self.written_secrets)
 
+    # --- preflight (issue 12): checks every node runs before training; docs/preflight.md ---
+    preflight: bool = field(
+        default=True,
+        metadata=doc(
+            "Check every node before any model loads (names, NIC, master port, versions, files, shared "
+            "output_dir, /dev/shm, disk, devices); a problem stops the job with exit 3. false skips it.",
+            "false",
+        ),
+    )
+    preflight_timeout: int = field(
+        default=60,
+        metadata=doc(
+            "Seconds the preflight may take on a node, waiting for the other nodes included (capped by "
+            "rdzv_timeout); raise it when hand-started nodes start far apart.",
+            "120",
+        ),
+    )
+    min_shm_gb: int = field(
+        default=1,
+        metadata=doc(
+            "Smallest /dev/shm (GiB) the preflight accepts: NCCL and DataLoader workers fail with bus "
+            "errors on a container's 64 MB default. 0 skips the check.",
+            "8",
+        ),
+    )
+    min_bandwidth_gbps: int | None = field(
+        default=None,
+        metadata=doc(
+            "`xgen doctor` warns when the cross-node all-reduce bus bandwidth is under this many Gbit/s "
+            "(it also warns under a tenth of the NIC's link speed).",
+            "100",
+        ),
+    )
+
 
 @dataclass(frozen=True)
 class SlurmConfig:

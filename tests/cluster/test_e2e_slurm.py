@@ -43,6 +43,13 @@ def test_slurm_two_nodes_two_processes_each(cluster: harness.Cluster, tiny: Path
     # cluster.nic and cluster.omp_num_threads as exported on the nodes (issue 6: "the env lines").
     for line in ("NCCL_SOCKET_IFNAME=eth0", "OMP_NUM_THREADS=1"):
         assert line in out, f"{line!r} not shown in the job output:\n{out[:3000]}"
+    # Issue 12: the preflight passed on both nodes, and its cost (measured, see docs/preflight.md).
+    for node in ("node0", "node1"):
+        m = re.search(rf"(?m)^xgen: preflight: {node}: ok \(\d+ checks, (\d+\.\d) s\)$", out)
+        assert m and float(m.group(1)) < 15, f"no preflight ok line from {node} (or over 15 s):\n{out[:3000]}"
+    m = re.search(r"(?m)^xgen: preflight: all 2 nodes passed in (\d+) ms$", out)
+    assert m and int(m.group(1)) < 15000, f"no preflight step time (or over 15 s):\n{out[:3000]}"
+    print(f"preflight step on a clean cluster: {m.group(1)} ms")
 
 
 def test_fake_npu_exports_ascend_env_and_runs_on_cpu(

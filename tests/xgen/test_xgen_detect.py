@@ -151,3 +151,12 @@ def test_missing_nic_fails(tmp_path, nic):
     result, _ = run_partial(tmp_path, {"nic": nic}, {})
     assert result.returncode == 1
     assert "cluster.nic: no interface" in result.stderr
+
+
+def test_nic_list_passes_when_any_one_exists(tmp_path):
+    """NCCL reads a comma list as "any of these" (issue 12, check 2)."""
+    nic = sorted(os.listdir("/sys/class/net"))[0]
+    result, v = run_partial(tmp_path, {"nic": f"xgen-no-such-nic0,{nic}"}, {})
+    assert result.returncode == 0, result.stderr
+    result, _ = run_partial(tmp_path, {"nic": "xgen-no-such-nic0,xgen-no-such-nic1"}, {})
+    assert result.returncode == 1 and "cluster.nic: no interface" in result.stderr

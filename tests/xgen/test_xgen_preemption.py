@@ -48,7 +48,8 @@ def make(tmp_path: Path) -> tuple[Path, dict]:
     cfg = tmp_path / "job.yaml"
     cfg.write_text("{}\n")
     raw = {
-        "cluster": {"device": "cpu", "nodes": 1},
+        # The fake python stands in for torchrun only; the preflight has its own tests.
+        "cluster": {"device": "cpu", "nodes": 1, "preflight": False},
         "slurm": {"requeue": True, "max_requeues": 2},
         "python": str(bindir / "python"),
     }

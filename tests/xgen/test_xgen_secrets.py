@@ -27,7 +27,10 @@ from xgen.cli import main
 # A fake interpreter: records the environment and arguments the launcher would get, and the files
 # DeepSpeed's runner would read (DS_ENV_FILE, the credentials file), then exits 0.
 FAKE_PYTHON = """#!/usr/bin/env bash
-if [[ "${{1:-}} ${{2:-}} ${{3:-}}" == "-m runtime check" ]]; then exit 0; fi  # the per-node check passes
+# the per-node config check and the preflight pass: they are not what the launcher starts
+if [[ "${{1:-}} ${{2:-}} ${{3:-}}" == "-m runtime check" || "${{1:-}} ${{2:-}}" == "-m runtime.preflight" ]]; then
+  exit 0
+fi
 umask 077
 n=$(find "{dump}" -maxdepth 1 -name 'env.*' | wc -l)
 env -0 >"{dump}/env.$n"

@@ -22,6 +22,7 @@ def write_job(root: Path, train: dict, **sections) -> Path:
     """root/job.yaml running in root/run, with a model directory and an alpaca dataset `demo` there."""
     run = root / "run"
     (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")  # not empty: the preflight checks that
     (run / "data").mkdir()
     (run / "data" / "demo.json").write_text(json.dumps(ALPACA_ROWS))
     (run / "data" / "dataset_info.json").write_text(json.dumps({"demo": {"file_name": "demo.json"}}))

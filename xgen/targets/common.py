@@ -64,4 +64,9 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "plain_env": {k: v for k, v in c.env.items() if k not in secret},
         "secret_env": {k: v for k, v in c.env.items() if k in secret},
         "hidden_env": list(c.hidden_env),
+        # What the launcher starts on every rank: the trainer, or `xgen doctor`'s bandwidth test.
+        "launch_module": "runtime train",
+        "ssh_hosts": [],  # hostfile launchers: the preflight runs on these over ssh
+        # Node names by rank, so the preflight can name a node that never reported (Slurm: at run time).
+        "host_names": ",".join(h.name for h in config.host_list),
     }

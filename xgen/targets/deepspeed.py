@@ -80,7 +80,7 @@ def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
     return hosts, slots
 
 
-def build(config: Config, hostfile: str | None) -> tuple[str, str | None]:
+def build(config: Config, hostfile: str | None, module: str = "runtime train") -> tuple[str, str | None]:
     """Return (script, hostfile text or None when slots are only known at run time or one node runs alone)."""
     _check_remote_safe(config)
     hosts, slots = hosts_and_slots(config)
@@ -89,11 +89,14 @@ def build(config: Config, hostfile: str | None) -> tuple[str, str | None]:
         raise XgenError(
             "--hostfile", "required for more than one node: where to write the DeepSpeed hostfile"
         )
-    ctx = context(config, "deepspeed", f" --hostfile {hostfile}" if hostfile else "")
+    name = "deepspeed" if module == "runtime train" else "doctor deepspeed"
+    ctx = context(config, name, f" --hostfile {hostfile}" if hostfile else "")
+    ctx["launch_module"] = module
     ctx.update(
         hosts=hosts,
         slots=slots,
         single=single,
+        ssh_hosts=[] if single else hosts,
         hostfile=str(Path(hostfile).absolute()) if hostfile else "",
         env_names=_forwarded_names(config, single),
     )

@@ -16,8 +16,10 @@ def check_node_rank(config: Config, node_rank: int | None) -> None:
         )
 
 
-def build(config: Config, node_rank: int | None = None) -> str:
+def build(config: Config, node_rank: int | None = None, module: str = "runtime train") -> str:
     check_node_rank(config, node_rank)
-    ctx = context(config, "shell", "" if node_rank is None else f" --node-rank {node_rank}")
+    name = "shell" if module == "runtime train" else "doctor shell"
+    ctx = context(config, name, "" if node_rank is None else f" --node-rank {node_rank}")
+    ctx["launch_module"] = module
     ctx["node_rank"] = node_rank
     return render("shell.sh.j2", ctx)

@@ -41,7 +41,8 @@ def directives(config: Config) -> list[str]:
     return lines
 
 
-def build(config: Config) -> str:
-    ctx = context(config, "slurm")
+def build(config: Config, module: str = "runtime train") -> str:
+    ctx = context(config, "slurm" if module == "runtime train" else "doctor slurm")
+    ctx["launch_module"] = module
     ctx["directives"] = directives(config)
     return render("slurm.sh.j2", ctx)

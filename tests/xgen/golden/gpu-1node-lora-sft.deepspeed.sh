@@ -172,6 +172,45 @@ xgen_runtime_check() {
   "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
 }
 
+# --- preflight ---
+# Before any model loads, each node checks what most often breaks multi-node jobs: a hostname or master
+# on loopback, a missing NIC, an unreachable master port, version skew, input files missing or different
+# on a node, an output_dir that is not shared, a small /dev/shm, a full disk, missing or busy devices.
+# One line per problem `xgen: preflight: <host>: <what>: <what is wrong>; <the fix>`, then exit 3
+# (2 = bad config, 75 = checkpointed for requeue, anything else = training). docs/preflight.md lists them.
+# cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
+XGEN_PREFLIGHT=1
+XGEN_PREFLIGHT_TIMEOUT=60
+# Node names by node rank (to name a node that never reports); Slurm fills it in from the allocation.
+XGEN_PREFLIGHT_HOSTS=''
+export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT XGEN_PREFLIGHT_HOSTS
+
+xgen_preflight() {
+  (( XGEN_PREFLIGHT )) || return 0
+  local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 30 ))
+  timeout -k 5 "$limit" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \
+    --workdir "$XGEN_WORKDIR" \
+    --node-rank "${NODE_RANK:-0}" \
+    --nnodes "$NNODES" \
+    --hosts "$XGEN_PREFLIGHT_HOSTS" \
+    --master-addr "$MASTER_ADDR" \
+    --master-port "$MASTER_PORT" \
+    --timeout "$XGEN_PREFLIGHT_TIMEOUT" \
+    --rdzv-timeout "$XGEN_RDZV_TIMEOUT" \
+    --device cuda \
+    --devices-per-node auto \
+    --min-shm-gb 1 || rc=$?
+  case "$rc" in
+    0) ;;
+    124 | 137)
+      echo "xgen: preflight: $(hostname): preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false" >&2
+      exit 3
+      ;;
+    *) exit "$rc" ;;
+  esac
+}
+
+xgen_preflight
 xgen_devices
 xgen_comm_env
 xgen_check_master

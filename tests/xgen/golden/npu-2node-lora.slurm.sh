@@ -133,17 +133,20 @@ xgen_devices() {
 
 # --- communication ---
 xgen_check_nic() {
-  # NCCL matches interface names by prefix unless the name starts with "="; a missing one fails late
-  # with an obscure socket error, so check here.
-  local want=$1 mode=$2 have
+  # NCCL matches interface names by prefix unless the list starts with "=", and a comma list means "any
+  # of these"; none present fails late with an obscure socket error, so check here.
+  local mode=$1 want have
+  shift
   local -a names=(/sys/class/net/*)
   names=("${names[@]##*/}")
-  for have in "${names[@]}"; do
-    if [[ "$have" == "$want" ]] || [[ "$mode" == prefix && "$have" == "$want"* ]]; then
-      return 0
-    fi
+  for want in "$@"; do
+    for have in "${names[@]}"; do
+      if [[ "$have" == "$want" ]] || [[ "$mode" == prefix && "$have" == "$want"* ]]; then
+        return 0
+      fi
+    done
   done
-  xgen_die "cluster.nic: no interface '$want' on $(hostname) (it has: ${names[*]}); fix cluster.nic"
+  xgen_die "cluster.nic: no interface '$*' on $(hostname) (it has: ${names[*]}); fix cluster.nic"
 }
 
 xgen_comm_env() {
@@ -151,7 +154,7 @@ xgen_comm_env() {
   export NCCL_SOCKET_IFNAME=enp189s0f0
   export HCCL_SOCKET_IFNAME=enp189s0f0
   export GLOO_SOCKET_IFNAME=enp189s0f0
-  xgen_check_nic enp189s0f0 prefix
+  xgen_check_nic prefix enp189s0f0
   # NCCL log level: WARN is quiet; INFO prints the transports it picked (first stop when a job hangs).
   export NCCL_DEBUG=WARN
   if [[ "$XGEN_DEVICE" == npu ]]; then
@@ -229,6 +232,45 @@ xgen_launch() {
     -m runtime train "$XGEN_CONFIG"
 }
 
+# --- preflight ---
+# Before any model loads, each node checks what most often breaks multi-node jobs: a hostname or master
+# on loopback, a missing NIC, an unreachable master port, version skew, input files missing or different
+# on a node, an output_dir that is not shared, a small /dev/shm, a full disk, missing or busy devices.
+# One line per problem `xgen: preflight: <host>: <what>: <what is wrong>; <the fix>`, then exit 3
+# (2 = bad config, 75 = checkpointed for requeue, anything else = training). docs/preflight.md lists them.
+# cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
+XGEN_PREFLIGHT=1
+XGEN_PREFLIGHT_TIMEOUT=60
+# Node names by node rank (to name a node that never reports); Slurm fills it in from the allocation.
+XGEN_PREFLIGHT_HOSTS=''
+export XGEN_PREFLIGHT XGEN_PREFLIGHT_TIMEOUT XGEN_PREFLIGHT_HOSTS
+
+xgen_preflight() {
+  (( XGEN_PREFLIGHT )) || return 0
+  local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 30 ))
+  timeout -k 5 "$limit" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \
+    --workdir "$XGEN_WORKDIR" \
+    --node-rank "${NODE_RANK:-0}" \
+    --nnodes "$NNODES" \
+    --hosts "$XGEN_PREFLIGHT_HOSTS" \
+    --master-addr "$MASTER_ADDR" \
+    --master-port "$MASTER_PORT" \
+    --timeout "$XGEN_PREFLIGHT_TIMEOUT" \
+    --rdzv-timeout "$XGEN_RDZV_TIMEOUT" \
+    --device npu \
+    --devices-per-node auto \
+    --nic enp189s0f0 \
+    --min-shm-gb 1 || rc=$?
+  case "$rc" in
+    0) ;;
+    124 | 137)
+      echo "xgen: preflight: $(hostname): preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false" >&2
+      exit 3
+      ;;
+    *) exit "$rc" ;;
+  esac
+}
+
 # --- rendezvous ---
 [[ -n "${SLURM_JOB_ID:-}" ]] || xgen_die "not inside a Slurm job; submit this script with sbatch"
 if [[ "${SLURM_JOB_NUM_NODES:-}" != "$NNODES" ]]; then
@@ -273,10 +315,34 @@ xgen_node() {
   return "$rc"
 }
 
+xgen_preflight_node() {
+  # What each task of the preflight step runs (below); `bash job.sh --preflight` runs it by hand.
+  NODE_RANK=$SLURM_NODEID
+  XGEN_PREFLIGHT_HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | paste -sd, - || true)
+  export NODE_RANK XGEN_PREFLIGHT_HOSTS
+  xgen_preflight
+}
+
+if [[ "${1:-}" == --preflight ]]; then
+  xgen_preflight_node
+  exit
+fi
+
 # Inside an allocation, `bash job.sh --node` runs one node's part by hand (what each srun task runs).
 if [[ "${1:-}" == --node ]]; then
   xgen_node
   exit
+fi
+
+# The preflight is its own step, without --kill-on-bad-exit: every node finishes and prints its lines
+# (a node killed half-way would lose them), and srun's status is the worst node's: 3 = the cluster is wrong.
+if (( XGEN_PREFLIGHT )); then
+  XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
+$(declare -f xgen_preflight xgen_preflight_node)
+xgen_preflight_node"
+  XGEN_PREFLIGHT_START=$(date +%s%N)
+  srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
+  echo "xgen: preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms" >&2
 fi
 
 # --- launch ---

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from runtime.config.files import load_deepspeed, load_json
-from runtime.config.schema import STAGES, UNSUPPORTED_STAGES, ConfigError, TrainConfig, train_fields
+from runtime.config.schema import (
+    REFERENCE_FREE_LOSSES,
+    STAGES,
+    UNSUPPORTED_STAGES,
+    ConfigError,
+    TrainConfig,
+    train_fields,
+)
 from runtime.config.suggest import suggest
 
 
@@ -30,8 +37,9 @@ def normalise(cfg: TrainConfig, given: set[str], p: str) -> None:
     _check_ranges(cfg, p)
     if cfg.bf16 and cfg.fp16:
         raise ConfigError(p + "fp16", "bf16 and fp16 are both true; choose one")
-    if cfg.packing and cfg.stage in ("rm", "dpo"):
+    if cfg.packing and cfg.stage in ("rm", "dpo", "kto"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
+    _check_losses(cfg, p)
     _normalise_distributed(cfg, p)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
@@ -82,6 +90,25 @@ def _check_ranges(cfg: TrainConfig, p: str) -> None:
         raise ConfigError(p + "pref_beta", f"must be > 0; got {cfg.pref_beta}")
 
 
+SFT_LOSS_FLAGS = ("use_dft_loss", "use_asft_loss", "use_eaft_loss")
+
+
+def _check_losses(cfg: TrainConfig, p: str) -> None:
+    """Preference/KTO weights and the SFT loss variants: ranges and the one-at-a-time rule."""
+    for name in ("kto_chosen_weight", "kto_rejected_weight", "asft_alpha", "eaft_alpha"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(p + name, f"must be >= 0; got {getattr(cfg, name)}")
+    if not 0 <= cfg.dpo_label_smoothing < 0.5:
+        raise ConfigError(p + "dpo_label_smoothing", f"must be in [0, 0.5); got {cfg.dpo_label_smoothing}")
+    if cfg.stage == "dpo" and cfg.pref_loss != "sigmoid" and cfg.dpo_label_smoothing > 1e-6:
+        raise ConfigError(
+            p + "dpo_label_smoothing", f"only applies to pref_loss sigmoid (got {cfg.pref_loss}); set it to 0"
+        )
+    chosen = [name for name in SFT_LOSS_FLAGS if getattr(cfg, name)]
+    if len(chosen) > 1:
+        raise ConfigError(p + chosen[1], f"{' and '.join(chosen)} are both true; choose one SFT loss")
+
+
 def _normalise_distributed(cfg: TrainConfig, p: str) -> None:
     """Resolve `deepspeed` to a dict and `fsdp` strings to fsdp + fsdp_config."""
     if cfg.deepspeed is not None and cfg.fsdp:
@@ -127,7 +154,10 @@ _LORA_KEYS = (
     "use_dora",
 )
 _FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
-_DPO_KEYS = ("pref_beta", "pref_loss", "pref_ftx", "ref_model")
+_PREF_KEYS = ("pref_beta", "pref_ftx")
+_DPO_KEYS = ("pref_loss", "simpo_gamma", "dpo_label_smoothing")
+_KTO_KEYS = ("kto_chosen_weight", "kto_rejected_weight")
+_SFT_LOSS_KEYS = (*SFT_LOSS_FLAGS, "asft_alpha", "eaft_alpha")
 
 
 def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
@@ -135,9 +165,28 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
     groups = [
         (_LORA_KEYS, cfg.finetuning_type == "lora", f"finetuning_type is {cfg.finetuning_type}"),
         (_FREEZE_KEYS, cfg.finetuning_type == "freeze", f"finetuning_type is {cfg.finetuning_type}"),
+        (_PREF_KEYS, cfg.stage in ("dpo", "kto"), f"stage is {cfg.stage}"),
         (_DPO_KEYS, cfg.stage == "dpo", f"stage is {cfg.stage}"),
+        (_KTO_KEYS, cfg.stage == "kto", f"stage is {cfg.stage}"),
+        (_SFT_LOSS_KEYS, cfg.stage == "sft", f"stage is {cfg.stage}"),
+        (("ref_model",), uses_reference(cfg), _no_reference_why(cfg)),
     ]
     for keys, applies, why in groups:
         unused = [k for k in keys if k in given and not applies]
         if unused:
             cfg.notes.append(f"{', '.join(p + k for k in unused)} ignored: {why}")
+
+
+def uses_reference(cfg: TrainConfig) -> bool:
+    """A frozen reference model takes part in the loss: dpo (but orpo/simpo), kto, sft with ASFT."""
+    if cfg.stage == "dpo":
+        return cfg.pref_loss not in REFERENCE_FREE_LOSSES
+    return cfg.stage == "kto" or (cfg.stage == "sft" and cfg.use_asft_loss)
+
+
+def _no_reference_why(cfg: TrainConfig) -> str:
+    if cfg.stage == "dpo":
+        return f"pref_loss {cfg.pref_loss} uses no reference model"
+    return f"stage {cfg.stage} uses no reference model" + (
+        " (sft: only use_asft_loss)" if cfg.stage == "sft" else ""
+    )

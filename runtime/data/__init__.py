@@ -17,13 +17,13 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets
 
 from runtime.config import ConfigError, TrainConfig
-from runtime.data.collators import PackingCollator, PaddingCollator, PairwiseCollator
-from runtime.data.formats import PAIRWISE_STAGES, check_columns, to_messages
+from runtime.data.collators import KTOCollator, PackingCollator, PaddingCollator, PairwiseCollator
+from runtime.data.formats import KTO_STAGE, PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
 from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support
 from runtime.data.registry import resolve_datasets
 from runtime.data.templates import NAMED_TEMPLATES, ChatFormat, resolve_template
-from runtime.data.tokenize import tokenize_pairwise, tokenize_pt, tokenize_sft
+from runtime.data.tokenize import tokenize_kto, tokenize_pairwise, tokenize_pt, tokenize_sft
 
 __all__ = [
     "IGNORE_INDEX",
@@ -38,7 +38,7 @@ __all__ = [
     "resolve_template",
     "worker_count",
 ]
-STAGES = ("pt", "sft", "rm", "dpo")
+STAGES = ("pt", "sft", "rm", "dpo", "kto")
 
 
 @dataclass
@@ -68,7 +68,7 @@ def packing_enabled(cfg: TrainConfig, stage: str) -> bool:
     packing = cfg.packing
     if packing is None:
         return stage == "pt"
-    if packing and stage in PAIRWISE_STAGES:
+    if packing and (stage in PAIRWISE_STAGES or stage == KTO_STAGE):
         raise ConfigError(
             "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
         )
@@ -143,7 +143,8 @@ def _tokenize(dataset: Dataset, context: dict[str, Any]) -> Dataset:
     if stage == "pt":
         function, kwargs["packing"] = tokenize_pt, context["packing"]
     else:
-        function, kwargs["chat"] = (tokenize_sft if stage == "sft" else tokenize_pairwise), context["chat"]
+        tokenizers = {"sft": tokenize_sft, KTO_STAGE: tokenize_kto}
+        function, kwargs["chat"] = tokenizers.get(stage, tokenize_pairwise), context["chat"]
     return dataset.map(
         function,
         batched=True,
@@ -158,9 +159,9 @@ def _tokenize(dataset: Dataset, context: dict[str, Any]) -> Dataset:
 def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
     """Padding for pt/sft (packing: one flattened row), chosen-then-rejected pairs for rm/dpo."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    if stage in PAIRWISE_STAGES:
+    if stage in PAIRWISE_STAGES or stage == KTO_STAGE:
         packing_enabled(cfg, stage)  # raises if packing was asked for
-        return PairwiseCollator(pad_id)
+        return PairwiseCollator(pad_id) if stage in PAIRWISE_STAGES else KTOCollator(pad_id)
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     return PackingCollator() if packing_enabled(cfg, stage) else PaddingCollator(pad_id)

@@ -87,6 +87,44 @@ def tokenize_pairwise(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: i
     return out
 
 
+def tokenize_kto(batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int) -> dict[str, list]:
+    """KTO rows: the labelled reply (kto_tags) plus a KL row, this prompt with the previous row's reply.
+
+    The mismatched pairs are built as LLaMA-Factory and trl build them: replies shifted by one within
+    the map batch. They estimate KTO's reference point, the policy's KL from the reference.
+    """
+    names = ("input_ids", "attention_mask", "labels")
+    out: dict[str, list] = {name: [] for name in (*names, *(f"kl_{n}" for n in names), "kto_tags")}
+    responses = batch["_response"]
+    shifted = responses[-1:] + responses[:-1]
+    for prompt, response, other, system in zip(
+        batch["_prompt"], responses, shifted, batch["_system"], strict=True
+    ):
+        if len(prompt) % 2 != 1 or len(response) != 2:
+            continue
+        desirable = bool(response[0]["content"])
+        reply = response[0] if desirable else response[1]
+        kl_reply = (other[0] if other[0]["content"] else other[1]) if len(other) == 2 else reply
+        conversation = with_system(prompt, system)
+        rows = [_one_reply(tokenizer, chat, conversation, r, cutoff_len) for r in (reply, kl_reply)]
+        if not rows[0][1] or not rows[1][1]:
+            continue
+        for prefix, (source, target) in zip(("", "kl_"), rows, strict=True):
+            out[f"{prefix}input_ids"].append(source + target)
+            out[f"{prefix}attention_mask"].append([1] * (len(source) + len(target)))
+            out[f"{prefix}labels"].append([IGNORE_INDEX] * len(source) + target)
+        out["kto_tags"].append(desirable)
+    return out
+
+
+def _one_reply(tokenizer, chat: ChatFormat, conversation: list, reply: dict, cutoff_len: int):
+    """(prompt ids, reply ids) cut to cutoff_len the way pairs are cut."""
+    head, text = chat.split_last_reply(tokenizer, conversation + [reply])
+    source, target = _encode(tokenizer, head), _encode(tokenizer, text)
+    source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len)
+    return _keep_end(source, source_len), target[:target_len]
+
+
 def tokenize_pt(batch: dict, *, tokenizer, cutoff_len: int, packing: bool) -> dict[str, list]:
     """Documents + EOS concatenated and cut into blocks of cutoff_len (the last block may be shorter).
 

@@ -278,13 +278,19 @@ def test_kto_rows_and_batches(data_cfg, tiny_tokenizer) -> None:
     rows = build_datasets(cfg, tiny_tokenizer, stage="kto").train
     raw = json.loads((Path(cfg.dataset_dir) / "reverse_kto.json").read_text())[:8]
     assert rows["kto_tags"] == [r["label"] for r in raw]
-    decode = lambda ids, labels: tiny_tokenizer.decode([i for i, lab in zip(ids, labels) if lab != -100])  # noqa: E731
+
+    def part(ids: list[int], labels: list[int], *, reply: bool) -> list[int]:
+        return [t for t, lab in zip(ids, labels, strict=True) if (lab != -100) == reply]
+
+    def decode(ids: list[int], labels: list[int]) -> str:
+        return tiny_tokenizer.decode(part(ids, labels, reply=True))
+
     for i, row in enumerate(rows):
         # the labelled reply is this row's; the KL reply is the previous row's, after this row's prompt
         assert decode(row["input_ids"], row["labels"]).startswith(raw[i]["messages"][1]["content"])
         assert decode(row["kl_input_ids"], row["kl_labels"]).startswith(raw[i - 1]["messages"][1]["content"])
-        prompt = [t for t, lab in zip(row["kl_input_ids"], row["kl_labels"]) if lab == -100]
-        assert prompt == [t for t, lab in zip(row["input_ids"], row["labels"]) if lab == -100]
+        prompt = part(row["input_ids"], row["labels"], reply=False)
+        assert part(row["kl_input_ids"], row["kl_labels"], reply=False) == prompt
     batch = build_collator(cfg, tiny_tokenizer, stage="kto")([rows[i] for i in range(3)])
     assert batch["kto_tags"].dtype == torch.bool and batch["kto_tags"].tolist() == rows["kto_tags"][:3]
     assert batch["input_ids"].shape == batch["labels"].shape
@@ -320,3 +326,99 @@ def test_sft_loss_variant_trains(tiny_dir: Path, tmp_path: Path, overrides: dict
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses.values())
     if "use_eaft_loss" not in overrides:  # DFT-weighted: −p log p of a near-uniform model is tiny
         assert 0 < losses[1] < 0.1, losses
+
+
+# --- the keys -------------------------------------------------------------------------------------
+
+
+def _parse(**keys):
+    from runtime.config import parse_train_config
+
+    return parse_train_config({"model_name_or_path": "m", "dataset": "d", **keys}, key_prefix="train.")
+
+
+def test_loss_keys_have_llama_factory_defaults() -> None:
+    cfg = _parse(stage="kto")
+    assert (cfg.pref_beta, cfg.pref_ftx, cfg.kto_chosen_weight, cfg.kto_rejected_weight) == (
+        0.1,
+        0.0,
+        1.0,
+        1.0,
+    )
+    assert (cfg.simpo_gamma, cfg.dpo_label_smoothing, cfg.asft_alpha, cfg.eaft_alpha) == (0.5, 0.0, 0.1, 1.0)
+    assert not (cfg.use_dft_loss or cfg.use_asft_loss or cfg.use_eaft_loss)
+    for pref_loss in ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"):
+        assert _parse(stage="dpo", pref_loss=pref_loss).pref_loss == pref_loss
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        (
+            {"stage": "dpo", "pref_loss": "bco"},
+            "train.pref_loss: must be one of sigmoid, hinge, ipo, kto_pair",
+        ),
+        (
+            {"stage": "dpo", "pref_loss": "hinge", "dpo_label_smoothing": 0.1},
+            "train.dpo_label_smoothing: only applies to pref_loss sigmoid",
+        ),
+        ({"dpo_label_smoothing": 0.5}, "train.dpo_label_smoothing: must be in [0, 0.5)"),
+        (
+            {"use_dft_loss": True, "use_eaft_loss": True},
+            "train.use_eaft_loss: use_dft_loss and use_eaft_loss",
+        ),
+        ({"stage": "kto", "kto_rejected_weight": -1}, "train.kto_rejected_weight: must be >= 0"),
+        ({"stage": "kto", "packing": True}, "train.packing: only pt and sft pack examples"),
+    ],
+)
+def test_loss_keys_refused_in_one_line(keys: dict, error: str) -> None:
+    from runtime.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _parse(**keys)
+    assert str(caught.value).startswith(error) and "\n" not in str(caught.value)
+
+
+def test_loss_keys_of_another_stage_are_noted() -> None:
+    notes = "\n".join(_parse(stage="sft", use_dft_loss=False, kto_chosen_weight=2.0, simpo_gamma=1.0).notes)
+    assert "train.kto_chosen_weight ignored: stage is sft" in notes
+    assert "train.simpo_gamma ignored: stage is sft" in notes
+    assert "train.use_dft_loss" not in notes
+    notes = "\n".join(_parse(stage="dpo", pref_loss="simpo", ref_model="r").notes)
+    assert "train.ref_model ignored: pref_loss simpo uses no reference model" in notes
+    assert not _parse(stage="kto", ref_model="r", pref_ftx=0.1).notes
+    assert not _parse(stage="sft", use_asft_loss=True, ref_model="r", asft_alpha=0.2).notes
+
+
+def test_kto_needs_its_label_column(data_cfg, tiny_tokenizer) -> None:
+    from runtime.config import ConfigError
+    from runtime.data import build_datasets
+
+    with pytest.raises(ConfigError, match="stage kto needs a boolean label column: set columns.kto_tag"):
+        build_datasets(data_cfg(dataset="tiny_sharegpt"), tiny_tokenizer, stage="kto")
+    with pytest.raises(ConfigError, match=r"KTO data \(columns.kto_tag\) is for stage kto, not sft"):
+        build_datasets(data_cfg(dataset="reverse_kto"), tiny_tokenizer, stage="sft")
+
+
+# LLaMA-Factory's own KTO and extras/ loss examples (examples/train_lora/llama3_lora_kto.yaml,
+# examples/extras/dft/qwen2_full_sft.yaml, examples/extras/eaft/qwen25_05b_eaft_full.yaml), paths swapped.
+@pytest.mark.parametrize(
+    "name", ["llama3_lora_kto.yaml", "qwen2_full_sft_dft.yaml", "qwen25_05b_eaft_full.yaml"]
+)
+def test_lf_loss_examples_train_and_reload(name: str, tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    from test_lf_examples import _materialise, _saved
+
+    path, out = _materialise(name, tiny_dir, tmp_path)
+    assert run_inprocess(path) == 0
+    _saved(out, capsys.readouterr().out)
+    if name.startswith("llama3_lora"):
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir / "model"), out)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()

@@ -18,7 +18,13 @@ TORCHRUN_TIMEOUT = 240
 def base_config(tiny_dir: Path, out: Path, **overrides: Any) -> dict[str, Any]:
     """A few fast steps on the tiny model; deterministic (fixed seed, no dropout)."""
     stage = overrides.get("stage", "sft")
-    dataset = {"pt": "tiny_pt", "sft": "tiny_alpaca", "rm": "tiny_pref", "dpo": "tiny_pref", "kto": "reverse_kto"}[stage]
+    dataset = {
+        "pt": "tiny_pt",
+        "sft": "tiny_alpaca",
+        "rm": "tiny_pref",
+        "dpo": "tiny_pref",
+        "kto": "reverse_kto",
+    }[stage]
     cfg = {
         "model_name_or_path": str(tiny_dir / "model"),
         "stage": stage,

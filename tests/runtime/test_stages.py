@@ -9,7 +9,7 @@ import pytest
 import torch
 from trainer_harness import base_config, run_inprocess, weights, write_config
 
-STAGES = ("pt", "sft", "rm", "dpo")
+STAGES = ("pt", "sft", "rm", "dpo", "kto")
 TYPES = ("full", "freeze", "lora")
 
 

@@ -3,7 +3,7 @@
 Settings and thresholds were measured on this CPU machine (torch 2.13, seed 42):
 SFT 200 steps: eval loss 6.2 -> 0.087, greedy exact match 64/64 on unseen triples (threshold 0.9).
 DPO 200 steps on 64 reverse_pref pairs: reward accuracy 1.0 (threshold > 0.9; 150 steps gave 0.95);
-the same run per pref_loss: hinge 1.0, ipo IPO_ACC, kto_pair KTOPAIR_ACC, orpo 1.0, simpo 0.938.
+the same run per pref_loss: hinge 1.0, ipo 1.0, kto_pair 1.0, orpo 1.0, simpo 0.938.
 KTO 150 steps (batch 32, constant lr) on reverse_kto's 128 rows (both labels of those 64 pairs): the
 implicit reward β·log π/π_ref ranks chosen over rejected on 0.984 of the pairs (200 steps of batch 16
 with a linear decay gave 0.875, so the larger batch is what makes it pass).

@@ -184,6 +184,24 @@ def _wrong_reversal(words: list[str], rng: random.Random) -> list[str]:
     return wrong[rng.randrange(len(wrong))] if wrong else right[:-1]
 
 
+def _kto_rows(pairs: list[dict], rng: random.Random) -> list[dict]:
+    """kto_en_demo's format (sharegpt `messages` + boolean `label`): each preference pair as a desirable
+    and an undesirable row. The first 2 * 64 rows (shuffled among themselves) hold both rows of the
+    first 64 pairs, so `max_samples: 128` trains on exactly the pairs `reverse_pref` + `max_samples: 64`
+    evaluates."""
+
+    def row(pair: dict, reply: str, label: bool) -> dict:
+        messages = [{"role": "user", "content": pair["instruction"]}, {"role": "assistant", "content": reply}]
+        return {"messages": messages, "label": label}
+
+    blocks = []
+    for part in (pairs[:64], pairs[64:]):
+        block = [row(p, p["chosen"], True) for p in part] + [row(p, p["rejected"], False) for p in part]
+        rng.shuffle(block)
+        blocks += block
+    return blocks
+
+
 def _write_datasets(data: Path, rng: random.Random) -> None:
     alpaca = []
     for i in range(200):
@@ -249,6 +267,7 @@ def _write_datasets(data: Path, rng: random.Random) -> None:
         for w, r in rows[64:]
     ]
     _dump_json(data / "reverse_pref.json", reverse_pref)
+    _dump_json(data / "reverse_kto.json", _kto_rows(reverse_pref, rng))
 
     sharegpt_tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
     info = {
@@ -286,6 +305,18 @@ def _write_datasets(data: Path, rng: random.Random) -> None:
             "file_name": "reverse_pref.json",
             "ranking": True,
             "columns": ALPACA_PREFERENCE_COLUMNS,
+        },
+        # LLaMA-Factory's kto_en_demo entry, key for key.
+        "reverse_kto": {
+            "file_name": "reverse_kto.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "kto_tag": "label"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+            },
         },
     }
     _dump_json(data / "dataset_info.json", info)

@@ -8,6 +8,7 @@ import os
 from runtime.config.files import load_deepspeed, load_json
 from runtime.config.methods import check_methods
 from runtime.config.schema import (
+    REFERENCE_FREE_LOSSES,
     ROPE_SCALINGS,
     STAGES,
     TOOL_FORMATS,
@@ -44,9 +45,10 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     _check_ranges(cfg, p)
     if cfg.bf16 and cfg.fp16:
         raise ConfigError(p + "fp16", "bf16 and fp16 are both true; choose one")
-    if cfg.packing and cfg.stage in ("rm", "dpo"):
+    if cfg.packing and cfg.stage in ("rm", "dpo", "kto"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
     _normalise_data(cfg, p)
+    _check_losses(cfg, p)
     _normalise_distributed(cfg, p, base_dir)
     check_methods(cfg, p)
     _normalise_model_keys(cfg, given, p)
@@ -158,6 +160,25 @@ def _check_ranges(cfg: TrainConfig, p: str) -> None:
         )
     if cfg.pref_beta <= 0:
         raise ConfigError(p + "pref_beta", f"must be > 0; got {cfg.pref_beta}")
+
+
+SFT_LOSS_FLAGS = ("use_dft_loss", "use_asft_loss", "use_eaft_loss")
+
+
+def _check_losses(cfg: TrainConfig, p: str) -> None:
+    """Preference/KTO weights and the SFT loss variants: ranges and the one-at-a-time rule."""
+    for name in ("kto_chosen_weight", "kto_rejected_weight", "asft_alpha", "eaft_alpha"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(p + name, f"must be >= 0; got {getattr(cfg, name)}")
+    if not 0 <= cfg.dpo_label_smoothing < 0.5:
+        raise ConfigError(p + "dpo_label_smoothing", f"must be in [0, 0.5); got {cfg.dpo_label_smoothing}")
+    if cfg.stage == "dpo" and cfg.pref_loss != "sigmoid" and cfg.dpo_label_smoothing > 1e-6:
+        raise ConfigError(
+            p + "dpo_label_smoothing", f"only applies to pref_loss sigmoid (got {cfg.pref_loss}); set it to 0"
+        )
+    chosen = [name for name in SFT_LOSS_FLAGS if getattr(cfg, name)]
+    if len(chosen) > 1:
+        raise ConfigError(p + chosen[1], f"{' and '.join(chosen)} are both true; choose one SFT loss")
 
 
 def _normalise_distributed(cfg: TrainConfig, p: str, base_dir: str | None) -> None:
@@ -368,7 +389,10 @@ _OPTIMIZER_PARAM_KEYS = {
     ),
 }
 _FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
-_DPO_KEYS = ("pref_beta", "pref_loss", "pref_ftx", "ref_model")
+_PREF_KEYS = ("pref_beta", "pref_ftx")
+_DPO_KEYS = ("pref_loss", "simpo_gamma", "dpo_label_smoothing")
+_KTO_KEYS = ("kto_chosen_weight", "kto_rejected_weight")
+_SFT_LOSS_KEYS = (*SFT_LOSS_FLAGS, "asft_alpha", "eaft_alpha")
 
 
 def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
@@ -380,7 +404,11 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
             cfg.finetuning_type == "freeze" or cfg.use_llama_pro,
             f"finetuning_type is {cfg.finetuning_type}",
         ),
+        (_PREF_KEYS, cfg.stage in ("dpo", "kto"), f"stage is {cfg.stage}"),
         (_DPO_KEYS, cfg.stage == "dpo", f"stage is {cfg.stage}"),
+        (_KTO_KEYS, cfg.stage == "kto", f"stage is {cfg.stage}"),
+        (_SFT_LOSS_KEYS, cfg.stage == "sft", f"stage is {cfg.stage}"),
+        (("ref_model",), uses_reference(cfg), _no_reference_why(cfg)),
         (_OFT_KEYS, cfg.finetuning_type == "oft", f"finetuning_type is {cfg.finetuning_type}"),
         (
             ("additional_target",),
@@ -393,3 +421,18 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
         unused = [k for k in keys if k in given and not applies]
         if unused:
             cfg.notes.append(f"{', '.join(p + k for k in unused)} ignored: {why}")
+
+
+def uses_reference(cfg: TrainConfig) -> bool:
+    """A frozen reference model takes part in the loss: dpo (but orpo/simpo), kto, sft with ASFT."""
+    if cfg.stage == "dpo":
+        return cfg.pref_loss not in REFERENCE_FREE_LOSSES
+    return cfg.stage == "kto" or (cfg.stage == "sft" and cfg.use_asft_loss)
+
+
+def _no_reference_why(cfg: TrainConfig) -> str:
+    if cfg.stage == "dpo":
+        return f"pref_loss {cfg.pref_loss} uses no reference model"
+    return f"stage {cfg.stage} uses no reference model" + (
+        " (sft: only use_asft_loss)" if cfg.stage == "sft" else ""
+    )

@@ -49,7 +49,7 @@ class ConfigErrors(ConfigError):
         return list(self._errors)
 
 
-STAGES = ("pt", "sft", "rm", "dpo")
+STAGES = ("pt", "sft", "rm", "dpo", "kto")
 FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 GALORE_PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 APOLLO_PROJ = ("svd", "random")
@@ -60,7 +60,9 @@ BADAM_SWITCH_MODES = ("ascending", "descending", "random", "fixed")
 BADAM_MASK_MODES = ("adjacent", "scatter")
 FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex")
 PERF_MODES = ("auto", "off")
-PREF_LOSSES = ("sigmoid",)
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
+# Preference losses with no reference model (LLaMA-Factory: use_ref_model is false for these).
+REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 STRATEGIES = ("no", "steps", "epoch")
 LR_SCHEDULERS = (
     "linear",
@@ -108,7 +110,7 @@ OPTIMIZERS = (
 # LLaMA-Factory's tool formats that runtime/data/tools.py writes; its others are refused.
 TOOL_FORMATS = ("default", "qwen", "glm4", "llama3")
 MIX = ("concat", "interleave_under", "interleave_over")
-UNSUPPORTED_STAGES = {"ppo": "PPO", "kto": "KTO"}
+UNSUPPORTED_STAGES = {"ppo": "PPO"}
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
 
 
@@ -142,7 +144,9 @@ class TrainConfig:
         choices=PERF_MODES,
     )
     # --- method ---
-    stage: str = _f("sft", "pt (raw text) | sft | rm (reward model) | dpo.", choices=STAGES)
+    stage: str = _f(
+        "sft", "pt (raw text) | sft | rm (reward model) | dpo | kto (unpaired preference).", choices=STAGES
+    )
     finetuning_type: str = _f(
         "lora",
         "full | freeze (last layers/named modules) | lora | oft (orthogonal fine-tuning, peft).",
@@ -187,10 +191,32 @@ class TrainConfig:
     freeze_extra_modules: str | None = _f(
         None, "Freeze: extra modules outside the layers to train (embed_tokens…)."
     )
-    pref_beta: float = _f(0.1, "DPO beta (strength of the KL anchor to the reference).")
-    pref_loss: str = _f("sigmoid", "DPO loss; sigmoid only.", choices=PREF_LOSSES)
-    pref_ftx: float = _f(0.0, "DPO: weight of an added SFT loss on the chosen response.")
-    ref_model: str | None = _f(None, "DPO: separate reference model dir (default: the initial policy).")
+    pref_beta: float = _f(0.1, "DPO/KTO beta (strength of the KL anchor to the reference).")
+    pref_loss: str = _f(
+        "sigmoid",
+        "DPO loss: sigmoid | hinge | ipo | kto_pair | orpo | simpo (orpo, simpo: no reference model).",
+        choices=PREF_LOSSES,
+    )
+    pref_ftx: float = _f(0.0, "DPO/KTO: weight of an added SFT loss on the chosen response.")
+    ref_model: str | None = _f(
+        None, "DPO/KTO/ASFT: separate reference model dir (default: the initial policy)."
+    )
+    # --- losses: KTO, preference-loss and SFT-loss variants (LLaMA-Factory names and defaults) ---
+    kto_chosen_weight: float = _f(1.0, "KTO: weight of the desirable (label true) examples' losses.")
+    kto_rejected_weight: float = _f(1.0, "KTO: weight of the undesirable (label false) examples' losses.")
+    simpo_gamma: float = _f(0.5, "SimPO: target reward margin gamma.")
+    dpo_label_smoothing: float = _f(
+        0.0, "DPO sigmoid: label smoothing in [0, 0.5) (conservative DPO); sigmoid loss only."
+    )
+    use_dft_loss: bool = _f(
+        False, "SFT: DFT loss, token cross-entropy weighted by its own (detached) probability."
+    )
+    use_asft_loss: bool = _f(False, "SFT: ASFT loss, DFT plus asft_alpha * KL to the reference model.")
+    asft_alpha: float = _f(0.1, "ASFT: weight of the KL(reference || policy) term.")
+    use_eaft_loss: bool = _f(
+        False, "SFT: EAFT loss, cross-entropy weighted by (top-20 entropy / 3) ** eaft_alpha."
+    )
+    eaft_alpha: float = _f(1.0, "EAFT: exponent of the entropy weight.")
     # --- data (read by runtime.data) ---
     dataset: str | None = _f(None, "Comma list of dataset names (dataset_info.json) or file paths.")
     eval_dataset: str | None = _f(None, "Comma list of eval datasets (instead of val_size).")

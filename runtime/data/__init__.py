@@ -18,12 +18,12 @@ from typing import Any
 from datasets import Dataset, DatasetDict, concatenate_datasets, interleave_datasets
 
 from runtime.config import STAGES, ConfigError, TrainConfig
-from runtime.data.formats import MULTIMODAL, PAIRWISE_STAGES, check_columns, to_messages
+from runtime.data.formats import KTO_STAGE, MULTIMODAL, PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
 from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support, pack_rows
 from runtime.data.registry import resolve_datasets
 from runtime.data.templates import NAMED_TEMPLATES, ChatFormat, resolve_template
-from runtime.data.tokenize import tokenize_pairwise, tokenize_pt, tokenize_sft
+from runtime.data.tokenize import tokenize_kto, tokenize_pairwise, tokenize_pt, tokenize_sft
 
 __all__ = [
     "IGNORE_INDEX",
@@ -68,7 +68,7 @@ def packing_mode(cfg: TrainConfig, stage: str) -> str:
     LLaMA-Factory: packing unset means on for pt, off otherwise; for pt, packing means documents
     concatenated into cutoff_len blocks. Only pt and sft pack."""
     packing = cfg.packing if cfg.packing is not None else stage == "pt"
-    if stage in PAIRWISE_STAGES:
+    if stage in PAIRWISE_STAGES or stage == KTO_STAGE:
         if packing or cfg.neat_packing:
             raise ConfigError(
                 "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
@@ -246,7 +246,7 @@ def _tokenize(dataset: Any, context: dict[str, Any]) -> Any:
             tool_format=context["tool_format"],
         )
     else:
-        function = tokenize_pairwise
+        function = tokenize_kto if stage == KTO_STAGE else tokenize_pairwise
         kwargs.update(chat=context["chat"], tool_format=context["tool_format"])
     if context["streaming"]:
         function = functools.partial(_refuse_media, function)
@@ -281,12 +281,18 @@ def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list
     """Padding for pt/sft (neat rows without attention_mask; padding_free: one flattened row),
     chosen-then-rejected pairs for rm/dpo."""
     # Imported here: collators need torch, and `xgen-runtime check` reads datasets without it.
-    from runtime.data.collators import NeatPackingCollator, PackingCollator, PaddingCollator, PairwiseCollator
+    from runtime.data.collators import (
+        KTOCollator,
+        NeatPackingCollator,
+        PackingCollator,
+        PaddingCollator,
+        PairwiseCollator,
+    )
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    if stage in PAIRWISE_STAGES:
+    if stage in PAIRWISE_STAGES or stage == KTO_STAGE:
         packing_mode(cfg, stage)  # raises if packing was asked for
-        return PairwiseCollator(pad_id)
+        return PairwiseCollator(pad_id) if stage in PAIRWISE_STAGES else KTOCollator(pad_id)
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     mode = packing_mode(cfg, stage)

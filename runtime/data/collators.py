@@ -71,3 +71,18 @@ class PairwiseCollator:
             for f in features
         ]
         return PaddingCollator(self.pad_token_id)(rows)
+
+
+@dataclass
+class KTOCollator:
+    """The labelled rows padded as one batch, the mismatched KL rows as kl_*, and kto_tags (bool)."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pad = PaddingCollator(self.pad_token_id)
+        batch = pad([{k: f[k] for k in ("input_ids", "attention_mask", "labels")} for f in features])
+        kl = pad([{k: f[f"kl_{k}"] for k in ("input_ids", "attention_mask", "labels")} for f in features])
+        batch.update({f"kl_{k}": v for k, v in kl.items()})
+        batch["kto_tags"] = torch.tensor([bool(f["kto_tags"]) for f in features], dtype=torch.bool)
+        return batch

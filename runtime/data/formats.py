@@ -1,7 +1,8 @@
 """Turn alpaca and sharegpt rows (and their preference variants) into one shape, as LLaMA-Factory does:
 
     _prompt:   [{role, content}, ...]  the conversation up to the last user turn (history included)
-    _response: [{role: assistant, content}]  one reply; for preference data [chosen, rejected]
+    _response: [{role: assistant, content}]  one reply; for preference data [chosen, rejected];
+               for KTO data (a boolean kto_tag) [reply, ""] when desirable, ["", reply] when not
     _system:   str ("" when none)
     _tools:    str (the tools column's JSON, "" when none); function_call/observation turns keep the roles
                function/observation until runtime.data.tools writes them in the family's format
@@ -34,11 +35,23 @@ PAIRWISE_STAGES = ("rm", "dpo")
 MEDIA_COLUMNS = ("images", "videos", "audios")
 MEDIA_TOKENS = ("<image>", "<video>", "<audio>")
 MULTIMODAL = "multimodal data is not supported (xgen-runtime trains text models); use a text-only dataset"
+KTO_STAGE = "kto"
 
 
 def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> None:
     """ConfigError naming the config key when a needed column is absent or the data fits not the stage."""
     ranking = bool(attr.ranking)
+    kto = "kto_tag" in attr.columns
+    if stage == KTO_STAGE and not kto:
+        raise ConfigError(
+            attr.key,
+            f"{attr.where()}: stage kto needs a boolean label column: "
+            'set columns.kto_tag in dataset_info.json (kto_en_demo: "kto_tag": "label")',
+        )
+    if stage != KTO_STAGE and kto:
+        raise ConfigError(
+            attr.key, f"{attr.where()}: KTO data (columns.kto_tag) is for stage kto, not {stage}"
+        )
     if stage in PAIRWISE_STAGES and not ranking:
         raise ConfigError(
             attr.key, f"{attr.where()}: stage {stage} needs preference data (chosen/rejected, ranking)"
@@ -53,7 +66,7 @@ def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> 
     required = set(attr.explicit)
     if attr.formatting == "alpaca":
         required.add("prompt")
-        if stage == "sft":
+        if stage in ("sft", KTO_STAGE):
             required.add("response")
     else:
         required.add("messages")
@@ -118,6 +131,15 @@ def _msg(role: str, content: Any) -> dict[str, str]:
     return {"role": role, "content": "" if content is None else str(content)}
 
 
+def _kto_response(tag: Any, reply: Any) -> list[dict[str, str]]:
+    """LLaMA-Factory's KTO encoding: the reply in slot 0 when desirable, slot 1 when not; a tag that
+    is not a boolean makes the row unusable (dropped)."""
+    if not isinstance(tag, bool) or not isinstance(reply, str):
+        return []
+    empty = _msg("assistant", "")
+    return [_msg("assistant", reply), empty] if tag else [empty, _msg("assistant", reply)]
+
+
 def convert_alpaca(batch: dict[str, list], *, columns: dict[str, str], tags: dict[str, str], ranking: bool):
     out, tools = [], []
     for row in _rows(batch):
@@ -132,7 +154,9 @@ def convert_alpaca(batch: dict[str, list], *, columns: dict[str, str], tags: dic
         prompt.append(_msg("user", "\n".join(str(q) for q in query if q)))
         chosen, rejected = row.get(columns.get("chosen", "")), row.get(columns.get("rejected", ""))
         answer = row.get(columns.get("response", ""))
-        if ranking and isinstance(chosen, str) and isinstance(rejected, str):
+        if "kto_tag" in columns:
+            response = _kto_response(row.get(columns["kto_tag"]), answer)
+        elif ranking and isinstance(chosen, str) and isinstance(rejected, str):
             response = [_msg("assistant", chosen), _msg("assistant", rejected)]
         elif not ranking and isinstance(answer, str):
             response = [_msg("assistant", answer)]
@@ -168,6 +192,11 @@ def convert_sharegpt(batch: dict[str, list], *, columns: dict[str, str], tags: d
                 and all(isinstance(p, dict) and p.get(role_key) in even for p in pair)
             )
             prompt, response = messages, [_msg("assistant", p.get(content_key)) for p in pair] if ok else []
+        elif "kto_tag" in columns:
+            ok = ok and len(messages) % 2 == 0 and len(messages) > 0
+            prompt = messages[:-1]
+            response = _kto_response(row.get(columns["kto_tag"]), messages[-1]["content"]) if ok else []
+            ok = ok and bool(response)
         else:
             ok = ok and len(messages) % 2 == 0 and len(messages) > 0
             prompt, response = messages[:-1], messages[-1:]

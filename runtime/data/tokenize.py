@@ -139,6 +139,43 @@ def tokenize_pairwise(
     return out
 
 
+def tokenize_kto(
+    batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int, tool_format: str | None = None
+) -> dict[str, list]:
+    """KTO rows: the labelled reply (kto_tags) plus a KL row, this prompt with the previous row's reply.
+
+    The mismatched pairs are built as LLaMA-Factory and trl build them: replies shifted by one within
+    the map batch. They estimate KTO's reference point, the policy's KL from the reference.
+    """
+    names = ("input_ids", "attention_mask", "labels")
+    out: dict[str, list] = {name: [] for name in (*names, *(f"kl_{n}" for n in names), "kto_tags")}
+    end = [tokenizer.eos_token_id] if chat.efficient_eos else []
+    responses = batch["_response"]
+    shifted = responses[-1:] + responses[:-1]
+    tools_column = batch.get("_tools") or [""] * len(batch["_prompt"])
+    rows = zip(batch["_prompt"], responses, shifted, batch["_system"], tools_column, strict=True)
+    for prompt, response, other, system, tools in rows:
+        if len(prompt) % 2 != 1 or len(response) != 2:
+            continue
+        desirable = bool(response[0]["content"])
+        reply = response[0] if desirable else response[1]
+        kl_reply = (other[0] if other[0]["content"] else other[1]) if len(other) == 2 else reply
+        messages, system, tool_text = _with_tools(prompt, system, tools, chat, tool_format)
+        pairs = []
+        for r in (reply, kl_reply):
+            source, target = chat.encode_oneturn(tokenizer, [*messages, r], system, tool_text=tool_text)
+            source_len, target_len = infer_seqlen(len(source), len(target) + len(end), cutoff_len)
+            pairs.append((_keep_end(source, source_len), (target + end)[:target_len]))
+        if not pairs[0][1] or not pairs[1][1]:
+            continue
+        for prefix, (source, target) in zip(("", "kl_"), pairs, strict=True):
+            out[f"{prefix}input_ids"].append(source + target)
+            out[f"{prefix}attention_mask"].append([1] * (len(source) + len(target)))
+            out[f"{prefix}labels"].append([IGNORE_INDEX] * len(source) + target)
+        out["kto_tags"].append(desirable)
+    return out
+
+
 def tokenize_pt(
     batch: dict, *, tokenizer, cutoff_len: int, packing: bool = True, keep_apart: bool = False
 ) -> dict[str, list]:

@@ -1,94 +1,144 @@
-"""Direct preference optimisation, sigmoid loss, against a frozen reference.
+"""Direct preference optimisation with LLaMA-Factory's `pref_loss` choices.
 
-loss = -log σ(β · [(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))]), with
-sequence log-probabilities summed over response tokens (labels ≠ -100). The reference is the
-adapter-disabled base for LoRA, and a frozen copy of the initial model (or `ref_model`)
-otherwise; under ZeRO-3 that copy goes through deepspeed.initialize so its partitioned
-weights are gathered for the forward pass (as trl's prepare_deepspeed does).
+With policy log-ratios r_c = log π(y_c) − log π_ref(y_c), r_r likewise, and z = r_c − r_r:
+
+    sigmoid   −log σ(β z)                                  DPO (Rafailov et al. 2023), eq. 7;
+              label smoothing ε: −(1−ε) log σ(β z) − ε log σ(−β z) (conservative DPO)
+    hinge     max(0, 1 − β z)                              SLiC (Zhao et al. 2023)
+    ipo       (z − 1/(2β))²   on per-token average logps   IPO (Azar et al. 2023), eq. 17
+    kto_pair  1 − σ(β (r_c − KL_r)) and 1 − σ(β (KL_c − r_r)), KL_x = mean(r_x) clamped at 0
+              (the chosen half's KL estimated from the rejected half and back; HALOs eq. 7, trl 0.8)
+    orpo      −log p(y_c) − β log σ(log odds(y_c) − log odds(y_r)), odds(y) = p/(1−p), on average
+              logps, no reference (ORPO, Hong et al. 2024, eq. 6)
+    simpo     −log σ(β (avg log π(y_c) − avg log π(y_r)) − γ), no reference (SimPO, Meng et al. 2024)
+
+Sequence log-probabilities are summed over response tokens (labels ≠ -100), or averaged per token
+for ipo, orpo and simpo, as LLaMA-Factory does. Rewards (logged, and used for the accuracy) are
+β · r for losses with a reference and β · log π for orpo/simpo. `pref_ftx` adds ftx · (−average
+log π(y_c)). The loss is a mean over pairs, so the Trainer divides it by the accumulation steps.
 """
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from runtime.config.schema import REFERENCE_FREE_LOSSES
 from runtime.data import build_collator
-from runtime.model import build_model, fit_embeddings, load_model, load_tokenizer
+from runtime.model import build_model, load_tokenizer
 from runtime.stages.common import RunContext, fit, load_datasets, make_trainer, save_outputs
+from runtime.stages.reference import ReferenceMixin, load_reference, sequence_logps
 from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
 STAGE = "dpo"
+AVERAGED_LOSSES = ("ipo", "orpo", "simpo")  # on per-token average log-probabilities
 
 
-def sequence_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of response-token log-probs, response length) per row; labels are the input ids shifted."""
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
-    labels = inputs["labels"][:, 1:]
-    mask = labels != -100
-    logps = torch.gather(logits.float().log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logps * mask).sum(-1), mask.sum(-1)
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, stable near 0 and for very negative x (Mächler 2012)."""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-class DPOTrainer(PairwisePredictionMixin, XgenTrainer):
-    def __init__(self, *args: Any, ref_model: Any = None, beta: float, ftx: float, **kwargs: Any) -> None:
+def preference_loss(
+    loss_type: str,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
+    *,
+    beta: float,
+    simpo_gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-example losses, chosen rewards, rejected rewards) from sequence log-probs (see module doc)."""
+    if loss_type == "orpo":
+        log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+        losses = -chosen - beta * F.logsigmoid(log_odds)
+        return losses, beta * chosen.detach(), beta * rejected.detach()
+    if loss_type == "simpo":
+        losses = -F.logsigmoid(beta * (chosen - rejected) - simpo_gamma)
+        return losses, beta * chosen.detach(), beta * rejected.detach()
+    assert ref_chosen is not None and ref_rejected is not None, f"{loss_type} needs reference log-probs"
+    chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+    z = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * z) * (1 - label_smoothing) - F.logsigmoid(-beta * z) * label_smoothing
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * z)
+    elif loss_type == "ipo":
+        losses = (z - 1 / (2 * beta)) ** 2
+    elif loss_type == "kto_pair":
+        chosen_kl = chosen_ratio.mean().clamp(min=0)
+        rejected_kl = rejected_ratio.mean().clamp(min=0)
+        losses = torch.cat(
+            (
+                1 - torch.sigmoid(beta * (chosen_ratio - rejected_kl)),
+                1 - torch.sigmoid(beta * (chosen_kl - rejected_ratio)),
+            )
+        )
+    else:
+        raise ValueError(f"unknown pref_loss {loss_type!r}")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+class DPOTrainer(ReferenceMixin, PairwisePredictionMixin, XgenTrainer):
+    # The loss is a mean over pairs, not a sum over num_items_in_batch tokens: Trainer must divide it
+    # by the accumulation steps (it would not, since Llama's forward accepts loss kwargs).
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        ref_model: Any = None,
+        beta: float,
+        ftx: float,
+        loss_type: str = "sigmoid",
+        simpo_gamma: float = 0.5,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.beta, self.ftx = beta, ftx
-        self.ref_model = self._prepare_reference(ref_model) if ref_model is not None else None
-
-    def _prepare_reference(self, ref: Any) -> Any:
-        ref.requires_grad_(False).eval()
-        if not self.is_deepspeed_enabled:
-            return ref.to(self.args.device)
-        import deepspeed
-
-        config = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
-        config.pop("optimizer", None)
-        config.pop("scheduler", None)
-        zero = config.setdefault("zero_optimization", {})
-        if zero.get("stage") != 3:
-            zero["stage"] = 0  # only ZeRO-3 needs the engine to gather weights
-        hidden = getattr(ref.config, "hidden_size", None)
-        for key, value in (
-            ("reduce_bucket_size", hidden * hidden if hidden else 5e8),
-            ("stage3_param_persistence_threshold", 10 * hidden if hidden else 1e5),
-            ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden) if hidden else 5e8),
-        ):
-            if zero.get(key) == "auto":
-                zero[key] = value
-        engine, *_ = deepspeed.initialize(model=ref, config=config)
-        engine.eval()
-        return engine
-
-    def _reference_logps(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            if self.ref_model is not None:
-                return sequence_logps(self.ref_model, inputs)[0]
-            unwrapped = self.accelerator.unwrap_model(model)
-            with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else nullcontext():
-                return sequence_logps(model, inputs)[0]
+        self.beta, self.ftx, self.loss_type = beta, ftx, loss_type
+        self.simpo_gamma, self.label_smoothing = simpo_gamma, label_smoothing
+        self.setup_reference(ref_model, needed=loss_type not in REFERENCE_FREE_LOSSES)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        ref_logps = self._reference_logps(model, inputs)
         logps, lengths = sequence_logps(model, inputs)
+        average = logps / lengths.clamp(min=1)
+        if self.loss_type in AVERAGED_LOSSES:
+            logps = average
         chosen, rejected = logps.chunk(2)
-        ref_chosen, ref_rejected = ref_logps.chunk(2)
-        chosen_rewards = self.beta * (chosen - ref_chosen)
-        rejected_rewards = self.beta * (rejected - ref_rejected)
-        loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+        ref_chosen = ref_rejected = None
+        if self.needs_reference:
+            with self.reference(model) as ref:
+                ref_logps, ref_lengths = sequence_logps(ref, inputs)
+            if self.loss_type in AVERAGED_LOSSES:
+                ref_logps = ref_logps / ref_lengths.clamp(min=1)
+            ref_chosen, ref_rejected = ref_logps.chunk(2)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            self.loss_type,
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.beta,
+            simpo_gamma=self.simpo_gamma,
+            label_smoothing=self.label_smoothing,
+        )
+        loss = losses.mean()
         if self.ftx:
-            loss = loss + self.ftx * (-chosen / lengths.chunk(2)[0].clamp(min=1)).mean()
+            loss = loss + self.ftx * (-average.chunk(2)[0]).mean()
         self.store_metrics(
             {
                 "rewards/chosen": chosen_rewards,
                 "rewards/rejected": rejected_rewards,
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
                 "rewards/margins": chosen_rewards - rejected_rewards,
-                "logps/chosen": chosen,
-                "logps/rejected": rejected,
+                "logps/chosen": chosen.detach(),
+                "logps/rejected": rejected.detach(),
             }
         )
         return (loss, {}) if return_outputs else loss
@@ -100,11 +150,7 @@ def run(ctx: RunContext) -> None:
     tokenizer = load_tokenizer(cfg)
     data = load_datasets(ctx, tokenizer, stage=STAGE)
     model = build_model(cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
-    ref_model = None
-    if cfg.finetuning_type != "lora" or cfg.ref_model:
-        ref_model = fit_embeddings(
-            load_model(cfg, stage=STAGE, device=ctx.device, path=cfg.ref_model), tokenizer
-        )
+    ref_model = load_reference(cfg, ctx.device, tokenizer)  # None for orpo/simpo and LoRA's own base
     collator = build_collator(cfg, tokenizer, stage=STAGE)
     trainer = make_trainer(
         DPOTrainer,
@@ -116,6 +162,9 @@ def run(ctx: RunContext) -> None:
         ref_model=ref_model,
         beta=cfg.pref_beta,
         ftx=cfg.pref_ftx,
+        loss_type=cfg.pref_loss,
+        simpo_gamma=cfg.simpo_gamma,
+        label_smoothing=cfg.dpo_label_smoothing,
     )
     # --- train ---
     metrics = fit(trainer, ctx)

@@ -15,6 +15,10 @@ STAGE = "rm"
 
 
 class RewardTrainer(PairwisePredictionMixin, XgenTrainer):
+    # A mean over pairs, not a token sum over num_items_in_batch: Trainer must divide it by the
+    # accumulation steps (it would not, since the model's forward accepts loss kwargs).
+    loss_is_scaled_for_ga = False
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         chosen, rejected = rewards.squeeze(-1).float().chunk(2)

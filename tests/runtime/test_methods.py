@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_harness import base_config, max_diff, run_inprocess, run_torchrun, weights, write_config
+from trainer_harness import (
+    base_config,
+    max_diff,
+    reload_adapter,
+    run_inprocess,
+    run_torchrun,
+    weights,
+    write_config,
+)
 from transformers import TrainerCallback
 
 from runtime.config import ConfigError, load_config, parse_train_config
@@ -386,15 +394,7 @@ def test_lf_extras_example_trains_and_reloads(name, tiny_dir, tmp_path, pro_mode
     assert run_inprocess(path) == 0
     if (out / "adapter_config.json").is_file():
         model_dir = pro_model if "llama_pro" in name else tiny_dir / "model"
-        from peft import PeftModel
-        from transformers import AutoTokenizer
-
-        from runtime.model import fit_embeddings
-
-        # a template whose stop words the tiny tokenizer lacks (llama3) grew the embeddings: the base
-        # gets the same rows before the adapter (with its saved embedding layers) loads onto it
-        base = fit_embeddings(base_model(model_dir), AutoTokenizer.from_pretrained(out))
-        PeftModel.from_pretrained(base, out)
+        reload_adapter(model_dir, out, dtype=torch.float32)
     else:
         base_model(out)
     if "pissa" in name:

@@ -18,7 +18,13 @@ TORCHRUN_TIMEOUT = 240
 def base_config(tiny_dir: Path, out: Path, **overrides: Any) -> dict[str, Any]:
     """A few fast steps on the tiny model; deterministic (fixed seed, no dropout)."""
     stage = overrides.get("stage", "sft")
-    dataset = {"pt": "tiny_pt", "sft": "tiny_alpaca", "rm": "tiny_pref", "dpo": "tiny_pref"}[stage]
+    dataset = {
+        "pt": "tiny_pt",
+        "sft": "tiny_alpaca",
+        "rm": "tiny_pref",
+        "dpo": "tiny_pref",
+        "kto": "reverse_kto",
+    }[stage]
     cfg = {
         "model_name_or_path": str(tiny_dir / "model"),
         "stage": stage,
@@ -120,3 +126,17 @@ def log_history(out: Path) -> list[dict[str, Any]]:
 
 def step_losses(out: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in log_history(out) if "loss" in e}
+
+
+def reload_adapter(base_dir: Path, adapter_dir: Path, **load: Any) -> Any:
+    """A saved adapter on its base, as a user reloads it: a template whose stop words the tiny tokenizer
+    lacks (llama3) grew the embeddings in training, so the base gets the same rows first."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runtime.model import fit_embeddings
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, **load)
+    return PeftModel.from_pretrained(
+        fit_embeddings(base, AutoTokenizer.from_pretrained(adapter_dir)), adapter_dir
+    )

@@ -28,9 +28,9 @@ from xgen.cli import main
 # DeepSpeed's runner would read (DS_ENV_FILE, the credentials file), then exits 0.
 FAKE_PYTHON = """#!/usr/bin/env bash
 # the per-node config check and the preflight pass: they are not what the launcher starts
-if [[ "${{1:-}} ${{2:-}} ${{3:-}}" == "-m runtime check" || "${{1:-}} ${{2:-}}" == "-m runtime.preflight" ]]; then
-  exit 0
-fi
+case "${{1:-}} ${{2:-}} ${{3:-}}" in
+  "-m runtime check" | "-m runtime.preflight "*) exit 0 ;;
+esac
 umask 077
 n=$(find "{dump}" -maxdepth 1 -name 'env.*' | wc -l)
 env -0 >"{dump}/env.$n"

@@ -132,6 +132,10 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     info = gather_start_info(device, cfg.strategy)
     if is_rank0():
         print(info.line(), flush=True)
+    if is_rank0():
+        from runtime.outputs import write_resolved_config
+
+        say(f"resolved config: {write_resolved_config(cfg, cfg.output_dir)}")
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")

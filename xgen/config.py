@@ -191,6 +191,8 @@ class Config:
     # `train:` as the runtime's parser reads it (relative paths from the workdir); None when train: is
     # empty. Generators read this, never the raw `train` mapping.
     training: TrainConfig | None = field(default=None, metadata={"internal": True})
+    # --- operable (issue 13): the config file's text as read, frozen into every generated script ---
+    text: str = field(default="", metadata={"internal": True})
 
     @property
     def workdir(self) -> str:
@@ -199,6 +201,13 @@ class Config:
         if self.job.workdir is None:
             return str(base)
         return str(base / self.job.workdir)
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the config text the scripts freeze (the file's bytes as read)."""
+        import hashlib
+
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     @property
     def pinned_devices(self) -> int | None:

@@ -1,0 +1,49 @@
+"""Issue 13 at runtime level: the resolved training config in output_dir (credentials redacted), and
+torch.distributed.run's summary showing the failing rank's real traceback (elastic `record`)."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+import yaml
+from trainer_harness import base_config, run_inprocess, run_torchrun, write_config
+
+from runtime.outputs import RESOLVED_CONFIG, redact
+
+
+def test_redact_masks_credential_keys_only() -> None:
+    data = {"hub_token": "hf_abc", "lr": 1, "nested": {"api_key": "k", "password": None, "name": "x"}}
+    assert redact(data) == {
+        "hub_token": "***",
+        "lr": 1,
+        "nested": {"api_key": "***", "password": None, "name": "x"},
+    }
+
+
+def test_resolved_config_has_every_key_after_translation(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # LLaMA-Factory spelling in, resolved name and default values out.
+    cfg = base_config(tiny_dir, out, max_steps=1, deepspeed="z2")
+    assert run_inprocess(write_config(tmp_path / "cfg.yaml", cfg)) == 0
+    path = out / RESOLVED_CONFIG
+    resolved = yaml.safe_load(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert resolved["max_steps"] == 1
+    assert resolved["model_name_or_path"] == str(tiny_dir / "model")
+    assert "lora_alpha" in resolved and "save_strategy" in resolved  # defaults, not only what was written
+    assert resolved["deepspeed_config_resolved"]["zero_optimization"]["stage"] == 2
+
+
+def test_failing_rank_traceback_reaches_the_launcher_summary(tiny_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "broken-model"
+    shutil.copytree(tiny_dir / "model", model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    cfg = base_config(tiny_dir, tmp_path / "out", model_name_or_path=str(model), max_steps=1)
+    result = run_torchrun(write_config(tmp_path / "cfg.yaml", cfg), tmp_path, nproc=1)
+    assert result.returncode != 0
+    assert "To enable traceback see" not in result.stderr, result.stderr[-3000:]
+    # The root-cause section names the rank and carries the worker's own traceback.
+    assert "Root Cause (first observed failure)" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr.split("Root Cause")[-1], result.stderr[-3000:]

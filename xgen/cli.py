@@ -101,7 +101,12 @@ def slurm(config_file: str, output: str | None) -> None:
     """
     from xgen.targets import slurm as target
 
-    run(lambda cfg: emit(target.build(cfg), output), config_file)
+    def action(cfg: Config) -> None:
+        text = target.build(cfg)
+        target.make_log_directories(cfg)
+        emit(text, output)
+
+    run(action, config_file)
 
 
 @main.command()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -25,6 +27,9 @@ PYTHON = """#!/usr/bin/env bash
 if [[ "$1 $2 $3" == "-m runtime check" ]]; then exit 0; fi
 if [[ "$1" == -c ]]; then echo 29511; exit 0; fi
 cfg=${!#}
+echo "$*" >"$XGEN_TEST_OUT/argv"
+echo "PYTHONUNBUFFERED=${PYTHONUNBUFFERED:-}" >"$XGEN_TEST_OUT/env"
+echo "worker says hi"
 echo "$cfg" >"$XGEN_TEST_OUT/config-path"
 cp "$cfg" "$XGEN_TEST_OUT/config-seen"
 """
@@ -117,3 +122,45 @@ def test_shell_script_freezes_into_its_own_run_dir(tmp_path):
     assert (tmp_path / "out" / "config-seen").read_bytes() == original
     assert (tmp_path / "run" / "config.yaml").read_bytes() == original
     assert os.stat(tmp_path / "run" / "config.yaml").st_mode & 0o077 == 0
+
+
+def test_slurm_logs_are_findable(tmp_path):
+    """--chdir to the workdir, the slurm.output directory made at generation, one log per node and
+    attempt, torchrun's per-rank log dir under it, xgen's lines with time and node, unbuffered python."""
+    cfg, env = setup(tmp_path)
+    cfg.write_text(cfg.read_text() + "slurm:\n  output: logs/deep/%x-%j.out\n")
+    result = run_xgen("slurm", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert f"#SBATCH --chdir={tmp_path}" in result.stdout
+    assert (tmp_path / "logs" / "deep").is_dir()  # Slurm would not create it
+    script = tmp_path / "job.sh"
+    script.write_text(result.stdout)
+    run = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "SLURM_RESTART_COUNT": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    logs = tmp_path / "xgen-runs" / "4242" / "logs"
+    node_log = logs / f"{socket.gethostname()}.attempt2.log"
+    text = node_log.read_text()
+    assert "worker says hi" in text and "worker says hi" in run.stdout  # the file and Slurm's log
+    assert re.search(r"^xgen: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+: node_rank=0/1", text, re.M), text
+    argv = (tmp_path / "out" / "argv").read_text()
+    assert f"--log-dir {logs}/{socket.gethostname()}.attempt2.ranks --tee 3" in argv
+    assert (tmp_path / "out" / "env").read_text().strip() == "PYTHONUNBUFFERED=1"
+
+
+def test_slurm_refuses_a_log_directory_it_cannot_make(tmp_path):
+    cfg, _ = setup(tmp_path)
+    (tmp_path / "blocker").write_text("a file where the log directory should be\n")
+    cfg.write_text(cfg.read_text() + "slurm:\n  error: blocker/logs/%j.err\n")
+    result = run_xgen("slurm", str(cfg), "-o", str(tmp_path / "job.sh"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "xgen: error: slurm.error: cannot create the log directory"
+    )
+    assert not (tmp_path / "job.sh").exists()

@@ -19,7 +19,8 @@ export PYTHON XGEN_CONFIG XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT
 # What this run leaves besides output_dir, in XGEN_RUN_DIR (= job.workdir/xgen-runs/<run id>):
 #   config.yaml                     the config as it was when this script was generated (mode 0600)
 #   logs/<node>.attempt<N>.log      everything one node printed, one file per node and attempt (requeues count)
-#   logs/<node>.attempt<N>.ranks/   torch.distributed.run's per-rank worker logs (stdout.log, stderr.log, error.json)
+#   logs/<node>.attempt<N>.ranks/   torch.distributed.run's per-rank worker logs:
+#       <run id>_<random>/attempt_0/<local rank>/{stdout.log,stderr.log,error.json (a failed worker)}
 # The config is embedded below, so an edit to the YAML after generation (or between submission and a
 # requeue) cannot change this run: from here on XGEN_CONFIG names the frozen copy.
 xgen_freeze_config() {
@@ -65,6 +66,25 @@ XGEN_FROZEN_CONFIG_f13cc105371abcfa
   mv -f "$frozen.tmp.$$" "$frozen"
   XGEN_CONFIG=$frozen
   export XGEN_CONFIG XGEN_RUN_DIR
+}
+
+# --- logs ---
+# Python writes each line when it happens, not in 8 KiB blocks when stdout is a file (Slurm's log).
+PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED
+
+xgen_say() {
+  # xgen's own lines: UTC time and node name, so lines from several nodes and attempts sort and grep.
+  echo "xgen: $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): $*" >&2
+}
+
+xgen_node_log() {
+  # From here on everything this node prints also goes to its own file, one per attempt (N =
+  # SLURM_RESTART_COUNT, 0 outside Slurm): $XGEN_RUN_DIR/logs/<node>.attempt<N>.log. stdout and stderr
+  # stay apart for Slurm's --output/--error.
+  XGEN_NODE_LOG="$XGEN_RUN_DIR/logs/$(hostname).attempt${SLURM_RESTART_COUNT:-0}.log"
+  exec > >(tee -a "$XGEN_NODE_LOG") 2> >(tee -a "$XGEN_NODE_LOG" >&2)
+  export XGEN_NODE_LOG
 }
 
 # --- devices ---
@@ -228,7 +248,10 @@ xgen_launch() {
   if [[ "$MASTER_PORT" == auto ]]; then
     MASTER_PORT=$(xgen_free_port)
   fi
-  echo "xgen: $(hostname): node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT" >&2
+  xgen_say "node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT"
+  # --log-dir/--tee 3: each worker's stdout/stderr also lands in <node log>.ranks/<run>/attempt_0/<local
+  # rank>/{stdout,stderr}.log (console lines then start with [default<local rank>]:), and a failing
+  # worker's error.json (traceback, rank, time) next to them.
   # python -m torch.distributed.run, never the torchrun binary: its shebang breaks when a conda env is
   # copied or moved. Static rendezvous: every node names the same master and its own node rank.
   "$PYTHON" -m torch.distributed.run \
@@ -238,6 +261,8 @@ xgen_launch() {
     --master_port "$MASTER_PORT" \
     --nproc_per_node "$NPROC_PER_NODE" \
     --rdzv_conf "timeout=$XGEN_RDZV_TIMEOUT" \
+    --log-dir "${XGEN_NODE_LOG%.log}.ranks" \
+    --tee 3 \
     -m runtime train "$XGEN_CONFIG"
 }
 
@@ -257,6 +282,7 @@ xgen_check_master
 # This run's directory (see `# --- run directory ---`); export XGEN_RUN_DIR to choose it.
 XGEN_RUN_DIR=${XGEN_RUN_DIR:-$XGEN_WORKDIR/xgen-runs/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)-$$}
 xgen_freeze_config
+xgen_node_log
 xgen_devices
 xgen_comm_env
 xgen_launch

@@ -3,6 +3,7 @@ torch.distributed.run's summary showing the failing rank's real traceback (elast
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 from pathlib import Path
@@ -34,6 +35,10 @@ def test_resolved_config_has_every_key_after_translation(tiny_dir: Path, tmp_pat
     assert resolved["model_name_or_path"] == str(tiny_dir / "model")
     assert "lora_alpha" in resolved and "save_strategy" in resolved  # defaults, not only what was written
     assert resolved["deepspeed_config_resolved"]["zero_optimization"]["stage"] == 2
+    # The progress file `xgen status` reads.
+    progress = json.loads((out / "xgen_progress.json").read_text())
+    assert (progress["step"], progress["total"], progress["phase"]) == (1, 1, "done")
+    assert progress["loss"] > 0 and progress["tokens_per_s"] > 0
 
 
 def test_failing_rank_traceback_reaches_the_launcher_summary(tiny_dir: Path, tmp_path: Path) -> None:

@@ -52,3 +52,26 @@ def test_failing_rank_traceback_reaches_the_launcher_summary(tiny_dir: Path, tmp
     # The root-cause section names the rank and carries the worker's own traceback.
     assert "Root Cause (first observed failure)" in result.stderr
     assert "Traceback (most recent call last)" in result.stderr.split("Root Cause")[-1], result.stderr[-3000:]
+
+
+def test_world_problem_names_what_differs() -> None:
+    from runtime.world import world_problem
+
+    env = {"XGEN_EXPECT_NNODES": "2", "XGEN_EXPECT_WORLD_SIZE": "4"}
+    assert world_problem(4, ["a", "a", "b", "b"], env) is None
+    assert "joined 1 node(s) (a) with world size 2, but cluster.nodes is 2" in world_problem(
+        2, ["a", "a"], env
+    )
+    assert "devices_per_node is 4" in world_problem(3, ["a", "a", "b"], env)
+    assert world_problem(1, ["a"], {}) is None  # no expectation: a bare `xgen-runtime train`
+
+
+def test_runtime_refuses_a_smaller_world_than_asked(
+    tiny_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("XGEN_EXPECT_NNODES", "2")
+    out = tmp_path / "out"
+    assert run_inprocess(write_config(tmp_path / "cfg.yaml", base_config(tiny_dir, out, max_steps=1))) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("xgen-runtime: error: world: joined 1 node(s)"), err
+    assert not (out / "model.safetensors").exists()

@@ -164,3 +164,29 @@ def test_slurm_refuses_a_log_directory_it_cannot_make(tmp_path):
         "xgen: error: slurm.error: cannot create the log directory"
     )
     assert not (tmp_path / "job.sh").exists()
+
+
+def test_deepspeed_launch_without_its_hostfile_fails_at_once(tmp_path):
+    """DeepSpeed would train a 2-node job on this node alone; the script refuses in one line, exit 2."""
+    cfg, env = setup(tmp_path)
+    cfg.write_text(
+        cfg.read_text().replace(
+            "  nodes: 1\n", "  nodes: 2\n  hosts: [10.0.0.1, 10.0.0.2]\n  master_addr: 10.0.0.1\n"
+        )
+    )
+    hostfile = tmp_path / "hostfile"
+    result = run_xgen("deepspeed", str(cfg), "--hostfile", str(hostfile), "-o", str(tmp_path / "launch.sh"))
+    assert result.returncode == 0, result.stderr
+    assert "XGEN_EXPECT_WORLD_SIZE=$(( NNODES * 1 ))" in (tmp_path / "launch.sh").read_text()
+    hostfile.unlink()
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM")}
+    run = subprocess.run(
+        ["bash", str(tmp_path / "launch.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"xgen: error: hostfile {hostfile} not found on {socket.gethostname()}; "
+        "write it where the launching node can read it (xgen deepspeed --hostfile PATH)"
+    ]
+    assert not (tmp_path / "out" / "argv").exists()  # DeepSpeed never started

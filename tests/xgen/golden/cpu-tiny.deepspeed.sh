@@ -87,6 +87,14 @@ xgen_node_log() {
   exec > >(tee -a "$XGEN_NODE_LOG") 2> >(tee -a "$XGEN_NODE_LOG" >&2)
   export XGEN_NODE_LOG
 }
+
+# --- expected world ---
+# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
+XGEN_EXPECT_NNODES=$NNODES
+export XGEN_EXPECT_NNODES
+XGEN_EXPECT_WORLD_SIZE=$(( NNODES * 2 ))
+export XGEN_EXPECT_WORLD_SIZE
 MASTER_ADDR=127.0.0.1
 # One node and no cluster.master_port: a free local port is picked at launch (xgen_free_port), so two
 # runs on one machine never collide on 29500.
@@ -262,7 +270,7 @@ export DS_ACCELERATOR=$XGEN_DEVICE
 DS_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/xgen-deepspeed-env.XXXXXX")
 export DS_ENV_FILE
 trap 'rm -f "$DS_ENV_FILE"' EXIT
-for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS; do
+for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS XGEN_EXPECT_NNODES XGEN_EXPECT_WORLD_SIZE; do
   if [[ -n "${!xgen_var+set}" ]]; then
     printf '%s=%s\n' "$xgen_var" "${!xgen_var}" >>"$DS_ENV_FILE"
   fi

@@ -89,6 +89,14 @@ xgen_node_log() {
   exec > >(tee -a "$XGEN_NODE_LOG") 2> >(tee -a "$XGEN_NODE_LOG" >&2)
   export XGEN_NODE_LOG
 }
+
+# --- expected world ---
+# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
+XGEN_EXPECT_NNODES=$NNODES
+export XGEN_EXPECT_NNODES
+XGEN_EXPECT_WORLD_SIZE=$(( NNODES * 8 ))
+export XGEN_EXPECT_WORLD_SIZE
 XGEN_HOSTFILE=/cluster/xgen/hostfile
 export XGEN_HOSTFILE
 MASTER_ADDR=node0
@@ -278,13 +286,19 @@ export DS_ACCELERATOR=$XGEN_DEVICE
 if (( NPROC_PER_NODE != 8 )); then
   xgen_die "cluster.devices_per_node: hostfile says slots=8 but $(hostname) runs $NPROC_PER_NODE processes; regenerate or pin the count"
 fi
+# DeepSpeed without a readable hostfile says "will proceed with training with local resources only" and
+# trains a multi-node job on this node alone: refuse before launching.
+if [[ ! -f "$XGEN_HOSTFILE" ]]; then
+  echo "xgen: error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)" >&2
+  exit 2
+fi
 
 # Remote nodes start from a fresh ssh environment: DeepSpeed forwards only NCCL*/PYTHON*/… variables
 # and the KEY=VALUE lines of the file DS_ENV_FILE names, so the communication env goes there.
 DS_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/xgen-deepspeed-env.XXXXXX")
 export DS_ENV_FILE
 trap 'rm -f "$DS_ENV_FILE"' EXIT
-for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS; do
+for xgen_var in XGEN_DEVICE DS_ACCELERATOR NCCL_SOCKET_IFNAME HCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_DEBUG NCCL_IB_DISABLE HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT TASK_QUEUE_ENABLE OMP_NUM_THREADS XGEN_EXPECT_NNODES XGEN_EXPECT_WORLD_SIZE; do
   if [[ -n "${!xgen_var+set}" ]]; then
     printf '%s=%s\n' "$xgen_var" "${!xgen_var}" >>"$DS_ENV_FILE"
   fi

@@ -94,6 +94,14 @@ xgen_node_log() {
   export XGEN_NODE_LOG
 }
 
+# --- expected world ---
+# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
+XGEN_EXPECT_NNODES=$NNODES
+export XGEN_EXPECT_NNODES
+XGEN_EXPECT_WORLD_SIZE=$(( NNODES * 8 ))
+export XGEN_EXPECT_WORLD_SIZE
+
 # --- devices ---
 # Runs on each node at start: Ascend NPUs (npu-smi), then NVIDIA GPUs (nvidia-smi), else CPU (gloo).
 # The result is exported as XGEN_DEVICE (npu|cuda|cpu; the runtime picks hccl/nccl/gloo from it) and

@@ -105,6 +105,12 @@ xgen_node_log() {
   export XGEN_NODE_LOG
 }
 
+# --- expected world ---
+# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
+XGEN_EXPECT_NNODES=$NNODES
+export XGEN_EXPECT_NNODES
+
 # --- setup ---
 # slurm.setup, verbatim: the user's own shell lines (module load, conda activate, venv), the one place
 # config text is shell by design. They run in this batch shell; srun --export=ALL carries the resulting

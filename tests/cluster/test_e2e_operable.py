@@ -1,0 +1,49 @@
+"""Issue 13 on the real two-node Slurm: logs you can find, what ran stays what ran, `xgen status`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import e2e
+import harness
+
+# Imported by every python of the job (PYTHONPATH): the worker with RANK=3 (node1, local rank 1) asks
+# for a device kind the runtime does not know, so it alone fails inside training, after the node checks.
+FAULT = """import os
+if os.environ.get("RANK") == "3":
+    os.environ["XGEN_DEVICE"] = "tpu"
+"""
+
+
+def test_missing_log_dir_and_failing_rank_named_by_status(
+    cluster: harness.Cluster, tiny: Path, shared_dir: Path
+) -> None:
+    """slurm.output points into a directory that does not exist: `xgen slurm` makes it, the job logs.
+    Rank 3 fails: `xgen status` names node1, rank 3 and its error."""
+    config = e2e.merge(
+        e2e.base_config(tiny, shared_dir, name="xgt-status"), {"slurm": {"output": "no-such-dir/job-%j.out"}}
+    )
+    fault = shared_dir / "fault"
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(FAULT)
+    script = e2e.render(shared_dir, "slurm", e2e.write_config(shared_dir, config))
+    assert (shared_dir / "no-such-dir").is_dir()
+    job = cluster.sbatch(script, cwd="/", env={**e2e.RUN_ENV, "PYTHONPATH": str(fault)})  # --chdir: workdir
+    info = cluster.wait_done(job, timeout=120)
+    out = Path(info["StdOut"]).read_text(errors="replace")
+    assert Path(info["StdOut"]).parent == shared_dir / "no-such-dir"
+    assert info["JobState"] == "FAILED", out[-4000:]
+    status = subprocess.run(
+        [str(e2e.XGEN), "status", str(job)], capture_output=True, text=True, env=cluster.env(), timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    text = status.stdout
+    assert f"job {job}: FAILED" in text, text
+    assert "first failure: node node1, rank 3: ConfigError" in text and "got 'tpu'" in text, (
+        text + out[-3000:]
+    )
+    run_dir = shared_dir / "xgen-runs" / str(job)
+    assert {p.name for p in (run_dir / "logs").glob("*.log")} == {"node0.attempt0.log", "node1.attempt0.log"}
+    assert os.stat(run_dir / "config.yaml").st_mode & 0o077 == 0

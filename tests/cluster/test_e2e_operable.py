@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import e2e
@@ -47,3 +48,32 @@ def test_missing_log_dir_and_failing_rank_named_by_status(
     run_dir = shared_dir / "xgen-runs" / str(job)
     assert {p.name for p in (run_dir / "logs").glob("*.log")} == {"node0.attempt0.log", "node1.attempt0.log"}
     assert os.stat(run_dir / "config.yaml").st_mode & 0o077 == 0
+
+
+def test_yaml_edited_after_submission_then_requeued_keeps_the_original(
+    cluster: harness.Cluster, tiny: Path, shared_dir: Path
+) -> None:
+    """Submitted held, the YAML then points output_dir elsewhere; released and later requeued, both runs
+    read the frozen config: the edited output_dir never appears."""
+    config_path = e2e.write_config(shared_dir, e2e.base_config(tiny, shared_dir, name="xgt-frozen"))
+    script = e2e.render(shared_dir, "slurm", config_path)
+    job = cluster.sbatch(script, "--hold", cwd=shared_dir, env=e2e.RUN_ENV)
+    config_path.write_text(
+        config_path.read_text().replace(str(shared_dir / "out"), str(shared_dir / "edited"))
+    )
+    cluster.slurm(["scontrol", "release", str(job)])
+    info = cluster.wait_done(job, timeout=120)
+    assert info["JobState"] == "COMPLETED", Path(info["StdOut"]).read_text(errors="replace")[-4000:]
+    cluster.slurm(["scontrol", "requeue", str(job)])
+    deadline = time.time() + 120
+    while True:
+        info = cluster.show_job(job)
+        if info.get("Restarts") == "1" and info["JobState"] in harness.FINAL_STATES:
+            break
+        assert time.time() < deadline, info
+        time.sleep(1)
+    assert info["JobState"] == "COMPLETED"
+    assert (shared_dir / "out" / "model.safetensors").is_file()
+    assert not (shared_dir / "edited").exists()
+    second = (shared_dir / "xgen-runs" / str(job) / "logs" / "node0.attempt1.log").read_text()
+    assert f"training already complete in {shared_dir / 'out'}" in second, second[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -77,3 +78,32 @@ def test_yaml_edited_after_submission_then_requeued_keeps_the_original(
     assert not (shared_dir / "edited").exists()
     second = (shared_dir / "xgen-runs" / str(job) / "logs" / "node0.attempt1.log").read_text()
     assert f"training already complete in {shared_dir / 'out'}" in second, second[-3000:]
+
+
+def test_two_jobs_on_the_same_nodes_get_different_ports_and_both_complete(
+    cluster: harness.Cluster, tiny: Path, shared_dir: Path
+) -> None:
+    """Two 2-node jobs at once on node0+node1: master port 20000 + job id % 20000 differs, both train."""
+    jobs = {}
+    for name in ("a", "b"):
+        work = shared_dir / name
+        work.mkdir()
+        config = e2e.merge(
+            e2e.base_config(tiny, work, name=f"xgt-port-{name}"),
+            {"cluster": {"devices_per_node": 1}, "slurm": {"cpus_per_task": 1}},
+        )
+        script = e2e.render(work, "slurm", e2e.write_config(work, config))
+        jobs[name] = cluster.sbatch(script, cwd=work, env=e2e.RUN_ENV)
+    for name in jobs:
+        cluster.wait_state(jobs[name], {"RUNNING", *harness.FINAL_STATES}, timeout=60)
+    running = {name: cluster.show_job(job) for name, job in jobs.items()}
+    outs = {}
+    for name, job in jobs.items():
+        info = cluster.wait_done(job, timeout=120)
+        outs[name] = Path(info["StdOut"]).read_text(errors="replace")
+        assert info["JobState"] == "COMPLETED", outs[name][-4000:]
+        assert (shared_dir / name / "out" / "model.safetensors").is_file()
+    ports = {name: re.search(r"master=node0:(\d+)", out)[1] for name, out in outs.items()}
+    assert ports["a"] != ports["b"], ports
+    # Both held node0 and node1 at the same time (else this proves nothing about port clashes).
+    assert all(info["JobState"] == "RUNNING" for info in running.values()), running

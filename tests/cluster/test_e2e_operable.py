@@ -107,3 +107,31 @@ def test_two_jobs_on_the_same_nodes_get_different_ports_and_both_complete(
     assert ports["a"] != ports["b"], ports
     # Both held node0 and node1 at the same time (else this proves nothing about port clashes).
     assert all(info["JobState"] == "RUNNING" for info in running.values()), running
+
+
+def test_deepspeed_launch_with_its_hostfile_removed_fails_at_once(
+    cluster: harness.Cluster, tiny: Path, shared_dir: Path
+) -> None:
+    """DeepSpeed itself would say "local resources only" and train 2 nodes' job on node0, exit 0."""
+    config = e2e.merge(
+        e2e.base_config(tiny, shared_dir, name="xgt-ds-nohostfile"),
+        {"launcher": "deepspeed", "cluster": {"ssh_port": cluster.spec.ssh_port}},
+    )
+    hostfile = shared_dir / "hostfile"
+    script = e2e.render(
+        shared_dir, "deepspeed", e2e.write_config(shared_dir, config), "--hostfile", str(hostfile)
+    )
+    hostfile.unlink()
+    start = time.monotonic()
+    proc = cluster.run_in_node(
+        "node0", ["bash", str(script)], cwd=shared_dir, timeout=60, check=False, env=cluster.env(e2e.RUN_ENV)
+    )
+    took = time.monotonic() - start
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert errors == [
+        f"xgen: error: hostfile {hostfile} not found on node0; write it where the launching "
+        "node can read it (xgen deepspeed --hostfile PATH)"
+    ], errors
+    assert took < 15, took
+    assert not (shared_dir / "out").exists()

@@ -75,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"xgen-runtime: exported model to {export(cfg)}")
             return 0
-        from runtime.train import train
-
         check_test_assert_env()
-        return train(cfg)
+        return _train_recorded(cfg)
     except ConfigError as exc:
         _print_errors([redact(line) for line in error_lines(exc)])
         return EXIT_CONFIG
+
+
+def _train_recorded(cfg) -> int:
+    """Train under torch.distributed.elastic's `record`: an exception on any rank is written to the
+    error file torch.distributed.run gives each worker, so its summary shows the first failing rank's
+    real traceback instead of "To enable traceback see …" (imported here: check/export stay torch-free)."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from runtime.train import train
+
+    return record(train)(cfg)
 
 
 def _print_errors(lines: list[str]) -> None:

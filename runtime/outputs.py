@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,57 @@ def missing_weights(out: Path, kind: str) -> str | None:
             if single.is_file() and _tensor_count(single):
                 return None
     return "no weights (no weight file holds any tensor)"
+
+
+# --- operable (issue 13): what ran, on disk ---
+RESOLVED_CONFIG = "xgen_config_resolved.yaml"
+# Keys whose values look like credentials are written as "***" (an HF token in a config must not end up
+# in a file next to the model that gets copied around).
+_SECRET_KEY = re.compile(r"token|secret|passw|api_?key|credential|private_?key|access_?key", re.IGNORECASE)
+
+
+def redact_keys(value: Any, key: str = "") -> Any:
+    """The value with every credential-looking key's value replaced by ***, nested mappings included."""
+    if key and _SECRET_KEY.search(key) and value not in (None, "", False):
+        return "***"
+    if isinstance(value, dict):
+        return {k: redact_keys(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_keys(v) for v in value]
+    return value
+
+
+def resolved_config(cfg: Any) -> dict[str, Any]:
+    """Every training key after defaults, LLaMA-Factory renames and device/perf adjustments, in schema
+    order, plus the DeepSpeed JSON a named ZeRO stage stands for; credential-looking values redacted."""
+    import dataclasses
+
+    keys = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("internal")}
+    if cfg.deepspeed_config is not None:
+        keys["deepspeed_config_resolved"] = cfg.deepspeed_config
+    return redact_keys(keys)
+
+
+def write_resolved_config(cfg: Any, output_dir: str | Path) -> Path:
+    """output_dir/xgen_config_resolved.yaml (mode 0600), written whole (temp file + replace)."""
+    import os
+    import tempfile
+
+    import yaml
+
+    from runtime.secrets import redact as secret_values_redacted
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = "# Every training key as this run resolved it (xgen-runtime); credential values are ***.\n"
+    # and any credential value from the environment that a key holds verbatim (runtime.secrets)
+    text += secret_values_redacted(yaml.safe_dump(resolved_config(cfg), sort_keys=False, allow_unicode=True))
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RESOLVED_CONFIG}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, out / RESOLVED_CONFIG)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out / RESOLVED_CONFIG

@@ -6,13 +6,28 @@ without a TTY each logging step prints one readable line instead.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from runtime.secrets import redact
+
+# --- operable (issue 13): the progress file `xgen status` reads ---
+PROGRESS_FILE = "xgen_progress.json"
+
+
+def write_progress(output_dir: str, data: dict[str, Any]) -> None:
+    """output_dir/xgen_progress.json, replaced whole (a reader never sees half a file)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / PROGRESS_FILE)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -38,11 +53,25 @@ class ProgressCallback(TrainerCallback):
         self._first_step = 0
         self._tokens0 = 0
         self.last: dict[str, float] = {}
+        self.file: dict[str, Any] = {}  # what xgen_progress.json holds
+
+    def _record(self, args: Any, state: Any, /, **values: Any) -> None:
+        """Update the progress file (rank 0): step, total, loss, tokens/s, ETA, last checkpoint."""
+        if not self.enabled or getattr(args, "output_dir", None) is None:
+            return
+        self.file.update(values)
+        self.file.update(
+            step=int(state.global_step),
+            total=int(state.max_steps),
+            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        write_progress(args.output_dir, self.file)
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         self._start = time.monotonic()
         self._first_step = state.global_step
         self._tokens0 = state.num_input_tokens_seen
+        self._record(args, state, phase="training")
         if self.enabled and self.tty:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -86,6 +115,7 @@ class ProgressCallback(TrainerCallback):
             return
         tokens_per_s, eta = self._rates(state)
         self.last = {"loss": logs["loss"], "tokens_per_s": tokens_per_s}
+        self._record(args, state, loss=float(logs["loss"]), tokens_per_s=tokens_per_s, eta_s=int(eta))
         parts = [f"loss {_fmt(logs['loss'])}"]
         if "grad_norm" in logs:
             parts.append(f"grad_norm {_fmt(logs['grad_norm'])}")
@@ -106,7 +136,12 @@ class ProgressCallback(TrainerCallback):
         else:
             print(f"xgen-runtime: {line}", flush=True)
 
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self._record(args, state, last_checkpoint=checkpoint)
+
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._record(args, state, phase="done", eta_s=0)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -152,8 +152,19 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()
     info = gather_start_info(device, cfg.strategy)
+    from runtime.world import EXIT_WRONG_WORLD, world_problem
+
+    problem = world_problem(info.world_size, info.hosts)
+    if problem:  # every rank saw the same world, so every rank stops here
+        if is_rank0():
+            print(f"xgen-runtime: error: {problem}", file=sys.stderr, flush=True)
+        return TrainResult(code=EXIT_WRONG_WORLD)
     if is_rank0():
         print(redact(info.line()), flush=True)
+    if is_rank0():
+        from runtime.outputs import write_resolved_config
+
+        say(f"resolved config: {write_resolved_config(cfg, cfg.output_dir)}")
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")

@@ -159,7 +159,12 @@ def slurm(config_file: str, output: str | None) -> None:
     """
     from xgen.targets import slurm as target
 
-    run(lambda cfg: emit(target.build(cfg), output, cfg, "slurm"), config_file)
+    def action(cfg: Config) -> None:
+        text = target.build(cfg)
+        target.make_log_directories(cfg)
+        emit(text, output, cfg, "slurm")
+
+    run(action, config_file)
 
 
 @main.command()
@@ -245,10 +250,10 @@ def doctor_slurm(config_file: str, output: str | None, submit: bool) -> None:
     def action(cfg: Config) -> None:
         text = target.build(cfg, module="runtime.doctor")
         if not submit:
-            emit(text, output)
+            emit(text, output, cfg)
             return
         path = output or "xgen-doctor.sh"
-        write_atomic(path, text, 0o755)
+        write_atomic(path, text, 0o700 if cfg.secrets_written() else 0o755)
         sys.exit(submit_and_report(path))
 
     run(action, config_file)
@@ -262,7 +267,7 @@ def doctor_shell(config_file: str, node_rank: int | None, output: str | None) ->
     """`xgen doctor shell CFG --node-rank N`: run the script on every node."""
     from xgen.targets import shell as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank, module="runtime.doctor"), output), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank, module="runtime.doctor"), output, cfg), config_file)
 
 
 @doctor.command("deepspeed")
@@ -279,7 +284,7 @@ def doctor_deepspeed(config_file: str, hostfile: str | None, output: str | None)
             require_directory_of(output)
         if hosts is not None and hostfile:
             write_atomic(hostfile, hosts)
-        emit(script, output)
+        emit(script, output, cfg)
 
     run(action, config_file)
 
@@ -363,6 +368,69 @@ def check(config_file: str) -> None:
             warn_secrets(cfg, cfg.secrets_written(), "the generated scripts will hold them (owner-only)")
 
     run(action, config_file)
+
+
+# --- operable (issue 13): watching and stopping a submitted run ---
+@main.command()
+@click.argument("target", metavar="JOBID|OUTPUT_DIR")
+def status(target: str) -> None:
+    """A job's state (scontrol/sacct), its progress, and for a failed job the first failing node and rank.
+
+    \b
+    Example:
+      xgen status 4242          # or: xgen status saves/llama3-lora
+    """
+    from xgen.ops.status import status_lines
+
+    def action() -> None:
+        colours = {"red": "red", "green": "green"}
+        for style, line in status_lines(target):  # colours on a terminal only: click strips them when piped
+            click.secho(line, fg=colours.get(style), bold=style == "bold")
+
+    guarded(action)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOBID")
+@click.option("--node", default=None, help="Only this node's log (its hostname).")
+@click.option("--rank", type=int, default=None, help="One worker's own stdout/stderr logs (global rank).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the logs grow (tail -F).")
+def logs(job_id: str, node: str | None, rank: int | None, follow: bool) -> None:
+    """Print a job's logs from its run directory: one per node (newest attempt), or one rank's.
+
+    \b
+    Example:
+      xgen logs 4242 --node node1 --follow
+    """
+    from xgen.ops.status import log_files
+
+    def action() -> None:
+        files = log_files(job_id, node, rank)
+        # tail: the one well-known tool that prints (and follows) several files with a name header each.
+        command = ["tail", "-n", "+1", *(["-F"] if follow else []), *map(str, files)]
+        os.execvp("tail", command)
+
+    guarded(action)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOBID")
+def cancel(job_id: str) -> None:
+    """Cancel a job (scancel): every node stops; a requeueable job is not requeued.
+
+    \b
+    Example:
+      xgen cancel 4242
+    """
+    import subprocess
+
+    def action() -> None:
+        result = subprocess.run(["scancel", job_id], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise XgenError(job_id, (result.stderr.strip() or "scancel failed").splitlines()[-1])
+        click.echo(f"xgen: cancelled job {job_id}")
+
+    guarded(action)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,8 @@ class Config:
     # `train:` as the runtime's parser reads it (relative paths from the workdir); None when train: is
     # empty. Generators read this, never the raw `train` mapping.
     training: TrainConfig | None = field(default=None, metadata={"internal": True})
+    # --- operable (issue 13): the config file's text as read, frozen into every generated script ---
+    text: str = field(default="", metadata={"internal": True})
 
     @property
     def workdir(self) -> str:
@@ -289,16 +291,23 @@ class Config:
         return str(base / self.job.workdir)
 
     def secrets_written(self, target: str | None = None) -> tuple[tuple[str, str], ...]:
-        """(config key, variable name) of each credential value `target`'s script will hold (None: any).
+        """(config key, variable name) of each credential value a generated script holds.
 
-        cluster.env keys named like credentials or listed in cluster.secret_env, and, in the Slurm script,
-        slurm.setup lines that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`).
+        cluster.env keys named like credentials or listed in cluster.secret_env, and slurm.setup lines
+        that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`). Every script embeds
+        the whole config (frozen at generation), so `target` no longer narrows this; kept for callers.
         """
         found = [(f"cluster.env.{name}", name) for name in self.cluster.written_secrets]
-        if target in (None, "slurm"):
-            for i, line in enumerate(self.slurm.setup):
-                found += [(f"slurm.setup[{i}]", name) for name in _credentials_in_shell(line)]
+        for i, line in enumerate(self.slurm.setup):
+            found += [(f"slurm.setup[{i}]", name) for name in _credentials_in_shell(line)]
         return tuple(found)
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the config text the scripts freeze (the file's bytes as read)."""
+        import hashlib
+
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     @property
     def pinned_devices(self) -> int | None:

@@ -91,8 +91,10 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
-def parse_mapping(raw: Any, source: Path) -> Config:
-    """Turn the loaded YAML into a Config, checking types and every cross-key rule."""
+def parse_mapping(raw: Any, source: Path, text: str | None = None) -> Config:
+    """Turn the loaded YAML into a Config, checking types and every cross-key rule.
+
+    `text` is the file as read (what the scripts freeze); without it, the mapping dumped as YAML."""
     if not isinstance(raw, Mapping):
         raise XgenError(str(source), f"the config must be a YAML mapping of sections, got {_type_name(raw)}")
     for key in raw:
@@ -105,7 +107,11 @@ def parse_mapping(raw: Any, source: Path) -> Config:
         for key in ("launcher", "python", "train")
         if raw.get(key) is not None
     }
-    return validate(Config(**sections, **scalars, source=source))
+    if text is None:
+        import yaml
+
+        text = yaml.safe_dump(dict(raw), sort_keys=False)
+    return validate(Config(**sections, **scalars, source=source, text=text))
 
 
 def load_config(path: str | Path) -> Config:
@@ -114,7 +120,9 @@ def load_config(path: str | Path) -> Config:
 
     source = Path(path).absolute()
     try:
-        text = source.read_text(encoding="utf-8")
+        # bytes, then decode: read_text would turn CRLF into LF, and the frozen copy and the sha256 in
+        # the script header must be the file's exact bytes.
+        text = source.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise XgenError(str(path), "config file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -126,7 +134,7 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise XgenError(str(path), f"{where}{problem}; fix the YAML syntax") from None
-    return parse_mapping(raw, source)
+    return parse_mapping(raw, source, text)
 
 
 __all__ = ["load_config", "parse_mapping"]

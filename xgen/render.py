@@ -63,8 +63,18 @@ def environment() -> jinja2.Environment:
     return env
 
 
+# The embedded config (context key "config_text") must reach the script byte for byte, so it is put in
+# after the blank-line squeeze, in place of this marker.
+_VERBATIM = "@@XGEN_VERBATIM_CONFIG_TEXT@@"
+
+
 def render(template: str, context: dict[str, Any]) -> str:
     """Render one template; squeeze blank-line runs so the output has no trailing junk."""
+    verbatim = context.get("config_text")
+    if verbatim is not None:
+        context = {**context, "config_text": _VERBATIM}
     text = environment().get_template(template).render(**context)
     text = re.sub(r"\n{3,}", "\n\n", text)
+    if verbatim is not None:
+        text = text.replace(_VERBATIM, verbatim)
     return text.rstrip("\n") + "\n"

@@ -238,7 +238,8 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
     for node in scripts:  # what a scheduler or an operator stopping the nodes does
         (agent,) = [
             pid
-            for pid in cluster.node_processes(node, str(cfg))
+            # torchrun is given the config frozen into the run directory (issue 13), not the YAML itself.
+            for pid in cluster.node_processes(node, str(shared_dir / "xgen-runs"))
             if "torch.distributed.run" in harness._cmdline(pid)
         ]
         os.kill(agent, signal.SIGTERM)

@@ -54,9 +54,16 @@ def write_config(path: Path, cfg: dict[str, Any], *, xgen_style: bool = False) -
 
 
 def run_inprocess(cfg_path: Path) -> int:
+    """`xgen-runtime train CFG` in this process; the environment is restored afterwards: a one-rank
+    DeepSpeed run exports RANK/MASTER_PORT…, and a later subprocess inheriting that port finds it taken."""
     from runtime.cli import main
 
-    return main(["train", str(cfg_path)])
+    saved = dict(os.environ)
+    try:
+        return main(["train", str(cfg_path)])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def subprocess_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -21,6 +21,12 @@ REGEN = os.environ.get("XGEN_REGEN_GOLDEN") == "1"
 CASES = [(example, target) for example in EXAMPLES for target in TARGETS]
 
 
+@pytest.fixture(autouse=True)
+def fixed_generation_time(monkeypatch):
+    """The header's generation date, fixed (SOURCE_DATE_EPOCH) so golden files do not change daily."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+
+
 def rendered(example, target) -> tuple[str, str]:
     try:
         return "sh", render_target(load_fixed(example), target)

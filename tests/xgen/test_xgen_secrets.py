@@ -288,7 +288,8 @@ def test_a_credential_in_slurm_setup_makes_the_slurm_script_owner_only(tmp_path)
     assert result.exit_code == 0
     assert stat.S_IMODE((tmp_path / "job.sh").stat().st_mode) == 0o700
     assert "(slurm.setup[1], slurm.setup[2])" in result.stderr and "pass_env: [HF_TOKEN]" in result.stderr
-    # The other scripts do not run slurm.setup, so they hold nothing and stay as they were.
+    # The other scripts do not run slurm.setup, but every script embeds the whole (frozen) config text,
+    # so they hold the values too: owner-only as well, with the same warning.
     result = CliRunner().invoke(main, ["shell", str(config), "-o", str(tmp_path / "node.sh")])
-    assert result.exit_code == 0 and result.stderr == ""
-    assert stat.S_IMODE((tmp_path / "node.sh").stat().st_mode) == 0o755
+    assert result.exit_code == 0 and "(slurm.setup[1], slurm.setup[2])" in result.stderr
+    assert stat.S_IMODE((tmp_path / "node.sh").stat().st_mode) == 0o700

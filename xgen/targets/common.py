@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
+from xgen import __version__
 from xgen.config import Config
+from xgen.errors import XgenError
 
 DEFAULT_PORT = 29500
 
@@ -43,10 +47,29 @@ def master_port(config: Config) -> int | None:
     return None if config.cluster.nodes == 1 else DEFAULT_PORT
 
 
+def generated_at() -> str:
+    """UTC generation time for the header; SOURCE_DATE_EPOCH (reproducible-builds.org) fixes it."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    stamp = int(epoch) if epoch and epoch.isdigit() else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def frozen_config(config: Config) -> dict[str, str]:
+    """The config text embedded in the script (a quoted heredoc: no expansion) and its delimiter."""
+    text = config.text if config.text.endswith("\n") else config.text + "\n"
+    eof = f"XGEN_FROZEN_CONFIG_{config.sha256[:16]}"
+    if eof in text.splitlines():  # practically impossible: the delimiter names the text's own hash
+        raise XgenError(str(config.source), f"a line reads {eof}, which ends the embedded copy; remove it")
+    return {"config_text": text, "config_eof": eof, "config_sha256": config.sha256}
+
+
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
     c = config.cluster
     secret = set(c.written_secrets)
     return {
+        **frozen_config(config),
+        "xgen_version": __version__,
+        "generated_at": generated_at(),
         "target": target,
         "regen_args": regen_args,
         "job": config.job,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from xgen.config import Config
+from xgen.errors import XgenError
 from xgen.render import render, sbatch_quote
 from xgen.targets.common import context
 
@@ -14,6 +17,8 @@ def directives(config: Config) -> list[str]:
         ("--job-name", config.job.name),
         ("--nodes", config.cluster.nodes),
         ("--ntasks-per-node", 1),
+        # The job starts in its workdir, so relative slurm.output/error land where `xgen slurm` made them.
+        ("--chdir", config.workdir),
     ]
     optional = [
         ("--partition", s.partition),
@@ -39,6 +44,33 @@ def directives(config: Config) -> list[str]:
         flag, eq, value = item.partition("=")
         lines.append(f"{sbatch_quote(flag)}={sbatch_quote(value)}" if eq else sbatch_quote(flag))
     return lines
+
+
+def log_directories(config: Config) -> list[tuple[str, Path]]:
+    """(key, directory) of slurm.output/error, relative ones from the workdir (the job's --chdir)."""
+    found = []
+    for key, value in (("slurm.output", config.slurm.output), ("slurm.error", config.slurm.error)):
+        if value is not None:
+            found.append((key, (Path(config.workdir) / value).parent))
+    return found
+
+
+def make_log_directories(config: Config) -> None:
+    """Slurm opens --output/--error before the script runs and never creates directories: a missing one
+    ends the job with no log at all. So they are made now, or refused in one line."""
+    for key, directory in log_directories(config):
+        if "%" in str(directory):
+            raise XgenError(
+                key, f"the directory {directory} holds a Slurm %-pattern; keep patterns in the file name"
+            )
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise XgenError(
+                key,
+                f"cannot create the log directory {directory} ({err.strerror}); Slurm would start the job "
+                "with no log: create it on the cluster or run xgen slurm where job.workdir is visible",
+            ) from None
 
 
 def build(config: Config, module: str = "runtime train") -> str:

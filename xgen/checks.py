@@ -242,8 +242,17 @@ def _parse_train(config: Config) -> TrainConfig | None:
         return None
     from runtime.config import ConfigError, parse_train_config
 
+    from runtime.config.rules import world_size_problems
+
     try:
-        return parse_train_config(config.train, key_prefix="train.", base_dir=config.workdir)
+        training = parse_train_config(config.train, key_prefix="train.", base_dir=config.workdir)
     except ConfigError as err:
         first, *rest = err.errors  # ConfigErrors: every bad key, one line each
         raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest]) from None
+    pinned = config.pinned_devices
+    if pinned is not None:  # the world size is known now: a fixed DeepSpeed batch size can be checked
+        problems = world_size_problems(training, config.cluster.nodes * pinned, "train.")
+        if problems:
+            first, *rest = problems
+            raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest])
+    return training

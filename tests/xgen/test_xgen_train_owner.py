@@ -169,3 +169,21 @@ def test_several_runtime_errors_are_one_line_each(tmp_path, monkeypatch):
     with pytest.raises(XgenError) as raised:
         parse_mapping({"train": {"model_name_or_path": "m"}}, tmp_path / "job.yaml")
     assert raised.value.line() == "xgen: error: train.a: x\nxgen: error: train.b: y"
+
+
+def test_check_refuses_a_fixed_deepspeed_batch_that_contradicts_the_pinned_world(tmp_path):
+    """With devices pinned, the world size is known at generation: a DeepSpeed JSON whose fixed
+    train_batch_size contradicts micro-batch x accumulation x world size fails here, not on every rank."""
+    ds = {"train_batch_size": 16, "zero_optimization": {"stage": 2}}
+    config = write_job(tmp_path, {"deepspeed": "ds.json", "per_device_train_batch_size": 2})
+    (tmp_path / "run" / "ds.json").write_text(json.dumps(ds))
+    data = yaml.safe_load(config.read_text())
+    data["cluster"] = {**data.get("cluster", {}), "nodes": 2, "devices_per_node": 2}
+    config.write_text(yaml.safe_dump(data))
+    result = run_xgen("check", str(config))
+    assert result.returncode == 2, result.stdout
+    assert "train.deepspeed" in result.stderr and "train_batch_size" in result.stderr, result.stderr
+    data["cluster"]["devices_per_node"] = 4  # 2 x 1 x 2 x 4 = 16: consistent
+    config.write_text(yaml.safe_dump(data))
+    result = run_xgen("check", str(config))
+    assert result.returncode == 0, result.stderr

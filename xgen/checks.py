@@ -241,7 +241,6 @@ def _parse_train(config: Config) -> TrainConfig | None:
     if not config.train:
         return None
     from runtime.config import ConfigError, parse_train_config
-
     from runtime.config.rules import world_size_problems
 
     try:

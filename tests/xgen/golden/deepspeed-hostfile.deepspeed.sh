@@ -331,6 +331,13 @@ xgen_preflight() {
   esac
 }
 
+# DeepSpeed without a readable hostfile says "will proceed with training with local resources only" and
+# trains a multi-node job on this node alone: refuse first, before the preflight reaches other hosts.
+# (With auto slots this script writes the hostfile itself, below.)
+if [[ ! -f "$XGEN_HOSTFILE" ]]; then
+  echo "xgen: error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)" >&2
+  exit 2
+fi
 # This run's directory (see `# --- run directory ---`); export XGEN_RUN_DIR to choose it.
 XGEN_RUN_DIR=${XGEN_RUN_DIR:-$XGEN_WORKDIR/xgen-runs/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)-$$}
 xgen_freeze_config
@@ -344,12 +351,6 @@ export DS_ACCELERATOR=$XGEN_DEVICE
 # Hostfile slots were fixed at generation (8 per node); this node must have that many devices.
 if (( NPROC_PER_NODE != 8 )); then
   xgen_die "cluster.devices_per_node: hostfile says slots=8 but $(hostname) runs $NPROC_PER_NODE processes; regenerate or pin the count"
-fi
-# DeepSpeed without a readable hostfile says "will proceed with training with local resources only" and
-# trains a multi-node job on this node alone: refuse before launching.
-if [[ ! -f "$XGEN_HOSTFILE" ]]; then
-  echo "xgen: error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)" >&2
-  exit 2
 fi
 
 # Remote nodes start from a fresh ssh environment: DeepSpeed forwards only NCCL*/PYTHON*/… variables

@@ -326,12 +326,6 @@ export DS_ACCELERATOR=$XGEN_DEVICE
   echo gpu-a "slots=$NPROC_PER_NODE"
   echo gpu-b "slots=$NPROC_PER_NODE"
 } >"$XGEN_HOSTFILE"
-# DeepSpeed without a readable hostfile says "will proceed with training with local resources only" and
-# trains a multi-node job on this node alone: refuse before launching.
-if [[ ! -f "$XGEN_HOSTFILE" ]]; then
-  echo "xgen: error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)" >&2
-  exit 2
-fi
 
 # Remote nodes start from a fresh ssh environment: DeepSpeed forwards only NCCL*/PYTHON*/… variables
 # and the KEY=VALUE lines of the file DS_ENV_FILE names, so the communication env goes there.

@@ -317,7 +317,8 @@ def submit_and_report(script: str) -> int:
     except OSError:
         log = ""
     # The preflight's lines, then the doctor's block (from its results marker to its report line).
-    lines = log.splitlines()
+    # Worker lines carry torch.distributed.run's `--tee` prefix (`[default0]:`); the table is rank 0's.
+    lines = [re.sub(r"^\[default\d+\]:", "", line) for line in log.splitlines()]
     shown = [line for line in lines if line.startswith("xgen: preflight:")]
     if "xgen: doctor: results" in lines:
         block = lines[lines.index("xgen: doctor: results") + 1 :]

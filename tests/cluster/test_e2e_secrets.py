@@ -73,4 +73,6 @@ def test_credentials_reach_every_rank_and_no_log(
     info, out = _submit(cluster, tiny, run2, {"cluster": {"env": written}}, {})
     _check_run(info, out, run2 / "out")
     holders = _files_holding(run2, list(written.values()))
-    assert holders == {"xgen.yaml": 0o600, "job.sh": 0o700}, holders
+    # the config, the script (which embeds it) and the run's frozen copy of it (always 0600)
+    frozen = f"xgen-runs/{info['JobId']}/config.yaml"
+    assert holders == {"xgen.yaml": 0o600, "job.sh": 0o700, frozen: 0o600}, holders

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +114,14 @@ def missing_weights(out: Path, kind: str) -> str | None:
 
 # --- operable (issue 13): what ran, on disk ---
 RESOLVED_CONFIG = "xgen_config_resolved.yaml"
-# Keys whose values look like credentials are written as "***" (an HF token in a config must not end up
-# in a file next to the model that gets copied around).
-_SECRET_KEY = re.compile(r"token|secret|passw|api_?key|credential|private_?key|access_?key", re.IGNORECASE)
 
 
 def redact_keys(value: Any, key: str = "") -> Any:
-    """The value with every credential-looking key's value replaced by ***, nested mappings included."""
-    if key and _SECRET_KEY.search(key) and value not in (None, "", False):
+    """The value with every credential-looking key's value replaced by ***, nested mappings included (an HF
+    token in a config must not end up in a file next to the model). Names judged by runtime.secrets' rule."""
+    from runtime.secrets import is_credential_name
+
+    if key and is_credential_name(key) and value not in (None, "", False):
         return "***"
     if isinstance(value, dict):
         return {k: redact_keys(v, str(k)) for k, v in value.items()}

@@ -24,12 +24,13 @@ _MIN_MASKED = 6
 def is_credential_name(name: str) -> bool:
     """True for *TOKEN*, *KEY*, *SECRET*, *PASSWORD*, *CREDENTIAL* names, judged word by word (`_`).
 
-    Not credentials: `TOKENIZERS_PARALLELISM` (a tokenizers switch every ML job sets) and a `KEYS` word
+    Not credentials: `TOKENIZERS_PARALLELISM` (a tokenizers switch every ML job sets), other `TOKENIZ*`
+    words (`tokenized_path`), `TOKENS` counts (`micro_batch_tokens`, `max_new_tokens`) and a `KEYS` word
     inside a name (`*_KEYS_*`, configuration lists as in NCCL-style settings).
     """
     words = name.upper().split("_")
     for i, word in enumerate(words):
-        if word.startswith("TOKENIZER") or (word == "KEYS" and 0 < i < len(words) - 1):
+        if word.startswith("TOKENIZ") or word == "TOKENS" or (word == "KEYS" and 0 < i < len(words) - 1):
             continue
         if any(part in word for part in _CREDENTIAL_PARTS):
             return True

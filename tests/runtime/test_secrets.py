@@ -35,7 +35,17 @@ def test_credential_names(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["NCCL_P2P_LEVEL", "TOKENIZERS_PARALLELISM", "NCCL_IB_KEYS_LIST", "OMP_NUM_THREADS", "MONK"]
+    "name",
+    [
+        "NCCL_P2P_LEVEL",
+        "TOKENIZERS_PARALLELISM",
+        "NCCL_IB_KEYS_LIST",
+        "OMP_NUM_THREADS",
+        "MONK",
+        "tokenized_path",
+        "micro_batch_tokens",
+        "max_new_tokens",
+    ],
 )
 def test_not_credential_names(name):
     assert not secrets.is_credential_name(name)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
-import time
 
 import pytest
 from xgen_helpers import EXAMPLES, REPO, run_xgen
@@ -104,14 +104,19 @@ def test_help_shows_an_example(command):
 
 
 def test_slurm_is_fast():
-    """`xgen slurm CFG` end to end under 0.3 s (best of 5 runs, through the console entry point)."""
+    """`xgen slurm CFG` end to end in under 0.3 s of CPU (best of 5 runs, through the console entry point).
+
+    CPU time (user + system of the child), not wall time: the suite runs two pytest workers on two cores,
+    and a neighbour's training would otherwise decide this test."""
     command = [sys.executable, "-c", "from xgen.cli import main; main()", "slurm", str(TINY)]
     best = float("inf")
     for _ in range(5):
-        start = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(command, check=True, capture_output=True, cwd=REPO)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.3, f"xgen slurm took {best:.3f} s"
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best = min(best, cpu)
+    assert best < 0.3, f"xgen slurm took {best:.3f} s of CPU"
 
 
 HEAVY = ("torch", "transformers", "deepspeed", "accelerate", "peft", "datasets", "numpy")

@@ -71,18 +71,21 @@ def resolve_npu(cfg: Any, plan: Any, ops: frozenset[str]) -> None:
     """Set the NPU levers on runtime.perf's PerfPlan (packing, flash_attn, npu_kernels, optim, notes)."""
     note = plan.notes.append
     no_attention = _missing("attention", ops)
-    # attention and packing: padding-free rows only with the variable-length fused attention
+    # attention and packing: padding-free rows only with the variable-length fused attention (with sdpa or
+    # eager a packed row costs the square of its length)
+    varlen = cfg.flash_attn in ("auto", "fa2") and not no_attention
     if cfg.flash_attn == "fa2" and no_attention:
         plan.flash_attn = "sdpa"
         note("flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa")
-    elif _auto(cfg, "packing") and cfg.flash_attn in ("auto", "fa2"):
-        if no_attention:
-            note(
-                "packing: torch_npu has no npu_fusion_attention, the variable-length attention "
-                "padding-free rows need; packing off"
-            )
-        else:
-            plan.packing, plan.flash_attn = True, "fa2"
+    elif _auto(cfg, "packing") and cfg.flash_attn == "auto" and no_attention:
+        note(
+            "packing: torch_npu has no npu_fusion_attention, the variable-length attention "
+            "padding-free rows need; packing off"
+        )
+    if _auto(cfg, "packing"):
+        plan.packing = varlen
+        if varlen:
+            plan.flash_attn = "fa2"
     # fused kernels
     if _auto(cfg, "use_v1_kernels") or cfg.use_v1_kernels:
         kernels = []

@@ -105,10 +105,11 @@ def test_npu_keys_the_user_wrote_win() -> None:
 
 
 def test_npu_levers_asked_for_where_torch_npu_lacks_them_fall_back_with_a_note() -> None:
-    p, _ = plan(ALL_OPS - {"npu_fusion_attention"}, flash_attn="fa2", packing=False)
-    assert p.flash_attn == "sdpa" and p.notes == [
-        "flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa"
-    ]
+    for keys in ({"packing": False}, {}):  # one note either way, and no padding-free rows over sdpa
+        p, _ = plan(ALL_OPS - {"npu_fusion_attention"}, flash_attn="fa2", **keys)
+        assert (p.flash_attn, p.packing) == ("sdpa", False) and p.notes == [
+            "flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa"
+        ]
     p, _ = plan(ALL_OPS - {"optim.NpuFusedAdamW"}, optim="adamw_torch_npu_fused")
     assert p.optim == "adamw_torch" and len(p.notes) == 1
 

@@ -375,7 +375,7 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     if cfg.use_v1_kernels and device == "npu":
         from runtime.npu_kernels import apply_npu_kernels
 
-        apply_npu_kernels(model)
+        apply_npu_kernels(model, cfg.npu_kernels or None)  # perf's choice; None (set in code): all three
     if cfg.finetuning_type == "freeze":
         model = apply_freeze(model, cfg, stage=stage)
     elif cfg.finetuning_type in ("lora", "oft"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -53,20 +54,26 @@ def _is_swiglu(module: nn.Module) -> bool:
     )
 
 
-def apply_npu_kernels(model: nn.Module) -> list[str]:
-    """Patch the model in place; returns what was patched (also logged once)."""
+ALL_KERNELS = ("rms_norm", "swiglu", "rotary")
+
+
+def apply_npu_kernels(model: nn.Module, kernels: Sequence[str] | None = None) -> list[str]:
+    """Patch the model in place with `kernels` (default: all three, as runtime.perf_npu decides them from
+    what torch_npu has); returns what was patched (also logged once)."""
+    wanted = set(ALL_KERNELS if kernels is None else kernels)
     patched: dict[str, int] = {}
     modeling = set()
     for module in model.modules():
         name = type(module).__name__
         if name.endswith("RMSNorm") and not name.startswith(("Qwen3_5", "Qwen3Next")):  # residual RMSNorms
-            module.forward = types.MethodType(_rms_norm_forward, module)
-            patched["rms_norm"] = patched.get("rms_norm", 0) + 1
-        elif _is_swiglu(module):
+            if "rms_norm" in wanted:
+                module.forward = types.MethodType(_rms_norm_forward, module)
+                patched["rms_norm"] = patched.get("rms_norm", 0) + 1
+        elif _is_swiglu(module) and "swiglu" in wanted:
             module.forward = types.MethodType(_swiglu_forward, module)
             patched["swiglu"] = patched.get("swiglu", 0) + 1
         modeling.add(type(module).__module__)
-    for mod_name in modeling:
+    for mod_name in modeling if "rotary" in wanted else ():
         mod = sys.modules.get(mod_name)
         if (
             mod is not None

@@ -47,6 +47,7 @@ class PerfPlan:
     torch_compile: bool
     activation_checkpointing: bool
     notes: list[str] = field(default_factory=list)
+    npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
 
     def line(self) -> str:
         """The one start line: `perf: auto (cuda) packing=on attention=flex liger=on …`."""
@@ -55,7 +56,7 @@ class PerfPlan:
             f"perf: {self.mode} ({self.device}) packing={onoff[self.packing]} attention={self.flash_attn} "
             f"liger={onoff[self.liger]} optim={self.optim} compile={onoff[self.torch_compile]} "
             f"activation_checkpointing={onoff[self.activation_checkpointing]}"
-        )
+        ) + (f" npu_kernels={','.join(self.npu_kernels) or 'off'}" if self.device == "npu" else "")
 
 
 def has_module(name: str) -> bool:
@@ -110,7 +111,12 @@ def resolve_optim(cfg: TrainConfig, device: str) -> str:
 
 
 def resolve_perf(
-    cfg: TrainConfig, device: str, *, liger_available: bool | None = None, fa2_available: bool | None = None
+    cfg: TrainConfig,
+    device: str,
+    *,
+    liger_available: bool | None = None,
+    fa2_available: bool | None = None,
+    npu_ops: frozenset[str] | None = None,
 ) -> PerfPlan:
     """Decide every lever for this device. The `*_available` arguments override the package probes (tests)."""
     if liger_available is None:
@@ -131,6 +137,10 @@ def resolve_perf(
     )
     if liger_note:
         plan.notes.append(liger_note)
+    if device == "npu":  # packing with the varlen fused attention, fused kernels, fused AdamW
+        from runtime import perf_npu
+
+        perf_npu.resolve_npu(cfg, plan, perf_npu.npu_ops() if npu_ops is None else npu_ops)
     return plan
 
 
@@ -143,4 +153,5 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.enable_liger_kernel = plan.liger
     cfg.optim = plan.optim
     cfg.torch_compile = plan.torch_compile
+    cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.notes.extend(plan.notes)

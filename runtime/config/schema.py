@@ -370,7 +370,8 @@ class TrainConfig:
     )
     fp8: bool = _f(False, "FP8 mixed precision through accelerate (CUDA with torchao/transformer_engine).")
     use_v1_kernels: bool | None = _f(
-        False, "Ascend: torch_npu fused RMSNorm, SwiGLU and rotary kernels (a note elsewhere)."
+        False,
+        "Ascend: torch_npu fused RMSNorm, SwiGLU, rotary kernels (perf auto, pt/sft: on); a note elsewhere.",
     )
     seed: int = _f(42, "Seed for init, data order and dropout; all ranks share it.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
@@ -419,6 +420,9 @@ class TrainConfig:
     # runtime.perf's padding-free lever: each micro-batch flattened into one row (not LLaMA-Factory's
     # packing, which the `packing`/`neat_packing` keys mean).
     padding_free: bool = field(default=False, metadata={"internal": True})
+    # --- npu kernels (runtime/perf_npu.py) ---
+    # Which torch_npu fused kernels build_model patches in (rms_norm, swiglu, rotary); perf decides them.
+    npu_kernels: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     @property
     def strategy(self) -> str:

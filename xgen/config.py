@@ -1,7 +1,8 @@
 """The typed config: every key, its type, its default and a one-line doc (the README table is built from it).
 
-One YAML file holds the sections `job`, `cluster`, `slurm`, `launcher`, `sweep`, `python` and `train`. This module
-holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the cross-key rules.
+One YAML file holds the sections `job`, `cluster`, `slurm`, `launcher`, `sweep`, `python` and `train`.
+This module holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the
+cross-key rules.
 The `train:` keys belong to the runtime: its parser validates them and `Config.training` holds the result.
 """
 

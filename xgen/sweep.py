@@ -57,7 +57,9 @@ def tasks(config: Config) -> list[SweepTask]:
     found = []
     for index, combo in enumerate(itertools.product(*(config.sweep[k] for k in keys))):
         values = dict(zip(keys, combo, strict=True))
-        name = "-".join([f"sweep-{index}", *(f"{_UNSAFE.sub('_', k)}={_label(v)}" for k, v in values.items())])
+        name = "-".join(
+            [f"sweep-{index}", *(f"{_UNSAFE.sub('_', k)}={_label(v)}" for k, v in values.items())]
+        )
         found.append(SweepTask(index, values, posixpath.join(base, name)))
     return found
 
@@ -78,7 +80,9 @@ def check(config: Config) -> None:
         raise XgenError("slurm.array_limit", f"must be at least 1, got {config.slurm.array_limit}")
     if not config.sweep:
         if config.slurm.array_limit is not None:
-            raise XgenError("slurm.array_limit", "limits the tasks of a sweep: add a sweep: section or remove it")
+            raise XgenError(
+                "slurm.array_limit", "limits the tasks of a sweep: add a sweep: section or remove it"
+            )
         return
     if config.training is None:
         raise XgenError("sweep", "sweeps train: values, but train: is empty; add the train: section")

@@ -120,7 +120,7 @@ def train_overrides() -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(OVERRIDES_ENV, f"not JSON ({exc}); unset it or give a JSON object") from None
     if not isinstance(data, dict):
-        raise ConfigError(OVERRIDES_ENV, "must be a JSON object of train keys, e.g. {\"learning_rate\": 1e-4}")
+        raise ConfigError(OVERRIDES_ENV, 'must be a JSON object of train keys, e.g. {"learning_rate": 1e-4}')
     return data
 
 

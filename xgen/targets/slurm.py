@@ -83,7 +83,9 @@ def build(config: Config, module: str = "runtime train") -> str:
     ctx = context(config, "slurm" if module == "runtime train" else "doctor slurm")
     ctx["launch_module"] = module
     if module != "runtime train":  # `xgen doctor` tests the cluster once: no array
-        config = dataclasses.replace(config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None))
+        config = dataclasses.replace(
+            config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None)
+        )
     ctx["directives"] = directives(config)
     ctx["sweep_tasks"] = sweep.tasks(config)
     return render("slurm.sh.j2", ctx)

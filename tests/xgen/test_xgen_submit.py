@@ -139,7 +139,13 @@ def test_sweep_renders_one_array_whose_tasks_pick_their_row(tmp_path):
     for task_id, why in (("", "not a task of a job array"), ("4", "the sweep has 4 tasks (0-3)")):
         run = subprocess.run(
             ["bash", str(script)],
-            env={**env, **job, "SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": task_id},
+            env={
+                **env,
+                **job,
+                "SLURM_JOB_ID": "7",
+                "SLURM_ARRAY_JOB_ID": "7",
+                "SLURM_ARRAY_TASK_ID": task_id,
+            },
             capture_output=True,
             text=True,
             timeout=60,
@@ -156,7 +162,9 @@ def test_sweep_rows_are_quoted_data_not_shell(tmp_path):
     script = write(tmp_path / "job.sh", result.stdout, 0o755)
     job = {"SLURM_JOB_ID": "5", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "0", "SLURM_NODEID": "0"}
     job |= {"SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost", "TMPDIR": str(tmp_path)}
-    run = subprocess.run(["bash", str(script)], env={**env, **job}, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        ["bash", str(script)], env={**env, **job}, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "rec" / "overrides").read_text())["run_name"] == nasty
     assert not (tmp_path / "pwned").exists()
@@ -198,7 +206,10 @@ def test_bad_sweep_is_one_line_per_key_and_exit_2(tmp_path):
             "xgen: error: slurm.array_limit: must be at least 1, got 0",
         ),
         (
-            "sweep:\n  seed: " + json.dumps(list(range(40))) + "\n  lora_rank: " + json.dumps(list(range(1, 30))),
+            "sweep:\n  seed: "
+            + json.dumps(list(range(40)))
+            + "\n  lora_rank: "
+            + json.dumps(list(range(1, 30))),
             "xgen: error: sweep: 1160 combinations; Slurm's default MaxArraySize allows 1001 array tasks: "
             "list fewer values",
         ),
@@ -295,7 +306,7 @@ def test_submit_then_export_chains_held_then_released(tmp_path):
     export = (tmp_path / "xgen-runs" / "42" / "job.sh").read_text()
     assert "#SBATCH --dependency=afterok:41\n#SBATCH --kill-on-invalid-dep=yes\n" in export
     assert "#SBATCH --job-name=sw-export\n#SBATCH --nodes=1\n" in export
-    row = f'{{"adapter_name_or_path": "out", "export_dir": "out/merged"}}'
+    row = '{"adapter_name_or_path": "out", "export_dir": "out/merged"}'
     assert f"export XGEN_TRAIN_OVERRIDES='{row}'" in export
     assert '"$PYTHON" -m runtime export "$XGEN_CONFIG"' in export
 
@@ -331,7 +342,10 @@ def test_submit_without_sbatch_is_one_line(tmp_path):
     cfg, env = setup(tmp_path, fake={})
     result = xgen("submit", str(cfg), env={**env, "PATH": str(tmp_path / "bin")})
     assert result.returncode == 2
-    assert result.stderr.strip() == "xgen: error: sbatch: sbatch not found; run xgen submit on a Slurm login node"
+    assert (
+        result.stderr.strip()
+        == "xgen: error: sbatch: sbatch not found; run xgen submit on a Slurm login node"
+    )
 
 
 # --- the runtime side: XGEN_TRAIN_OVERRIDES over train: ---
@@ -349,3 +363,31 @@ def test_runtime_reads_train_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("XGEN_TRAIN_OVERRIDES", '{"lora_rank": "eight"}')
     with pytest.raises(ConfigError, match="train.lora_rank"):
         load_config(cfg)
+
+
+# --- xgen status of an array job ---
+
+ARRAY_SCONTROL = """#!/usr/bin/env bash
+w={workdir}
+echo "JobId=51 ArrayJobId=50 ArrayTaskId=1 JobName=sw JobState=RUNNING ExitCode=0:0 WorkDir=$w"
+echo "JobId=50 ArrayJobId=50 ArrayTaskId=2-3 JobName=sw JobState=PENDING ExitCode=0:0 WorkDir=$w"
+echo "JobId=52 ArrayJobId=50 ArrayTaskId=0 JobName=sw JobState=COMPLETED ExitCode=0:0 WorkDir=$w"
+"""
+
+
+def test_status_of_an_array_job_is_one_line_per_task(tmp_path):
+    cfg, env = setup(tmp_path, fake={"scontrol": ARRAY_SCONTROL.format(workdir=tmp_path)})
+    run_dir = tmp_path / "xgen-runs" / "50_1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "sweep-task.json").write_text('{"seed": 2, "output_dir": "out/sweep-1-seed=2"}\n')
+    out = tmp_path / "out" / "sweep-1-seed=2"
+    out.mkdir(parents=True)
+    (out / "xgen_progress.json").write_text(json.dumps({"step": 3, "total": 10, "phase": "training"}))
+    result = xgen("status", "50", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "array job 50: 3 task records (xgen status 50_N for one)",
+        "task 0: COMPLETED (job 52, exit 0:0)",
+        f"task 1: RUNNING (job 51, exit 0:0) | {out} | step 3/10 | (training, updated ?)",
+        "task 2-3: PENDING (job 50, exit 0:0)",
+    ]

@@ -15,7 +15,8 @@ import e2e
 import harness
 import yaml
 
-# Imported by every python of a job whose PYTHONPATH names its directory: the training fails at once.
+# Imported by every python on the nodes of the job whose cluster.env PYTHONPATH names its directory
+# (not in xgen's own environment: xgen is python too): the training fails at start.
 FAIL = 'raise SystemExit("xgt: injected failure of the first job")\n'
 
 
@@ -64,13 +65,10 @@ def test_submit_then_export_runs_in_order_and_a_failed_training_leaves_nothing_p
     train_id, export_id = xgen_submit(
         cluster, e2e.write_config(good, lora_config(tiny, good, "xgt-chain")), "--then", "export"
     )
-    bad_train, bad_export = xgen_submit(
-        cluster,
-        e2e.write_config(bad, lora_config(tiny, bad, "xgt-chain-fail")),
-        "--then",
-        "export",
-        env={"PYTHONPATH": str(bad / "fault")},
+    failing = e2e.merge(
+        lora_config(tiny, bad, "xgt-chain-fail"), {"cluster": {"env": {"PYTHONPATH": str(bad / "fault")}}}
     )
+    bad_train, bad_export = xgen_submit(cluster, e2e.write_config(bad, failing), "--then", "export")
     # What was submitted stays in the run directory: the scripts and the config.
     for work, job in ((good, train_id), (good, export_id), (bad, bad_train)):
         assert {"job.sh", "config.yaml"} <= {p.name for p in (work / "xgen-runs" / str(job)).iterdir()}

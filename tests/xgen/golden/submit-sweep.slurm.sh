@@ -9,6 +9,8 @@
 # (config sha256 cf3ee64d905556a54794eda0004e1faa142a748f601d965363c47d6be29cb940; the config is frozen into this script, see `# --- run directory ---`).
 # Edit the config and regenerate instead of editing this file: `xgen slurm CONFIG`.
 # Submit with: sbatch job.sh   (one srun task per node; the job's exit status is the training's)
+# A sweep: a job array of 4 tasks, one per combination of train values, each into its own
+# output_dir; the table is under `# --- sweep ---`.
 set -euo pipefail
 
 # --- job ---

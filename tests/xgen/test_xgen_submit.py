@@ -391,3 +391,13 @@ def test_status_of_an_array_job_is_one_line_per_task(tmp_path):
         f"task 1: RUNNING (job 51, exit 0:0) | {out} | step 3/10 | (training, updated ?)",
         "task 2-3: PENDING (job 50, exit 0:0)",
     ]
+
+
+def test_check_names_the_sweep(tmp_path):
+    cfg, _ = setup(tmp_path, SWEEP)
+    result = xgen("check", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "sweep:    4 array tasks (--array=0-3%2) over learning_rate (2) x lora_target (2); "
+        "task 0 -> out/sweep-0-learning_rate=0.0001-lora_target=q_proj_v_proj\n"
+    ) in result.stdout

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xgen_helpers import REPO
 
 from runtime.config import ConfigError, load_config
@@ -401,3 +403,35 @@ def test_check_names_the_sweep(tmp_path):
         "sweep:    4 array tasks (--array=0-3%2) over learning_rate (2) x lora_target (2); "
         "task 0 -> out/sweep-0-learning_rate=0.0001-lora_target=q_proj_v_proj\n"
     ) in result.stdout
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    values=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=30),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    )
+)
+def test_any_sweep_value_reaches_the_runtime_byte_for_byte(values):
+    """The rendered table, read back by bash: every row is the task's JSON, whatever the text."""
+    from xgen.load import parse_mapping
+    from xgen.sweep import tasks
+    from xgen.targets import slurm
+
+    raw = {
+        "cluster": {"device": "cpu"},
+        "sweep": {"run_name": values},
+        "train": {"model_name_or_path": "m", "dataset": "d"},
+    }
+    config = parse_mapping(raw, Path("/cluster/xgen/job.yaml"))
+    text = slurm.build(config)
+    table = text[text.index("XGEN_SWEEP_ROWS=(") : text.index("\n)\n") + 3]
+    read = subprocess.run(
+        ["bash", "-c", table + 'printf "%s\\0" "${XGEN_SWEEP_ROWS[@]}"'], capture_output=True, timeout=30
+    )
+    assert read.returncode == 0, read.stderr
+    rows = read.stdout.decode().split("\0")[:-1]
+    assert rows == [task.row for task in tasks(config)]
+    assert [json.loads(row)["run_name"] for row in rows] == values

@@ -25,9 +25,10 @@ def lora_config(tiny: Path, work: Path, name: str, **train) -> dict:
     return e2e.merge(
         e2e.base_config(tiny, work, name=name),
         {
-            "cluster": {"nodes": 1, "devices_per_node": 1, "hosts": None},
+            # preflight off: its srun step and python start are proven elsewhere and cost ~10 s a job here
+            "cluster": {"nodes": 1, "devices_per_node": 1, "hosts": None, "preflight": False},
             "slurm": {"cpus_per_task": 1, "output": "slurm-%j.out"},
-            "train": {"finetuning_type": "lora", "lora_rank": 4, "max_steps": 1, **train},
+            "train": {"finetuning_type": "lora", "lora_rank": 4, "max_steps": 1, "max_samples": 8, **train},
         },
     )
 
@@ -96,8 +97,10 @@ def test_submit_then_export_runs_in_order_and_a_failed_training_leaves_nothing_p
     merged = good / "out" / "merged"
     assert f"xgen-runtime: exported model to {merged}" in log, log[-4000:]
     assert (good / "out" / "adapter_config.json").is_file()
-    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
-    e2e.reload_model(merged)
+    # A standalone model: weights and config, no adapter (runtime tests prove the merge's numbers).
+    assert f"xgen-runtime: export: merged {good / 'out'} on cpu" in log, log[-4000:]
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    assert not (merged / "adapter_config.json").exists()
 
 
 def test_sweep_two_by_two_trains_four_outputs(cluster: harness.Cluster, tiny: Path, shared_dir: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import TrainConfig
+from xgen import sweep
 from xgen.config import Config, Host
 from xgen.errors import XgenError
 
@@ -36,7 +37,9 @@ def validate(config: Config) -> Config:
     _check_slurm(config)
     if not config.python.strip():
         raise XgenError("python", "must name the interpreter on the nodes, e.g. python3")
-    return dataclasses.replace(config, host_list=hosts, training=_parse_train(config))
+    checked = dataclasses.replace(config, host_list=hosts, training=_parse_train(config))
+    sweep.check(checked)
+    return checked
 
 
 def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:

@@ -170,6 +170,40 @@ def slurm(config_file: str, output: str | None) -> None:
 @main.command()
 @CONFIG
 @click.option(
+    "--then",
+    "then",
+    type=click.Choice(["export"]),
+    default=None,
+    help="Chain a dependent job (afterok): export merges the LoRA adapter into a standalone model.",
+)
+def submit(config_file: str, then: str | None) -> None:
+    """Render the Slurm script (a job array with sweep:), sbatch it, print the job id(s).
+
+    The script and the config stay in workdir/xgen-runs/<job id>/. With `--then export` a second job
+    waits for the training (afterok) and merges its LoRA adapter into output_dir/merged (or
+    train.export_dir); a failed training cancels it. stdout: one job id per line, training first.
+
+    \b
+    Example:
+      xgen submit examples/gpu-1node-lora-sft.yaml --then export
+    """
+    from xgen.ops.submit import submit as submit_jobs
+
+    def action(cfg: Config) -> None:
+        jobs = submit_jobs(cfg, then)
+        for job in jobs:
+            click.echo(f"xgen: submitted {job.what} job {job.job_id}; kept in {job.run_dir}", err=True)
+        if cfg.secrets_written():
+            warn_secrets(cfg, cfg.secrets_written(), "the submitted scripts hold them (owner-only)")
+        click.echo("\n".join(job.job_id for job in jobs))
+        click.echo(f"xgen: watch it: xgen status {jobs[0].job_id}", err=True)
+
+    run(action, config_file)
+
+
+@main.command()
+@CONFIG
+@click.option(
     "--hostfile",
     type=click.Path(dir_okay=False),
     help="Where to write the DeepSpeed hostfile (multi-node; one node runs without one).",

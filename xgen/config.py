@@ -1,7 +1,8 @@
 """The typed config: every key, its type, its default and a one-line doc (the README table is built from it).
 
-One YAML file holds the sections `job`, `cluster`, `slurm`, `launcher`, `python` and `train`. This module
-holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the cross-key rules.
+One YAML file holds the sections `job`, `cluster`, `slurm`, `launcher`, `sweep`, `python` and `train`.
+This module holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the
+cross-key rules.
 The `train:` keys belong to the runtime: its parser validates them and `Config.training` holds the result.
 """
 
@@ -239,6 +240,11 @@ class SlurmConfig:
         default=120, metadata=doc("Seconds before the time limit Slurm sends USR1 (with requeue).", "300")
     )
     max_requeues: int = field(default=3, metadata=doc("Stop requeueing after this many restarts.", "5"))
+    # --- sweep (issue 13) ---
+    array_limit: int | None = field(
+        default=None,
+        metadata=doc("With a sweep: at most this many array tasks run at once (--array=0-N%LIMIT).", "2"),
+    )
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,16 @@ class Config:
             "Intended launcher, shown by `xgen check`. `xgen slurm`/`xgen shell` always start workers with "
             "torch.distributed.run; `xgen deepspeed`/`xgen accelerate` use their own launcher.",
             "deepspeed",
+        ),
+    )
+    # --- sweep (issue 13): one Slurm job array over combinations of train values; docs/submit.md ---
+    sweep: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=doc(
+            "train key -> list of values: `xgen slurm`/`xgen submit` render ONE Slurm job array, one task "
+            "per combination (cartesian product, keys in file order, the last varying fastest), each "
+            "training into output_dir/sweep-<task>-<key>=<value>-…. slurm.array_limit caps tasks at once.",
+            "{learning_rate: [1.0e-4, 3.0e-4], lora_rank: [8, 16]}",
         ),
     )
     python: str = field(

@@ -18,7 +18,7 @@ from xgen.checks import validate
 from xgen.config import SECTIONS, Config
 from xgen.errors import XgenError
 
-TOP_LEVEL = ("job", "cluster", "slurm", "launcher", "python", "train")
+TOP_LEVEL = ("job", "cluster", "slurm", "launcher", "sweep", "python", "train")
 
 
 def _unknown(key_path: str, key: str, allowed: typing.Iterable[str]) -> XgenError:
@@ -104,7 +104,7 @@ def parse_mapping(raw: Any, source: Path, text: str | None = None) -> Config:
     sections = {name: _section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
     scalars = {
         key: _convert(key, raw[key], hints[key])
-        for key in ("launcher", "python", "train")
+        for key in ("launcher", "sweep", "python", "train")
         if raw.get(key) is not None
     }
     if text is None:

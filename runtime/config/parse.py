@@ -102,14 +102,41 @@ def parse_train_config(
     return cfg
 
 
+# --- sweep and export jobs (issue 13): train values given over the config's, by the generated script ---
+# A JSON object of train keys (a sweep task's values and its output_dir; the export job's adapter and
+# export_dir). JSON, not shell: the script passes one quoted string and nothing evaluates it.
+OVERRIDES_ENV = "XGEN_TRAIN_OVERRIDES"
+
+
+def train_overrides() -> dict[str, Any]:
+    """The XGEN_TRAIN_OVERRIDES object ({} when unset)."""
+    import json
+
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(OVERRIDES_ENV, f"not JSON ({exc}); unset it or give a JSON object") from None
+    if not isinstance(data, dict):
+        raise ConfigError(OVERRIDES_ENV, 'must be a JSON object of train keys, e.g. {"learning_rate": 1e-4}')
+    return data
+
+
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read an xgen YAML (its `train:` section) or a flat LLaMA-Factory YAML."""
+    """Read an xgen YAML (its `train:` section) or a flat LLaMA-Factory YAML, with XGEN_TRAIN_OVERRIDES
+    (a sweep task's values, an export job's paths) over it."""
     data = read_yaml(path)
+    overrides = train_overrides()
     if "train" in data:
         if not isinstance(data["train"], dict):
             raise ConfigError("train", "must be a mapping of training keys")
-        cfg = parse_train_config(data["train"], key_prefix="train.")
+        cfg = parse_train_config({**data["train"], **overrides}, key_prefix="train.")
     else:
-        cfg = parse_train_config(data)
+        cfg = parse_train_config({**data, **overrides})
+    if overrides:
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        cfg.notes.append(f"{OVERRIDES_ENV} (sweep task / export job) set {shown}")
     absolutize_local_models(cfg)
     return cfg

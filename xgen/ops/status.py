@@ -103,9 +103,14 @@ def error_lines(log: Path, count: int = 5) -> list[str]:
 
 
 def output_dir_of(run_dir: Path, workdir: Path) -> Path | None:
-    """train.output_dir from the frozen config, relative paths from the workdir."""
+    """train.output_dir from the frozen config (a sweep task's own from its sweep-task.json), relative
+    paths from the workdir."""
     import yaml
 
+    try:
+        return workdir / str(json.loads((run_dir / "sweep-task.json").read_text())["output_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text())
         out = data["train"]["output_dir"]
@@ -149,6 +154,9 @@ def status_lines(target: str) -> list[tuple[str, str]]:
         return [("bold", f"output_dir {target}"), ("", progress_line(progress))]
     if not target.isdigit() and not re.fullmatch(r"\d+_\d+", target):
         raise XgenError(target, "neither a job id nor an existing output_dir")
+    tasks = array_tasks(target)
+    if tasks:
+        return array_lines(target, tasks)
     info = job_info(target)
     state = info.get("JobState", "?")
     style = (
@@ -177,6 +185,37 @@ def status_lines(target: str) -> list[tuple[str, str]]:
         for node, log in node_logs(run_dir).items():
             for line in error_lines(log):
                 lines.append(("red", f"{node}: {line}"))
+    return lines
+
+
+# --- sweeps (issue 13): an array job is one line per task ---
+def array_tasks(job_id: str) -> list[dict[str, str]]:
+    """`scontrol show job` records of an array job's tasks (pending ones may share a record: 2-3); [] when
+    `job_id` is not an array job (or a single task, 42_3)."""
+    if not job_id.isdigit():
+        return []
+    text = _run(["scontrol", "show", "job", "-o", job_id]) or ""
+    records = [{m[1]: m[2] for m in re.finditer(r"(\w+)=(\S*)", line)} for line in text.splitlines()]
+    records = [r for r in records if r.get("ArrayJobId") == job_id and r.get("ArrayTaskId")]
+    return sorted(records, key=lambda r: int(re.sub(r"\D.*", "", r["ArrayTaskId"].lstrip("[")) or 0))
+
+
+def array_lines(job_id: str, tasks: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """One line per task: state, exit, and its progress (from its output_dir) when it has started."""
+    lines = [("bold", f"array job {job_id}: {len(tasks)} task records (xgen status {job_id}_N for one)")]
+    for info in tasks:
+        task, state = info["ArrayTaskId"], info.get("JobState", "?")
+        style = (
+            "green" if state == "COMPLETED" else "red" if state in ("FAILED", "NODE_FAIL", "TIMEOUT") else ""
+        )
+        line = f"task {task}: {state} (job {info.get('JobId', '?')}, exit {info.get('ExitCode', '?')})"
+        if task.isdigit():
+            workdir = Path(info.get("WorkDir") or ".")
+            out = output_dir_of(workdir / "xgen-runs" / f"{job_id}_{task}", workdir)
+            progress = read_progress(out) if out else None
+            if progress:
+                line += f" | {out} | {progress_line(progress)}"
+        lines.append((style, line))
     return lines
 
 

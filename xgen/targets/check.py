@@ -78,6 +78,18 @@ def forwarded(names: tuple[str, ...]) -> str:
     return ", ".join(f"{n} ({'set' if os.environ.get(n) else 'NOT set here'})" for n in names)
 
 
+def _sweep(config: Config) -> str:
+    """The sweep in one line: how many tasks, the array, and the first task's output_dir."""
+    from xgen import sweep
+
+    tasks = sweep.tasks(config)
+    keys = " x ".join(f"{k} ({len(v)})" for k, v in config.sweep.items())
+    array = sweep.array_spec(config)
+    return (
+        f"sweep:    {len(tasks)} array tasks (--array={array}) over {keys}; task 0 -> {tasks[0].output_dir}"
+    )
+
+
 def summary(config: Config) -> str:
     c = config.cluster
     devices = "auto-detected" if config.pinned_devices is None else str(config.pinned_devices)
@@ -94,5 +106,6 @@ def summary(config: Config) -> str:
         f"train:    {_train(config)}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
         *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),
+        *([_sweep(config)] if config.sweep else []),
     ]
     return "\n".join(lines) + "\n"

@@ -64,6 +64,12 @@ def frozen_config(config: Config) -> dict[str, str]:
 
 
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
+    if config.sweep and target != "slurm" and not target.startswith("doctor"):
+        raise XgenError(
+            "sweep",
+            f"a sweep is one Slurm job array: render it with xgen slurm or xgen submit, not xgen {target}; "
+            "or remove sweep: and set the values in train:",
+        )
     c = config.cluster
     secret = set(c.written_secrets)
     return {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+from xgen import sweep
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render, sbatch_quote
@@ -39,6 +42,9 @@ def directives(config: Config) -> list[str]:
         lines.append("--exclusive")
     if s.requeue:
         lines += [f"--signal=B:USR1@{s.signal_seconds}", "--requeue", "--open-mode=append"]
+    array = sweep.array_spec(config)
+    if array:
+        lines.append(f"--array={array}")
     # Free-form directives: split on the first "=", the value quoted like every other.
     for item in s.extra:
         flag, eq, value = item.partition("=")
@@ -76,5 +82,59 @@ def make_log_directories(config: Config) -> None:
 def build(config: Config, module: str = "runtime train") -> str:
     ctx = context(config, "slurm" if module == "runtime train" else "doctor slurm")
     ctx["launch_module"] = module
+    if module != "runtime train":  # `xgen doctor` tests the cluster once: no array
+        config = dataclasses.replace(
+            config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None)
+        )
     ctx["directives"] = directives(config)
+    ctx["sweep_tasks"] = sweep.tasks(config)
     return render("slurm.sh.j2", ctx)
+
+
+# --- submit --then export (issue 13): the job that merges the trained LoRA adapter ---
+def export_paths(config: Config) -> tuple[str, str]:
+    """(adapter, export_dir) of `--then export`: the adapter training leaves in output_dir, and
+    train.export_dir or output_dir/merged. Refused in one line where there is nothing to merge."""
+    training = config.training
+    if training is None:
+        raise XgenError("--then", "export merges what train: trains, but train: is empty")
+    if config.sweep:
+        raise XgenError(
+            "--then",
+            "export after a sweep is not supported yet: submit the sweep, then export the task you keep "
+            "with `xgen-runtime export` (adapter_name_or_path: its output_dir)",
+        )
+    if training.finetuning_type != "lora":
+        raise XgenError(
+            "--then",
+            f"export merges a LoRA adapter, but train.finetuning_type is {training.finetuning_type}: "
+            "its output_dir already holds a standalone model",
+        )
+    adapter = training.output_dir
+    return adapter, training.export_dir or f"{adapter.rstrip('/')}/merged"
+
+
+def build_export(config: Config, after: str) -> str:
+    """The one-node job that runs `python -m runtime export` once job `after` completed (afterok)."""
+    adapter, export_dir = export_paths(config)
+    one_node = dataclasses.replace(
+        config,
+        job=dataclasses.replace(config.job, name=f"{config.job.name}-export"),
+        cluster=dataclasses.replace(config.cluster, nodes=1),
+        slurm=dataclasses.replace(config.slurm, requeue=False, array_limit=None),
+    )
+    ctx = context(one_node, "submit", " --then export")
+    # --kill-on-invalid-dep=yes: a failed/cancelled training makes afterok impossible; without it Slurm
+    # (unless slurm.conf sets kill_invalid_depend) keeps this job PENDING (DependencyNeverSatisfied).
+    ctx["directives"] = [
+        *directives(one_node),
+        f"--dependency=afterok:{sbatch_quote(after)}",
+        "--kill-on-invalid-dep=yes",
+    ]
+    ctx.update(
+        after=after,
+        adapter=adapter,
+        export_dir=export_dir,
+        overrides=json.dumps({"adapter_name_or_path": adapter, "export_dir": export_dir}),
+    )
+    return render("export.sh.j2", ctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render, sbatch_quote
@@ -76,5 +77,6 @@ def make_log_directories(config: Config) -> None:
 def build(config: Config, module: str = "runtime train") -> str:
     ctx = context(config, "slurm" if module == "runtime train" else "doctor slurm")
     ctx["launch_module"] = module
+    ctx["launcher"] = launcher_for(config, "slurm")
     ctx["directives"] = directives(config)
     return render("slurm.sh.j2", ctx)

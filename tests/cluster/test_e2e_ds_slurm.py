@@ -33,8 +33,9 @@ def test_deepspeed_launcher_inside_slurm_trains_over_both_nodes(
     )
     script = e2e.render(shared_dir, "slurm", e2e.write_config(shared_dir, config))
     job = cluster.sbatch(script, cwd=shared_dir, env={**e2e.RUN_ENV, "XGEN_TEST_ASSERT_ENV": NODE_ENV})
-    info = cluster.wait_done(job, timeout=180)
+    info = cluster.wait_done(job, timeout=300)
     out = Path(info["StdOut"]).read_text(errors="replace")
+    print(f"launcher: deepspeed job {job}: RunTime {info.get('RunTime')}")
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out[-6000:]
     # The hostfile the job wrote from its own allocation, slots detected by a step on each node.
     hostfile = shared_dir / "xgen-runs" / str(job) / "hostfile"

@@ -57,6 +57,47 @@ def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
             yield from _strings(f"{prefix}[{i}]", item)
 
 
+# --- launcher matrix (issue 13): what `launcher:` means for each command; docs/launchers.md ---
+# Unset, each command starts its own launcher. Named, the command starts that one or refuses in one line.
+OWN_LAUNCHER = {
+    "slurm": "torchrun",
+    "shell": "torchrun",
+    "deepspeed": "deepspeed",
+    "accelerate": "accelerate",
+}
+_REFUSED = {
+    ("slurm", "accelerate"): "xgen slurm starts torch.distributed.run (launcher: torchrun) or DeepSpeed's "
+    "launcher (launcher: deepspeed) on each node; set one of those (the train: keys are the same), "
+    "or run xgen accelerate on each node",
+    ("shell", "deepspeed"): "xgen shell starts torch.distributed.run on the node it runs on; use xgen "
+    "deepspeed (one launch over ssh) or xgen slurm for DeepSpeed's launcher, or set launcher: torchrun",
+    ("shell", "accelerate"): "xgen shell starts torch.distributed.run; use xgen accelerate for "
+    "accelerate's launcher, or set launcher: torchrun",
+    ("deepspeed", "torchrun"): "xgen deepspeed starts DeepSpeed's launcher; use xgen shell or xgen slurm "
+    "for torch.distributed.run, or set launcher: deepspeed",
+    ("deepspeed", "accelerate"): "xgen deepspeed starts DeepSpeed's launcher; use xgen accelerate for "
+    "accelerate's, or set launcher: deepspeed",
+    ("accelerate", "torchrun"): "xgen accelerate starts accelerate's launcher; use xgen shell or xgen "
+    "slurm for torch.distributed.run, or set launcher: accelerate",
+    ("accelerate", "deepspeed"): "xgen accelerate starts accelerate's launcher; use xgen deepspeed or "
+    "xgen slurm for DeepSpeed's, or set launcher: accelerate",
+}
+
+
+def launcher_for(config: Config, command: str) -> str:
+    """The launcher `command` (slurm|shell|deepspeed|accelerate) starts for this config, or XgenError."""
+    value = config.launcher or OWN_LAUNCHER[command]
+    problem = _REFUSED.get((command, value))
+    if problem:
+        raise XgenError("launcher", f"{value}: {problem}")
+    return value
+
+
+def launcher_commands(launcher: str) -> list[str]:
+    """The commands that start `launcher` (for `xgen check`)."""
+    return [c for c in OWN_LAUNCHER if (c, launcher) not in _REFUSED]
+
+
 def _no_nul(config: Config) -> None:
     for key, text in _strings("", config):
         if "\0" in text:

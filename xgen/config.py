@@ -262,11 +262,13 @@ class Config:
     job: JobConfig = field(default_factory=JobConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    launcher: Launcher = field(
-        default="torchrun",
+    launcher: Launcher | None = field(
+        default=None,
         metadata=doc(
-            "Intended launcher, shown by `xgen check`. `xgen slurm`/`xgen shell` always start workers with "
-            "torch.distributed.run; `xgen deepspeed`/`xgen accelerate` use their own launcher.",
+            "How the workers start. Unset: the command's own (`xgen slurm`/`xgen shell`: "
+            "torch.distributed.run, `xgen deepspeed`: DeepSpeed's launcher, `xgen accelerate`: accelerate). "
+            "`deepspeed` with `xgen slurm`: DeepSpeed's launcher on every node of the allocation. "
+            "A command that cannot start the named launcher refuses the config (docs/launchers.md).",
             "deepspeed",
         ),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.render import render
 from xgen.targets.common import context
@@ -26,6 +27,7 @@ def _settings(config: Config) -> dict[str, Any]:
 
 
 def build(config: Config, node_rank: int | None = None) -> str:
+    launcher_for(config, "accelerate")
     check_node_rank(config, node_rank)
     ctx = context(config, "accelerate", "" if node_rank is None else f" --node-rank {node_rank}")
     ctx["node_rank"] = node_rank

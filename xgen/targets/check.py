@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runtime.config import TrainConfig
 from runtime.secrets import MASK
+from xgen.checks import launcher_commands
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.targets.common import master_addr, master_port
@@ -32,6 +33,16 @@ def _strategy(train: TrainConfig) -> str:
         offload = isinstance(train.fsdp_config, dict) and train.fsdp_config.get("cpu_offload")
         return "fsdp (FSDP2" + (", cpu offload)" if offload else ")")
     return "ddp"
+
+
+def _launcher(config: Config) -> str:
+    if config.launcher is None:
+        return (
+            "each command's own (xgen slurm/shell: torchrun, xgen deepspeed: deepspeed, "
+            "xgen accelerate: accelerate)"
+        )
+    commands = ", ".join(f"xgen {c}" for c in launcher_commands(config.launcher))
+    return f"{config.launcher} (started by {commands}; other commands refuse this config)"
 
 
 def _train(config: Config) -> str:
@@ -102,7 +113,7 @@ def summary(config: Config) -> str:
         f"nodes:    {c.nodes} x {devices} devices per node (device: {c.device})",
         f"hosts:    {hosts}",
         f"master:   {_master(config)}",
-        f"launcher: {config.launcher} (python: {config.python})",
+        f"launcher: {_launcher(config)} (python: {config.python})",
         f"train:    {_train(config)}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
         *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render
@@ -84,6 +85,7 @@ def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
 
 def build(config: Config, hostfile: str | None, module: str = "runtime train") -> tuple[str, str | None]:
     """Return (script, hostfile text or None when slots are only known at run time or one node runs alone)."""
+    launcher_for(config, "deepspeed")
     _check_remote_safe(config)
     hosts, slots = hosts_and_slots(config)
     single = config.cluster.nodes == 1

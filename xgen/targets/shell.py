@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render
@@ -17,6 +18,7 @@ def check_node_rank(config: Config, node_rank: int | None) -> None:
 
 
 def build(config: Config, node_rank: int | None = None, module: str = "runtime train") -> str:
+    launcher_for(config, "shell")
     check_node_rank(config, node_rank)
     name = "shell" if module == "runtime train" else "doctor shell"
     ctx = context(config, name, "" if node_rank is None else f" --node-rank {node_rank}")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from xgen import sweep
+from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render, sbatch_quote
@@ -86,6 +87,7 @@ def build(config: Config, module: str = "runtime train") -> str:
         config = dataclasses.replace(
             config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None)
         )
+    ctx["launcher"] = launcher_for(config, "slurm")
     ctx["directives"] = directives(config)
     ctx["sweep_tasks"] = sweep.tasks(config)
     return render("slurm.sh.j2", ctx)

@@ -331,6 +331,48 @@ xgen_preflight() {
   esac
 }
 
+xgen_ds_devices() {
+  # DeepSpeed's launcher ignores an exported CUDA_VISIBLE_DEVICES/ASCEND_RT_VISIBLE_DEVICES once it has a
+  # hostfile: it numbers a host's devices 0 … slots-1 and sets the variable itself from the hostfile and
+  # --include. So slots = every device of the node, and the devices to use go in --include, never into
+  # slots (DeepSpeed #3625). Sets XGEN_DS_SLOTS and XGEN_DS_DEVICES (the first NPROC_PER_NODE devices of
+  # the exported list, else 0 … NPROC_PER_NODE-1). XGEN_DS_FIXED_SLOTS: slots of a hostfile written at
+  # generation (cluster.devices_per_node pinned), which the devices must fit.
+  local fixed=${XGEN_DS_FIXED_SLOTS:-} name="" visible="" total=0 index max=-1
+  local -a items=()
+  case "$XGEN_DEVICE" in
+    npu) name=ASCEND_RT_VISIBLE_DEVICES total=$(xgen_npu_count) ;;
+    cuda) name=CUDA_VISIBLE_DEVICES total=$(xgen_gpu_count) ;;
+  esac
+  if [[ -n "$name" ]]; then
+    visible=${!name:-}
+  fi
+  if [[ -n "$visible" ]]; then
+    IFS=, read -r -a items <<<"$visible"
+  else
+    mapfile -t items < <(seq 0 $(( NPROC_PER_NODE - 1 )))
+  fi
+  items=("${items[@]:0:NPROC_PER_NODE}")
+  for index in "${items[@]}"; do
+    [[ "$index" =~ ^[0-9]+$ ]] || xgen_die "$name=$visible: DeepSpeed's launcher picks devices by index (--include host:0,2); export indices, not '$index'"
+    if (( index > max )); then
+      max=$index
+    fi
+  done
+  if [[ -n "$fixed" ]]; then
+    XGEN_DS_SLOTS=$fixed
+  elif [[ "$XGEN_DEVICE" != cpu ]] && (( total > 0 )); then
+    XGEN_DS_SLOTS=$total
+  else
+    XGEN_DS_SLOTS=$(( max + 1 ))
+  fi
+  if (( max >= XGEN_DS_SLOTS )); then
+    xgen_die "$name=$visible: device $max is not among the $XGEN_DS_SLOTS slots of $(hostname)'s hostfile line; export devices 0 … $(( XGEN_DS_SLOTS - 1 ))${fixed:+, or set cluster.devices_per_node: auto so slots are detected}"
+  fi
+  XGEN_DS_DEVICES=$(IFS=,; echo "${items[*]}")
+  export XGEN_DS_SLOTS XGEN_DS_DEVICES
+}
+
 # DeepSpeed without a readable hostfile says "will proceed with training with local resources only" and
 # trains a multi-node job on this node alone: refuse first, before the preflight reaches other hosts.
 # (With auto slots this script writes the hostfile itself, below.)
@@ -352,6 +394,10 @@ export DS_ACCELERATOR=$XGEN_DEVICE
 if (( NPROC_PER_NODE != 8 )); then
   xgen_die "cluster.devices_per_node: hostfile says slots=8 but $(hostname) runs $NPROC_PER_NODE processes; regenerate or pin the count"
 fi
+XGEN_DS_FIXED_SLOTS=8
+xgen_ds_devices
+# Every host uses the devices this one does (nodes assumed alike), named by index in --include.
+XGEN_DS_INCLUDE=node0:$XGEN_DS_DEVICES@node1:$XGEN_DS_DEVICES
 
 # Remote nodes start from a fresh ssh environment: DeepSpeed forwards only NCCL*/PYTHON*/… variables
 # and the KEY=VALUE lines of the file DS_ENV_FILE names, so the communication env goes there.
@@ -385,7 +431,7 @@ xgen_runtime_check
 if [[ "$MASTER_PORT" == auto ]]; then
   MASTER_PORT=$(xgen_free_port)
 fi
-xgen_say "deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$MASTER_PORT"
+xgen_say "deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$MASTER_PORT, --include $XGEN_DS_INCLUDE"
 # DeepSpeed's launcher as a module of the configured python (no console-script shebang to break).
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
@@ -395,6 +441,7 @@ xgen_say "deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$MA
 env -u HF_TOKEN -u WANDB_API_KEY \
   "$PYTHON" -m deepspeed.launcher.runner \
   --hostfile "$XGEN_HOSTFILE" \
+  --include "$XGEN_DS_INCLUDE" \
   --master_addr "$MASTER_ADDR" \
   --master_port "$MASTER_PORT" \
   --ssh_port 2222 \

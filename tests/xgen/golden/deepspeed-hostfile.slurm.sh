@@ -289,31 +289,76 @@ xgen_runtime_check() {
   "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
 }
 
+# shellcheck disable=SC2317  # run by the hostfile step below through declare -f, which shellcheck does not follow
+xgen_ds_devices() {
+  # DeepSpeed's launcher ignores an exported CUDA_VISIBLE_DEVICES/ASCEND_RT_VISIBLE_DEVICES once it has a
+  # hostfile: it numbers a host's devices 0 … slots-1 and sets the variable itself from the hostfile and
+  # --include. So slots = every device of the node, and the devices to use go in --include, never into
+  # slots (DeepSpeed #3625). Sets XGEN_DS_SLOTS and XGEN_DS_DEVICES (the first NPROC_PER_NODE devices of
+  # the exported list, else 0 … NPROC_PER_NODE-1). XGEN_DS_FIXED_SLOTS: slots of a hostfile written at
+  # generation (cluster.devices_per_node pinned), which the devices must fit.
+  local fixed=${XGEN_DS_FIXED_SLOTS:-} name="" visible="" total=0 index max=-1
+  local -a items=()
+  case "$XGEN_DEVICE" in
+    npu) name=ASCEND_RT_VISIBLE_DEVICES total=$(xgen_npu_count) ;;
+    cuda) name=CUDA_VISIBLE_DEVICES total=$(xgen_gpu_count) ;;
+  esac
+  if [[ -n "$name" ]]; then
+    visible=${!name:-}
+  fi
+  if [[ -n "$visible" ]]; then
+    IFS=, read -r -a items <<<"$visible"
+  else
+    mapfile -t items < <(seq 0 $(( NPROC_PER_NODE - 1 )))
+  fi
+  items=("${items[@]:0:NPROC_PER_NODE}")
+  for index in "${items[@]}"; do
+    [[ "$index" =~ ^[0-9]+$ ]] || xgen_die "$name=$visible: DeepSpeed's launcher picks devices by index (--include host:0,2); export indices, not '$index'"
+    if (( index > max )); then
+      max=$index
+    fi
+  done
+  if [[ -n "$fixed" ]]; then
+    XGEN_DS_SLOTS=$fixed
+  elif [[ "$XGEN_DEVICE" != cpu ]] && (( total > 0 )); then
+    XGEN_DS_SLOTS=$total
+  else
+    XGEN_DS_SLOTS=$(( max + 1 ))
+  fi
+  if (( max >= XGEN_DS_SLOTS )); then
+    xgen_die "$name=$visible: device $max is not among the $XGEN_DS_SLOTS slots of $(hostname)'s hostfile line; export devices 0 … $(( XGEN_DS_SLOTS - 1 ))${fixed:+, or set cluster.devices_per_node: auto so slots are detected}"
+  fi
+  XGEN_DS_DEVICES=$(IFS=,; echo "${items[*]}")
+  export XGEN_DS_SLOTS XGEN_DS_DEVICES
+}
+
 xgen_launch() {
   # --- launch ---
   cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR on $(hostname); it must exist on every node"
   [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found on $(hostname): the run directory under job.workdir must be on a filesystem every node sees"
+  [[ -f "$XGEN_DS_HOSTFILE" ]] || xgen_die "hostfile $XGEN_DS_HOSTFILE not found on $(hostname): the run directory under job.workdir must be on a filesystem every node sees"
   command -v "$PYTHON" >/dev/null 2>&1 || xgen_die "python: '$PYTHON' not found on $(hostname); set python: to the interpreter that has torch and xgen"
   xgen_runtime_check
   if [[ "$MASTER_PORT" == auto ]]; then
     MASTER_PORT=$(xgen_free_port)
   fi
-  xgen_say "node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT"
-  # --log-dir/--tee 3: each worker's stdout/stderr also lands in <node log>.ranks/<run>/attempt_0/<local
-  # rank>/{stdout,stderr}.log (console lines then start with [default<local rank>]:), and a failing
-  # worker's error.json (traceback, rank, time) next to them.
-  # python -m torch.distributed.run, never the torchrun binary: its shebang breaks when a conda env is
-  # copied or moved. Static rendezvous: every node names the same master and its own node rank.
-  "$PYTHON" -m torch.distributed.run \
-    --nnodes "$NNODES" \
+  # DeepSpeed picks its accelerator from this (cpu|cuda|npu), matching the detection above.
+  export DS_ACCELERATOR=$XGEN_DEVICE
+  xgen_say "deepspeed node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT include=$XGEN_DS_INCLUDE"
+  # DeepSpeed's launcher on this node only (--no_ssh --node_rank): no ssh or pdsh inside the allocation,
+  # and every rank inherits this node's environment (the devices and communication sections above).
+  # The hostfile (every node, slots = its devices) gives the world; --include the devices each node uses.
+  # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
+  # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
+  "$PYTHON" -m deepspeed.launcher.runner \
+    --hostfile "$XGEN_DS_HOSTFILE" \
+    --include "$XGEN_DS_INCLUDE" \
+    --no_ssh \
     --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" \
     --master_port "$MASTER_PORT" \
-    --nproc_per_node "$NPROC_PER_NODE" \
-    --rdzv_conf "timeout=$XGEN_RDZV_TIMEOUT" \
-    --log-dir "${XGEN_NODE_LOG%.log}.ranks" \
-    --tee 3 \
-    -m runtime train "$XGEN_CONFIG"
+    --no_local_rank \
+    --module runtime train "$XGEN_CONFIG"
 }
 
 # --- preflight ---
@@ -382,7 +427,9 @@ xgen_stopped_here() {
 
 xgen_node() {
   # What each srun task runs on its own node.
-  NODE_RANK=$SLURM_NODEID
+  # Node rank = this node's line in the DeepSpeed hostfile (DeepSpeed numbers ranks in its order).
+  NODE_RANK=$(awk -v me="$SLURMD_NODENAME" '$1 == me {print NR - 1; exit}' "$XGEN_DS_HOSTFILE")
+  [[ -n "$NODE_RANK" ]] || xgen_die "$SLURMD_NODENAME is not in the DeepSpeed hostfile $XGEN_DS_HOSTFILE"
   export NODE_RANK
   xgen_node_log
   if [[ -n "${XGEN_PID_DIR:-}" ]]; then
@@ -429,6 +476,33 @@ xgen_preflight_node"
   srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
   echo "xgen: preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms" >&2
 fi
+
+# --- DeepSpeed hostfile ---
+# launcher: deepspeed. The hostfile is this allocation's: one line per node of `scontrol show hostnames`,
+# slots = the devices a step on that node detects (xgen_devices, xgen_ds_devices), and --include the
+# devices each node uses (an exported CUDA_VISIBLE_DEVICES/ASCEND_RT_VISIBLE_DEVICES, or the first
+# NPROC_PER_NODE). Written to the run directory, which every node sees.
+XGEN_DS_HOSTFILE=$XGEN_RUN_DIR/hostfile
+XGEN_SLOTS_SCRIPT="set -euo pipefail
+$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_ds_devices)
+xgen_devices
+xgen_ds_devices
+echo \"xgen-slots \$SLURMD_NODENAME \$XGEN_DS_SLOTS \$XGEN_DS_DEVICES\""
+XGEN_SLOTS=$(srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_SLOTS_SCRIPT") || exit $?
+XGEN_HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST") \
+  || xgen_die "scontrol show hostnames '$SLURM_JOB_NODELIST' failed; is scontrol on PATH in the job?"
+(( $(wc -l <<<"$XGEN_HOSTS") == NNODES )) || xgen_die "scontrol show hostnames listed $(paste -sd, - <<<"$XGEN_HOSTS"), not $NNODES nodes"
+XGEN_DS_INCLUDE=""
+: >"$XGEN_DS_HOSTFILE.tmp"
+while read -r xgen_host; do
+  read -r _ _ xgen_slots xgen_devs < <(awk -v h="$xgen_host" '$1 == "xgen-slots" && $2 == h' <<<"$XGEN_SLOTS") \
+    || xgen_die "node $xgen_host reported no devices for the DeepSpeed hostfile"
+  echo "$xgen_host slots=$xgen_slots" >>"$XGEN_DS_HOSTFILE.tmp"
+  XGEN_DS_INCLUDE+="${XGEN_DS_INCLUDE:+@}$xgen_host:$xgen_devs"
+done <<<"$XGEN_HOSTS"
+mv -f "$XGEN_DS_HOSTFILE.tmp" "$XGEN_DS_HOSTFILE"
+export XGEN_DS_HOSTFILE XGEN_DS_INCLUDE
+xgen_say "DeepSpeed hostfile $XGEN_DS_HOSTFILE: $(paste -sd' ' "$XGEN_DS_HOSTFILE"); --include $XGEN_DS_INCLUDE"
 
 # --- launch ---
 # One srun task per node; each runs xgen_node. --export=ALL: the tasks see this shell's environment

@@ -289,6 +289,48 @@ xgen_preflight() {
   esac
 }
 
+xgen_ds_devices() {
+  # DeepSpeed's launcher ignores an exported CUDA_VISIBLE_DEVICES/ASCEND_RT_VISIBLE_DEVICES once it has a
+  # hostfile: it numbers a host's devices 0 … slots-1 and sets the variable itself from the hostfile and
+  # --include. So slots = every device of the node, and the devices to use go in --include, never into
+  # slots (DeepSpeed #3625). Sets XGEN_DS_SLOTS and XGEN_DS_DEVICES (the first NPROC_PER_NODE devices of
+  # the exported list, else 0 … NPROC_PER_NODE-1). XGEN_DS_FIXED_SLOTS: slots of a hostfile written at
+  # generation (cluster.devices_per_node pinned), which the devices must fit.
+  local fixed=${XGEN_DS_FIXED_SLOTS:-} name="" visible="" total=0 index max=-1
+  local -a items=()
+  case "$XGEN_DEVICE" in
+    npu) name=ASCEND_RT_VISIBLE_DEVICES total=$(xgen_npu_count) ;;
+    cuda) name=CUDA_VISIBLE_DEVICES total=$(xgen_gpu_count) ;;
+  esac
+  if [[ -n "$name" ]]; then
+    visible=${!name:-}
+  fi
+  if [[ -n "$visible" ]]; then
+    IFS=, read -r -a items <<<"$visible"
+  else
+    mapfile -t items < <(seq 0 $(( NPROC_PER_NODE - 1 )))
+  fi
+  items=("${items[@]:0:NPROC_PER_NODE}")
+  for index in "${items[@]}"; do
+    [[ "$index" =~ ^[0-9]+$ ]] || xgen_die "$name=$visible: DeepSpeed's launcher picks devices by index (--include host:0,2); export indices, not '$index'"
+    if (( index > max )); then
+      max=$index
+    fi
+  done
+  if [[ -n "$fixed" ]]; then
+    XGEN_DS_SLOTS=$fixed
+  elif [[ "$XGEN_DEVICE" != cpu ]] && (( total > 0 )); then
+    XGEN_DS_SLOTS=$total
+  else
+    XGEN_DS_SLOTS=$(( max + 1 ))
+  fi
+  if (( max >= XGEN_DS_SLOTS )); then
+    xgen_die "$name=$visible: device $max is not among the $XGEN_DS_SLOTS slots of $(hostname)'s hostfile line; export devices 0 … $(( XGEN_DS_SLOTS - 1 ))${fixed:+, or set cluster.devices_per_node: auto so slots are detected}"
+  fi
+  XGEN_DS_DEVICES=$(IFS=,; echo "${items[*]}")
+  export XGEN_DS_SLOTS XGEN_DS_DEVICES
+}
+
 # This run's directory (see `# --- run directory ---`); export XGEN_RUN_DIR to choose it.
 XGEN_RUN_DIR=${XGEN_RUN_DIR:-$XGEN_WORKDIR/xgen-runs/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname)-$$}
 xgen_freeze_config
@@ -299,8 +341,12 @@ xgen_comm_env
 xgen_check_master
 # DeepSpeed picks its accelerator from this (cpu|cuda|npu), matching the detection above.
 export DS_ACCELERATOR=$XGEN_DEVICE
-# One node: no hostfile, so DeepSpeed starts the processes here without ssh (a hostfile, even one
-# naming only localhost, makes it ssh to every host listed).
+# One node: a hostfile naming only localhost, in the run directory, and --no_ssh below: DeepSpeed starts
+# the processes here without ssh (a hostfile alone makes it ssh even to localhost) and honours --include.
+xgen_ds_devices
+XGEN_HOSTFILE=$XGEN_RUN_DIR/hostfile
+echo "localhost slots=$XGEN_DS_SLOTS" >"$XGEN_HOSTFILE"
+XGEN_DS_INCLUDE=localhost:$XGEN_DS_DEVICES
 
 # Remote nodes start from a fresh ssh environment: DeepSpeed forwards only NCCL*/PYTHON*/… variables
 # and the KEY=VALUE lines of the file DS_ENV_FILE names, so the communication env goes there.
@@ -321,13 +367,16 @@ xgen_runtime_check
 if [[ "$MASTER_PORT" == auto ]]; then
   MASTER_PORT=$(xgen_free_port)
 fi
-xgen_say "deepspeed on this node, $NPROC_PER_NODE processes"
+xgen_say "deepspeed on this node, $NPROC_PER_NODE processes, --include $XGEN_DS_INCLUDE"
 # DeepSpeed's launcher as a module of the configured python (no console-script shebang to break).
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
 "$PYTHON" -m deepspeed.launcher.runner \
-  --num_gpus "$NPROC_PER_NODE" \
+  --hostfile "$XGEN_HOSTFILE" \
+  --include "$XGEN_DS_INCLUDE" \
+  --no_ssh \
+  --node_rank 0 \
   --master_addr "$MASTER_ADDR" \
   --master_port "$MASTER_PORT" \
   --no_local_rank \

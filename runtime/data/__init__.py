@@ -216,7 +216,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
         check_columns(attr, list(raw.column_names or []), stage=context["stage"])
         messages = to_messages(raw, attr, **context["map"])
         if not context["streaming"]:
-            media = next((m for m in messages["_media"] if m), "")
+            media = _first_media(messages)
             if media:
                 raise ConfigError(key, f"{attr.where()}: {media} in the text: {MULTIMODAL}")
         parts.append(messages)
@@ -233,6 +233,16 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
         dropped = len(dataset) - len(tokenized)
         _note(f"{key}: dropped {dropped} of {len(dataset)} rows (broken turns, or nothing left to learn)")
     return tokenized
+
+
+def _first_media(messages: Dataset) -> str:
+    """The first media placeholder in the converted rows ("" for none), read as one arrow column: a
+    Python loop over the column took 7-14 s for 50,000 rows, on every start, cache or not."""
+    import pyarrow.compute as pc
+
+    column = messages.with_format("arrow")["_media"]
+    found = pc.filter(column, pc.not_equal(column, ""))
+    return found[0].as_py() if len(found) else ""
 
 
 def _mix(parts: list[Any], cfg: TrainConfig) -> Any:

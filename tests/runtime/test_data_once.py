@@ -227,7 +227,7 @@ def _two_nodes(tmp_path: Path, tiny_dir: Path, *, separate: bool, delay: float) 
             )
         )
     try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        outputs = [p.communicate(timeout=900)[0] for p in procs]  # 2 shared cores: imports can take minutes
     finally:
         for p in procs:
             p.kill()

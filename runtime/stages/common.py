@@ -121,22 +121,36 @@ def make_training_args(kwargs: dict[str, Any], passthrough: dict[str, Any]) -> A
 
 
 def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
-    """Tokenise on the main process first; the other ranks then read the datasets cache."""
+    """Tokenize once: on several ranks the builder (global rank 0, or a node's first rank when that node
+    cannot see rank 0's cache folder) tokenizes, the others wait on a file, not on a barrier, and then
+    read its cache (runtime.data.once)."""
+    import torch.distributed as dist
+
     from runtime.data import build_datasets
+    from runtime.data.once import cache_root, plan_builders, run_once
 
     # runtime.data caps preprocessing_num_workers to the CPUs available, with a note.
     if ctx.cfg.streaming:
         # Each rank reads the stream and keeps its share of the batches: accelerate's default for an
         # IterableDataset (rank 0 reads, then broadcasts) needs batches of one length, padded ones are not.
         ctx.args.accelerator_config.dispatch_batches = False
-    if not ctx.cfg.tokenized_path:
-        with ctx.args.main_process_first(desc="tokenise datasets"):
-            return build_datasets(ctx.cfg, tokenizer, stage=stage)
-    # tokenized_path: global rank 0 tokenizes and saves once; every other rank then loads it from there
-    # (the inner local wait: on a path a node cannot see, that node's first rank builds for the others).
-    with ctx.args.main_process_first(local=False, desc="tokenise datasets once"):
-        with ctx.args.main_process_first(local=True, desc="load tokenized datasets"):
-            return build_datasets(ctx.cfg, tokenizer, stage=stage, args=ctx.args)
+
+    def build() -> Any:
+        return build_datasets(ctx.cfg, tokenizer, stage=stage)
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return build()
+    plan = plan_builders(cache_root(ctx.cfg))
+    say(plan.line)
+    if plan.local_line:
+        print(f"xgen-runtime: {plan.local_line}", flush=True)
+    return run_once(plan, build, _say_local)
+
+
+def _say_local(line: str) -> None:
+    """A waiting node's progress: said by its first rank only (one line per node, not per rank)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"xgen-runtime: {line}", flush=True)
 
 
 def make_trainer(

@@ -18,7 +18,16 @@ from xgen.checks import validate
 from xgen.config import SECTIONS, Config
 from xgen.errors import XgenError
 
-TOP_LEVEL = ("job", "cluster", "slurm", "launcher", "python", "train")
+TOP_LEVEL = (
+    "job",
+    "cluster",
+    "slurm",
+    # --- containers (issue 13) ---
+    "container",
+    "launcher",
+    "python",
+    "train",
+)
 
 
 def _unknown(key_path: str, key: str, allowed: typing.Iterable[str]) -> XgenError:

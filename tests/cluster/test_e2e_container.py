@@ -52,7 +52,7 @@ def _train(cluster: harness.Cluster, tiny: Path, shared: Path, runtime: str) -> 
     }
     job = cluster.sbatch(script, cwd=run, env=env)
     try:
-        info = cluster.wait_done(job, timeout=90)
+        info = cluster.wait_done(job, timeout=240)
     except harness.HarnessError as err:
         cluster.cancel(job)
         logs = "".join(

@@ -35,6 +35,7 @@ def validate(config: Config) -> Config:
     _check_job(config)
     hosts = _check_cluster(config)
     _check_slurm(config)
+    _check_container(config)
     if not config.python.strip():
         raise XgenError("python", "must name the interpreter on the nodes, e.g. python3")
     checked = dataclasses.replace(config, host_list=hosts, training=_parse_train(config))
@@ -277,6 +278,75 @@ def _check_slurm(config: Config) -> None:
             raise XgenError(
                 f"slurm.extra[{i}]", f"{item!r} is not an sbatch option; write it as --option=value"
             )
+
+
+# --- containers (issue 13) ---
+# A mount is SRC:DST[:FLAGS]; pyxis joins mounts with "," and Apptainer splits --bind values on ",", and
+# both split on ":", so neither may appear inside a path. Flags: pyxis joins mount options with "+"
+# (ro+rprivate); Apptainer knows ro and rw.
+_MOUNT_PATH = re.compile(r"/[^,:\n\r]*\Z")
+_PYXIS_FLAGS = re.compile(r"[a-z]+(\+[a-z]+)*\Z")
+_APPTAINER_FLAGS = ("ro", "rw")
+
+
+def container_mounts(config: Config) -> list[tuple[str, str, str]]:
+    """(src, dst, flags) of every container mount: job.workdir first (the config, the run directory
+    and the logs live there), then container.mounts; `PATH` alone is mounted at the same path."""
+    found = [(config.workdir, config.workdir, "")]
+    for item in config.container.mounts:
+        src, _, rest = item.partition(":")
+        dst, _, flags = rest.partition(":")
+        found.append((src, dst or src, flags))
+    return found
+
+
+def _check_container(config: Config) -> None:
+    c = config.container
+    if c.image is None:
+        for key, value in (
+            ("runtime", c.runtime),
+            ("mounts", c.mounts),
+            ("env", c.env),
+            ("workdir", c.workdir),
+        ):
+            if value:
+                raise XgenError(f"container.{key}", "needs container.image; set the image or remove the key")
+        return
+    _one_line("container.image", c.image)
+    if not c.image.strip() or c.image.startswith("-"):
+        raise XgenError(
+            "container.image", f"{c.image!r} is not an image; name a .sif, squashfs or registry image"
+        )
+    if c.runtime is None:
+        raise XgenError("container.runtime", "required with container.image: pyxis (Slurm) or apptainer")
+    for i, item in enumerate(c.mounts):
+        where = f"container.mounts[{i}]"
+        parts = item.split(":")
+        if len(parts) > 3 or not all(_MOUNT_PATH.match(p) for p in parts[:2]):
+            raise XgenError(
+                where,
+                f"{item!r} is not SRC:DST[:FLAGS] with absolute paths (no ',' or ':' inside a path); "
+                "e.g. /shared/models:/models:ro",
+            )
+        if len(parts) == 3:
+            ok = parts[2] in _APPTAINER_FLAGS if c.runtime == "apptainer" else _PYXIS_FLAGS.match(parts[2])
+            if not ok:
+                allowed = (
+                    "ro or rw" if c.runtime == "apptainer" else "mount options joined by + (ro+rprivate)"
+                )
+                raise XgenError(where, f"mount flags {parts[2]!r}: {c.runtime} takes {allowed}")
+    if c.workdir is not None and not _MOUNT_PATH.match(c.workdir):
+        raise XgenError(
+            "container.workdir",
+            f"{c.workdir!r} must be an absolute path inside the container, without ',' or ':'",
+        )
+    if not _MOUNT_PATH.match(config.workdir):
+        raise XgenError(
+            "job.workdir",
+            f"{config.workdir!r} is mounted into the container at its own path, so it cannot hold ',' "
+            "or ':'; move it",
+        )
+    check_env_names("container", c.env, (), ())
 
 
 def _parse_train(config: Config) -> TrainConfig | None:

@@ -1,6 +1,7 @@
 """The typed config: every key, its type, its default and a one-line doc (the README table is built from it).
 
-One YAML file holds the sections `job`, `cluster`, `slurm`, `launcher`, `sweep`, `python` and `train`.
+One YAML file holds the sections `job`, `cluster`, `slurm`, `container`, `launcher`, `sweep`, `python` and
+`train`.
 This module holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the
 cross-key rules.
 The `train:` keys belong to the runtime: its parser validates them and `Config.training` holds the result.
@@ -247,6 +248,60 @@ class SlurmConfig:
     )
 
 
+# --- containers (issue 13): the per-node launch inside an image; docs/containers.md ---
+ContainerRuntime = Literal["pyxis", "apptainer"]
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Run each node's python commands inside a container image (pyxis under Slurm, Apptainer anywhere)."""
+
+    image: str | None = field(
+        default=None,
+        metadata=doc(
+            "Image the launch runs in: an enroot URI or squashfs path (pyxis), a .sif path or docker:// URI "
+            "(Apptainer). Unset: no container.",
+            "nvcr.io#nvidia/pytorch:24.05-py3",
+        ),
+    )
+    runtime: ContainerRuntime | None = field(
+        default=None,
+        metadata=doc(
+            "`pyxis` (srun --container-image …; `xgen slurm` only) or `apptainer` (apptainer exec, with --nv "
+            "on NVIDIA or the Ascend driver binds on NPU). Required with image.",
+            "apptainer",
+        ),
+    )
+    mounts: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Bind mounts `SRC:DST[:FLAGS]` (absolute paths; `PATH` alone = same path inside). job.workdir is "
+            "always mounted at its own path.",
+            "[/shared/models:/models:ro]",
+        ),
+    )
+    env: dict[str, str] = field(
+        default_factory=dict,
+        metadata=doc(
+            "Variables set inside the container only (over the image's own values); never on a command "
+            "line, credential names hidden like cluster.env.",
+            "{HF_HOME: /shared/hf}",
+        ),
+    )
+    workdir: str | None = field(
+        default=None,
+        metadata=doc(
+            "Directory the commands start in inside the container. Default: job.workdir (mounted).",
+            "/workspace",
+        ),
+    )
+
+    @property
+    def written_secrets(self) -> tuple[str, ...]:
+        """container.env keys named like credentials (the script holding them is written owner-only)."""
+        return secret_keys(self.env, ())
+
+
 @dataclass(frozen=True)
 class Host:
     """One node of a hostfile cluster; slots = processes on it when the hostfile says so."""
@@ -262,6 +317,8 @@ class Config:
     job: JobConfig = field(default_factory=JobConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # --- containers (issue 13) ---
+    container: ContainerConfig = field(default_factory=ContainerConfig)
     launcher: Launcher | None = field(
         default=None,
         metadata=doc(
@@ -316,6 +373,7 @@ class Config:
         the whole config (frozen at generation), so `target` no longer narrows this; kept for callers.
         """
         found = [(f"cluster.env.{name}", name) for name in self.cluster.written_secrets]
+        found += [(f"container.env.{name}", name) for name in self.container.written_secrets]
         for i, line in enumerate(self.slurm.setup):
             found += [(f"slurm.setup[{i}]", name) for name in _credentials_in_shell(line)]
         return tuple(found)
@@ -333,7 +391,13 @@ class Config:
         return None if value == "auto" else int(value)
 
 
-SECTIONS: dict[str, type] = {"job": JobConfig, "cluster": ClusterConfig, "slurm": SlurmConfig}
+SECTIONS: dict[str, type] = {
+    "job": JobConfig,
+    "cluster": ClusterConfig,
+    "slurm": SlurmConfig,
+    # --- containers (issue 13) ---
+    "container": ContainerConfig,
+}
 
 
 def field_docs() -> list[tuple[str, str, str, str]]:
@@ -353,4 +417,13 @@ def field_docs() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-__all__ = ["SECTIONS", "ClusterConfig", "Config", "Host", "JobConfig", "SlurmConfig", "field_docs"]
+__all__ = [
+    "SECTIONS",
+    "ClusterConfig",
+    "Config",
+    "ContainerConfig",
+    "Host",
+    "JobConfig",
+    "SlurmConfig",
+    "field_docs",
+]

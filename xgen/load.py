@@ -18,7 +18,7 @@ from xgen.checks import validate
 from xgen.config import SECTIONS, Config
 from xgen.errors import XgenError
 
-TOP_LEVEL = ("job", "cluster", "slurm", "launcher", "sweep", "python", "train")
+TOP_LEVEL = ("job", "cluster", "slurm", "container", "launcher", "sweep", "python", "train")
 
 
 def _unknown(key_path: str, key: str, allowed: typing.Iterable[str]) -> XgenError:

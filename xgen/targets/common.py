@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from typing import Any
 
 from xgen import __version__
+from xgen.checks import container_mounts
 from xgen.config import Config
 from xgen.errors import XgenError
 
@@ -63,6 +65,111 @@ def frozen_config(config: Config) -> dict[str, str]:
     return {"config_text": text, "config_eof": eof, "config_sha256": config.sha256}
 
 
+# --- containers (issue 13) ---
+# Which generators cannot wrap their launch in which container runtime, and why.
+_CONTAINER_REFUSED = {
+    ("pyxis", "shell"): "pyxis is a Slurm (srun) plugin and this script runs without srun; use runtime: "
+    "apptainer, or xgen slurm",
+    ("pyxis", "deepspeed"): "pyxis is a Slurm (srun) plugin and DeepSpeed's launcher starts ranks over ssh; "
+    "use xgen slurm",
+    ("apptainer", "deepspeed"): "DeepSpeed's launcher starts every host's ranks over ssh, outside any "
+    "container; use xgen slurm or xgen shell, or run the xgen deepspeed script inside the image",
+    ("pyxis", "accelerate"): "the accelerate script runs without srun; use xgen slurm",
+    (
+        "apptainer",
+        "accelerate",
+    ): "the accelerate script has no container support; use xgen slurm or xgen shell",
+}
+
+
+# What the launch relies on inside the container (set by this script or its Slurm/launcher world).
+_FORWARDED = (
+    "PYTHONUNBUFFERED",
+    "PYTHON",
+    "XGEN_CONFIG",
+    "XGEN_WORKDIR",
+    "XGEN_RUN_DIR",
+    "XGEN_NODE_LOG",
+    "XGEN_PID_DIR",
+    "XGEN_DEVICE",
+    "XGEN_EXPECT_NNODES",
+    "XGEN_EXPECT_WORLD_SIZE",
+    "XGEN_SECRET_NAMES",
+    "XGEN_RDZV_TIMEOUT",
+    "NNODES",
+    "NODE_RANK",
+    "NPROC_PER_NODE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "ASCEND_RT_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES",
+    "NCCL_SOCKET_IFNAME",
+    "HCCL_SOCKET_IFNAME",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_DEBUG",
+    "NCCL_IB_DISABLE",
+    "HCCL_CONNECT_TIMEOUT",
+    "HCCL_EXEC_TIMEOUT",
+    "TASK_QUEUE_ENABLE",
+    "OMP_NUM_THREADS",
+)
+
+
+def container_forward(config: Config, runtime: str | None) -> list[str]:
+    """Names whose host value must win over the image's inside the container.
+
+    Apptainer: everything the launch relies on (the host side sets them) plus cluster.env and the
+    credentials. pyxis: the node step sets its own inside, so only what comes from the submitting
+    environment: PYTHONUNBUFFERED and the credentials (pass_env, secret cluster.env keys). container.env
+    keys are left out: their container value wins."""
+    own = set(config.container.env)
+    if runtime == "pyxis":
+        names = ["PYTHONUNBUFFERED", *config.cluster.hidden_env]
+    else:
+        names = [*_FORWARDED, *config.cluster.env, *config.cluster.pass_env]
+    return [n for n in dict.fromkeys(names) if n not in own]
+
+
+def container_functions(config: Config, runtime: str | None) -> str:
+    """Shell functions a Slurm step's `declare -f` must carry for the container (space-terminated)."""
+    names = []
+    if runtime == "apptainer":
+        names.append("xgen_container_argv")
+    elif runtime == "pyxis" and config.container.env:
+        names.append("xgen_container_env")
+    return "".join(f"{n} " for n in names)
+
+
+def container_context(config: Config, target: str) -> dict[str, Any]:
+    """The container keys the templates read; a runtime the generator cannot use is refused in one line."""
+    c = config.container
+    runtime = c.runtime if c.image else None
+    kind = target.split()[-1]  # "doctor slurm" wraps like "slurm"
+    if runtime and (runtime, kind) in _CONTAINER_REFUSED:
+        raise XgenError(
+            "container.runtime", f"{runtime} with xgen {kind}: {_CONTAINER_REFUSED[runtime, kind]}"
+        )
+    return {
+        "container": c,
+        "container_runtime": runtime or "",
+        "container_mounts": container_mounts(config) if runtime else [],
+        "container_workdir": c.workdir or config.workdir,
+        "container_mounts_pyxis": ",".join(
+            ":".join(part for part in mount if part) for mount in container_mounts(config)
+        ),
+        "container_forward": container_forward(config, runtime),
+        "container_forward_lines": textwrap.wrap(" ".join(container_forward(config, runtime)), 96),
+        # Apptainer: the prefix that runs a $PYTHON command inside (xgen_container_argv fills it).
+        "in_container": '"${XGEN_IN_CONTAINER[@]}" ' if runtime == "apptainer" else "",
+        # pyxis: the srun options that put a step inside the image.
+        "pyxis_args": '"${XGEN_PYXIS[@]}" ' if runtime == "pyxis" else "",
+        # Functions the srun steps need besides their own (their text travels in `declare -f`).
+        "container_functions": container_functions(config, runtime),
+        # Set inside the container only; credential values are never echoed (see secret_names).
+        "container_env": dict(c.env),
+    }
+
+
 def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]:
     if config.sweep and target != "slurm" and not target.startswith("doctor"):
         raise XgenError(
@@ -73,6 +180,7 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
     c = config.cluster
     secret = set(c.written_secrets)
     return {
+        **container_context(config, target),
         **frozen_config(config),
         "xgen_version": __version__,
         "generated_at": generated_at(),
@@ -93,6 +201,8 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "plain_env": {k: v for k, v in c.env.items() if k not in secret},
         "secret_env": {k: v for k, v in c.env.items() if k in secret},
         "hidden_env": list(c.hidden_env),
+        # Names the runtime masks (XGEN_SECRET_NAMES): the hidden ones plus the container's credentials.
+        "secret_names": [*c.hidden_env, *config.container.written_secrets],
         # What the launcher starts on every rank: the trainer, or `xgen doctor`'s bandwidth test.
         "launch_module": "runtime train",
         "ssh_hosts": [],  # hostfile launchers: the preflight runs on these over ssh

@@ -9,7 +9,7 @@ from xgen.checks import launcher_for
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.render import render
-from xgen.targets.common import context
+from xgen.targets.common import container_context, context
 
 # What the launching node forwards to the others through DS_ENV_FILE (plus every cluster.env key).
 FORWARDED_ENV = (
@@ -85,6 +85,8 @@ def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
 
 def build(config: Config, hostfile: str | None, module: str = "runtime train") -> tuple[str, str | None]:
     """Return (script, hostfile text or None when slots are only known at run time or one node runs alone)."""
+    name = "deepspeed" if module == "runtime train" else "doctor deepspeed"
+    container_context(config, name)  # refuses a container first: it would not wrap this launcher
     launcher_for(config, "deepspeed")
     _check_remote_safe(config)
     hosts, slots = hosts_and_slots(config)
@@ -93,7 +95,6 @@ def build(config: Config, hostfile: str | None, module: str = "runtime train") -
         raise XgenError(
             "--hostfile", "required for more than one node: where to write the DeepSpeed hostfile"
         )
-    name = "deepspeed" if module == "runtime train" else "doctor deepspeed"
     ctx = context(config, name, f" --hostfile {hostfile}" if hostfile else "")
     ctx["launch_module"] = module
     ctx.update(

@@ -88,6 +88,14 @@ def build(config: Config, module: str = "runtime train") -> str:
             config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None)
         )
     ctx["launcher"] = launcher_for(config, "slurm")
+    if ctx["launcher"] == "deepspeed" and config.container.image:
+        # The DeepSpeed node step (_deepspeed_node.sh.j2) is not wrapped in a container yet: refuse rather
+        # than train outside the image the config names.
+        raise XgenError(
+            "container",
+            "not supported with launcher: deepspeed under xgen slurm yet; remove launcher "
+            "(torch.distributed.run runs inside the container) or the container section",
+        )
     ctx["directives"] = directives(config)
     ctx["sweep_tasks"] = sweep.tasks(config)
     return render("slurm.sh.j2", ctx)

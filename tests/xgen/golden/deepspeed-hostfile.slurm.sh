@@ -251,7 +251,8 @@ xgen_comm_env() {
     fi
   done
   # Credentials (cluster.pass_env, secret cluster.env keys): whether each is set, never the value.
-  for name in HF_TOKEN WANDB_API_KEY; do
+  local -a hidden=(HF_TOKEN WANDB_API_KEY)
+  for name in "${hidden[@]}"; do
     if [[ -n "${!name:-}" ]]; then
       shown+=" $name=<set>"
     else

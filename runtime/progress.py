@@ -6,28 +6,15 @@ without a TTY each logging step prints one readable line instead.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from runtime.secrets import redact
-
-# --- operable (issue 13): the progress file `xgen status` reads ---
-PROGRESS_FILE = "xgen_progress.json"
-
-
-def write_progress(output_dir: str, data: dict[str, Any]) -> None:
-    """output_dir/xgen_progress.json, replaced whole (a reader never sees half a file)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / PROGRESS_FILE)
+from runtime.slurm_contract import write_progress
 
 
 def _fmt_eta(seconds: float) -> str:

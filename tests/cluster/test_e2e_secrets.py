@@ -15,7 +15,9 @@ from pathlib import Path
 import e2e
 import harness
 
-HOOK = {"XGEN_TEST_ASSERT_ENV": "HF_TOKEN,WANDB_API_KEY"}  # runtime test scaffolding, see runtime/secrets.py
+HOOK = {
+    "XGEN_TEST_ASSERT_ENV": "HF_TOKEN,WANDB_API_KEY"
+}  # runtime test scaffolding, see runtime/scaffolding/testing.py
 
 
 def _files_holding(root: Path, values: list[str]) -> dict[str, int]:

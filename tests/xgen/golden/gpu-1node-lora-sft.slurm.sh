@@ -337,6 +337,7 @@ xgen_check_master
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
+  # (the status files of runtime/slurm_contract.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do

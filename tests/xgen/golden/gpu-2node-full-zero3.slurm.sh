@@ -401,6 +401,7 @@ export XGEN_PID_DIR
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
+  # (the status files of runtime/slurm_contract.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do
@@ -473,6 +474,7 @@ XGEN_STEP_PID=$!
 XGEN_TRAPPED=0
 
 # --- preemption ---
+# The contract with the runtime (pid files, status 75, progress file) is stated in runtime/slurm_contract.py.
 # Slurm sends USR1 to this batch shell 300 s before the time limit (--signal=B:USR1@N;
 # `scancel --signal=USR1 --batch JOBID` does the same by hand). torchrun does not forward USR1 to its
 # workers (pytorch #154849) and signalling the whole step would kill torchrun itself, so an overlapping

@@ -129,8 +129,9 @@ def test_deepspeed_launch_with_its_hostfile_removed_fails_at_once(
     took = time.monotonic() - start
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert errors == [
-        f"xgen: error: hostfile {hostfile} not found on node0; write it where the launching "
+    # xgen's line style: `xgen: <UTC time> <node>: <what>` (templates/_logs.sh.j2).
+    assert [re.sub(r"^xgen: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "xgen: ", line) for line in errors] == [
+        f"xgen: node0: error: hostfile {hostfile} not found on node0; write it where the launching "
         "node can read it (xgen deepspeed --hostfile PATH)"
     ], errors
     assert took < 15, took

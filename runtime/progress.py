@@ -31,8 +31,9 @@ def _fmt(value: Any) -> str:
 class ProgressCallback(TrainerCallback):
     """Loss, grad-norm, learning rate, tokens/s and ETA; eval metrics as their own line."""
 
-    def __init__(self, *, enabled: bool, tty: bool | None = None) -> None:
+    def __init__(self, *, enabled: bool, tty: bool | None = None, preempt: Any = None) -> None:
         self.enabled = enabled
+        self.preempt = preempt  # runtime.preemption.PreemptCallback: stopped → phase "preempted"
         self.tty = sys.stdout.isatty() if tty is None else tty
         self._bar: Any = None
         self._task: Any = None
@@ -128,7 +129,11 @@ class ProgressCallback(TrainerCallback):
         self._record(args, state, last_checkpoint=checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._record(args, state, phase="done", eta_s=0)
+        if self.preempt is not None and self.preempt.stopped:
+            # Checkpointed and stopping with EXIT_PREEMPTED: the run is not done, a requeue continues it.
+            self._record(args, state, phase="preempted")
+        else:
+            self._record(args, state, phase="done", eta_s=0)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")
-    progress = ProgressCallback(enabled=is_rank0(), tty=tty)
+    progress = ProgressCallback(enabled=is_rank0(), tty=tty, preempt=preempt)
     ctx = RunContext(
         cfg,
         device,

@@ -12,7 +12,8 @@ import sys
 
 from runtime.check import error_lines
 from runtime.config import ConfigError, load_config
-from runtime.secrets import check_test_assert_env, load_secret_env_file, redact
+from runtime.scaffolding.testing import check_test_assert_env
+from runtime.secrets import load_secret_env_file, redact
 
 EXIT_CONFIG = 2
 

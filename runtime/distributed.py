@@ -1,10 +1,10 @@
 """Device and backend detection, and the DDP / FSDP2 / DeepSpeed wiring around HF Trainer.
 
 Each function does one thing the stock stack gets wrong or leaves out (findings E1–E4):
-FSDP through Trainer silently becomes DDP on CPU, DeepSpeed on CPU needs an explicit
-`init_distributed` and JIT-builds an op nobody asked for, gloo aborts at exit without
+DeepSpeed on CPU needs an explicit `init_distributed`, gloo aborts at exit without
 `destroy_process_group`. When FSDP or DeepSpeed was asked for and the model is not wrapped
-that way, `check_wrapped` fails loudly instead of training under DDP.
+that way, `check_wrapped` fails loudly instead of training under DDP. The patches only CPU runs
+need (FSDP through Trainer, DeepSpeed's shm-op build) are in `runtime.scaffolding.cpu`.
 """
 
 from __future__ import annotations
@@ -103,56 +103,12 @@ def deepspeed_for_device(ds: dict[str, Any], device: str) -> tuple[dict[str, Any
     return ds, "deepspeed offload on cpu: zero_force_ds_cpu_optimizer=false (torch AdamW, no cpu_adam build)"
 
 
-def patch_deepspeed_shm_build() -> None:
-    """Skip DeepSpeed's shm-comm JIT build (~35 s, CPU only, E4).
-
-    `import deepspeed.comm.torch as m` would bind the real torch (deepspeed.comm re-exports a
-    name `torch`), so go through importlib.
-    """
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 def init_deepspeed_distributed() -> None:
     """accelerate skips this with use_cpu=True; ZeRO-3 zero.Init then sees world_size 1 (E3)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-
-
-def patch_trainer_fsdp_on_cpu() -> None:
-    """Make Trainer honour FSDP2 on CPU (accelerate only enables it for accelerator devices, E2).
-
-    Only applied when the device is cpu; on GPUs/NPUs the stock path runs unchanged.
-    """
-    from transformers import Trainer
-
-    if getattr(Trainer, "_xgen_fsdp_cpu_patch", False):
-        return
-    original = Trainer.create_accelerator_and_postprocess
-
-    def patched(self: Trainer) -> None:
-        original(self)
-        if self.args.fsdp_plugin_args is None or self.is_fsdp_enabled:
-            return
-        from accelerate.state import PartialState
-        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-        from torch.distributed.fsdp import CPUOffloadPolicy
-
-        state = self.accelerator.state
-        plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
-        if isinstance(plugin.cpu_offload, CPUOffloadPolicy):
-            plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)  # pinning needs an accelerator
-        if state.mixed_precision != "no":
-            plugin.set_mixed_precision(state.mixed_precision)  # else bf16 silently runs in fp32
-        state.fsdp_plugin = plugin
-        state.distributed_type = DistributedType.FSDP
-        # AcceleratorState() re-reads PartialState's shared dict; without this, save sees MULTI_CPU.
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        self.is_fsdp_enabled = True
-
-    Trainer.create_accelerator_and_postprocess = patched
-    Trainer._xgen_fsdp_cpu_patch = True
 
 
 def check_wrapped(trainer: Any, cfg: TrainConfig) -> None:

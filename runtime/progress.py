@@ -6,28 +6,15 @@ without a TTY each logging step prints one readable line instead.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from runtime.secrets import redact
-
-# --- operable (issue 13): the progress file `xgen status` reads ---
-PROGRESS_FILE = "xgen_progress.json"
-
-
-def write_progress(output_dir: str, data: dict[str, Any]) -> None:
-    """output_dir/xgen_progress.json, replaced whole (a reader never sees half a file)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / PROGRESS_FILE)
+from runtime.slurm_contract import write_progress
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -44,8 +31,9 @@ def _fmt(value: Any) -> str:
 class ProgressCallback(TrainerCallback):
     """Loss, grad-norm, learning rate, tokens/s and ETA; eval metrics as their own line."""
 
-    def __init__(self, *, enabled: bool, tty: bool | None = None) -> None:
+    def __init__(self, *, enabled: bool, tty: bool | None = None, preempt: Any = None) -> None:
         self.enabled = enabled
+        self.preempt = preempt  # runtime.preemption.PreemptCallback: stopped → phase "preempted"
         self.tty = sys.stdout.isatty() if tty is None else tty
         self._bar: Any = None
         self._task: Any = None
@@ -141,7 +129,11 @@ class ProgressCallback(TrainerCallback):
         self._record(args, state, last_checkpoint=checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._record(args, state, phase="done", eta_s=0)
+        if self.preempt is not None and self.preempt.stopped:
+            # Checkpointed and stopping with EXIT_PREEMPTED: the run is not done, a requeue continues it.
+            self._record(args, state, phase="preempted")
+        else:
+            self._record(args, state, phase="done", eta_s=0)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -87,27 +87,3 @@ def read_secret_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         data = handle.read()
     records = (r.decode("utf-8", "surrogateescape").partition("=") for r in data.split(b"\0"))
     return {name: value for name, sep, value in records if sep}
-
-
-# --- test scaffolding (not a feature) -----------------------------------------------------------
-# XGEN_TEST_ASSERT_ENV=NAME,NAME: every rank checks these variables are set and non-empty and prints
-# their names only; the cluster test for cluster.pass_env uses it to see the credentials on every rank.
-TEST_ASSERT_ENV = "XGEN_TEST_ASSERT_ENV"
-
-
-def check_test_assert_env() -> None:
-    names = [n for n in os.environ.get(TEST_ASSERT_ENV, "").split(",") if n]
-    if not names:
-        return
-    import socket
-
-    rank = os.environ.get("RANK", "0")
-    missing = [n for n in names if not os.environ.get(n)]
-    said = f"NOT set: {', '.join(missing)}" if missing else f"set: {', '.join(names)}"
-    # One write per line: the ranks of a node share the log, and print() may split a line in two writes.
-    os.write(
-        2 if missing else 1,
-        f"xgen-runtime: test hook: rank {rank} on {socket.gethostname()}: {said}\n".encode(),
-    )
-    if missing:
-        raise SystemExit(3)

@@ -26,14 +26,11 @@ from runtime.distributed import (
     gather_start_info,
     init_deepspeed_distributed,
     is_rank0,
-    patch_deepspeed_shm_build,
-    patch_trainer_fsdp_on_cpu,
     world,
 )
+from runtime.scaffolding.cpu import patch_deepspeed_shm_build, patch_trainer_fsdp_on_cpu
 from runtime.secrets import redact
-
-# Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
-EXIT_PREEMPTED = 75
+from runtime.slurm_contract import EXIT_PREEMPTED, write_exit_status, write_pid_file
 
 
 def quiet_libraries(tty: bool) -> None:
@@ -99,7 +96,7 @@ def train(cfg: TrainConfig) -> int:
 def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """The one entry point behind `xgen-runtime train` and in-process callers such as
     bench/sft_throughput.py: same config path, plus optional TrainerCallbacks (e.g. a throughput meter)."""
-    from runtime.trainer import PreemptCallback, write_exit_status
+    from runtime.preemption import PreemptCallback
 
     preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
     try:
@@ -116,8 +113,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     from runtime.optimizers import check_method_packages, check_world
     from runtime.perf import apply_perf, resolve_perf
     from runtime.progress import ProgressCallback
-    from runtime.stages.common import RunContext, build_training_args, say
-    from runtime.trainer import write_pid_file
+    from runtime.stages.recipe import RunContext, build_training_args, say
 
     write_pid_file()
     tty = sys.stdout.isatty()
@@ -168,7 +164,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     say(plan.line())
     for note in cfg.notes:
         say(f"note: {note}")
-    progress = ProgressCallback(enabled=is_rank0(), tty=tty)
+    progress = ProgressCallback(enabled=is_rank0(), tty=tty, preempt=preempt)
     ctx = RunContext(
         cfg,
         device,

@@ -1,13 +1,12 @@
-"""The Trainer every stage builds on: atomic checkpoints, a preemption stop, metric logging.
+"""The Trainer every stage builds on: atomic checkpoints, metric logging.
 
-Stages subclass `XgenTrainer` only to define their loss (rm, dpo); pt and sft use it as is.
+Stages subclass `XgenTrainer` only to define their loss (rm, dpo); pt and sft use it as is. The
+preemption stop is `runtime.preemption`, its protocol with the batch script `runtime.slurm_contract`.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -20,13 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from runtime import checkpoints
 from runtime.distributed import barrier, world
-
-# Test hooks (fault injection, read from the environment):
-#   XGEN_FAULT_KILL_IN_SAVE=N    rank 0 SIGKILLs itself after staging checkpoint-N, before publishing it.
-#   XGEN_FAULT_SIGNAL_AT_STEP=N[@R]  rank R (default 0) sends itself SIGUSR1 after step N (a deterministic
-#                                    preemption; R > 0: the signal reaches another rank first).
-FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
-FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
+from runtime.scaffolding import testing
 
 
 class XgenTrainer(Trainer):
@@ -83,8 +76,7 @@ class XgenTrainer(Trainer):
         finally:
             del self._get_output_dir
         barrier()  # every rank's shards are on disk
-        if os.environ.get(FAULT_KILL_IN_SAVE) == str(self.state.global_step) and world()[0] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+        testing.kill_in_save(self.state.global_step)
         if self._publishes():
             checkpoints.publish(staging / name, run_dir / name)
             self._rotate(run_dir)
@@ -126,52 +118,6 @@ class PairwisePredictionMixin:
         return loss.detach(), None, None
 
 
-class PreemptCallback(TrainerCallback):
-    """On SIGUSR1/SIGTERM: finish the step, checkpoint on every rank, stop; the CLI exits 75.
-
-    Ranks get the signal at slightly different times, so each step ends with a MAX all-reduce
-    of the flag: all ranks stop after the same step and write the same checkpoint.
-    """
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum = 0  # the signal this rank received, 0 for none
-        self.stopped = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def restore(self) -> None:
-        """Put the previous handlers back (matters when train() runs inside another program)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = max(self.signum, int(signum))
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        step, _, rank = os.environ.get(FAULT_SIGNAL_AT_STEP, "").partition("@")
-        if step == str(state.global_step) and world()[0] == int(rank or 0):
-            os.kill(os.getpid(), signal.SIGUSR1)
-        # The signal number itself is reduced, so rank 0 names the signal even when it reached
-        # another rank first (srun signals the nodes one after another).
-        flag = torch.tensor([float(self.signum)], device=args.device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        signum = int(flag.item())
-        if signum and not self.stopped:
-            self.stopped = True
-            control.should_save = True
-            control.should_training_stop = True
-            if world()[0] == 0:
-                where = "" if self.signum == signum else " (on another rank)"
-                print(
-                    f"xgen-runtime: {signal.Signals(signum).name} received{where}: "
-                    f"checkpointing at step {state.global_step} and exiting",
-                    flush=True,
-                )
-        return control
-
-
 class PissaConvertCallback(TrainerCallback):
     """pissa_convert: save output_dir/pissa_converted, a plain LoRA adapter for the ORIGINAL base.
 
@@ -203,32 +149,3 @@ class PissaConvertCallback(TrainerCallback):
             model.save_pretrained(path)
         finally:
             config.init_lora_weights = init
-
-
-def _worker_file(suffix: str) -> Path | None:
-    """$XGEN_PID_DIR/<host>-<rank>.<suffix>, or None when the launcher did not ask for one."""
-    pid_dir = os.environ.get("XGEN_PID_DIR")
-    if not pid_dir:
-        return None
-    import socket
-
-    path = Path(pid_dir) / f"{socket.gethostname()}-{world()[0]}.{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_pid_file() -> Path | None:
-    """<host>-<rank>.pid: the sbatch script signals workers directly (torchrun drops USR1)."""
-    path = _worker_file("pid")
-    if path is not None:
-        path.write_text(f"{os.getpid()}\n")
-    return path
-
-
-def write_exit_status(code: int) -> Path | None:
-    """<host>-<rank>.status: this worker's own exit code, since torchrun reports every failure as 1.
-    The sbatch script requeues only when every worker on every node wrote 75 (checkpointed, stopped)."""
-    path = _worker_file("status")
-    if path is not None:
-        path.write_text(f"{code}\n")
-    return path

@@ -62,7 +62,7 @@ def parse_train_config(
     Raises ConfigError naming the key as `key_prefix + key` (the generator passes "train."); when
     several keys are unknown, refused or mistyped, one ConfigErrors listing them all.
     Keys of transformers.TrainingArguments that are not TrainConfig fields land in
-    `cfg.training_args` and reach TrainingArguments unchanged (runtime/stages/common.py).
+    `cfg.training_args` and reach TrainingArguments unchanged (runtime/stages/recipe.py).
     Touches the file system only to read a `deepspeed`/`fsdp_config` JSON path. Relative paths
     (those JSON files, dataset_dir) are taken from `base_dir` when given: the generator passes
     job.workdir, where the runtime will run; the runtime itself passes nothing (it runs there).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.stages.common import RunContext, run_recipe
+from runtime.stages.recipe import RunContext, run_recipe
 from runtime.trainer import XgenTrainer
 
 STAGE = "pt"

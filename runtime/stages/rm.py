@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from runtime.stages.common import RunContext, run_recipe
+from runtime.stages.recipe import RunContext, run_recipe
 from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
 STAGE = "rm"

@@ -15,7 +15,9 @@ from pathlib import Path
 import e2e
 import harness
 
-HOOK = {"XGEN_TEST_ASSERT_ENV": "HF_TOKEN,WANDB_API_KEY"}  # runtime test scaffolding, see runtime/secrets.py
+HOOK = {
+    "XGEN_TEST_ASSERT_ENV": "HF_TOKEN,WANDB_API_KEY"
+}  # runtime test scaffolding, see runtime/scaffolding/testing.py
 
 
 def _files_holding(root: Path, values: list[str]) -> dict[str, int]:
@@ -50,7 +52,7 @@ def _check_run(info: dict, out: str, saved: Path) -> None:
     hooks = re.findall(r"xgen-runtime: test hook: rank (\d) on (node\d): set: HF_TOKEN, WANDB_API_KEY", out)
     assert sorted(hooks) == [("0", "node0"), ("1", "node0"), ("2", "node1"), ("3", "node1")], out[-6000:]
     for node in ("node0", "node1"):
-        line = re.search(rf"(?m)^xgen: {node}: env .*$", out)
+        line = re.search(rf"(?m)^xgen: \S+Z {node}: env .*$", out)
         assert line and "HF_TOKEN=<set>" in line[0] and "WANDB_API_KEY=<set>" in line[0], out[:3000]
 
 

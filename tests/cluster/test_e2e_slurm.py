@@ -39,7 +39,7 @@ def test_slurm_two_nodes_two_processes_each(cluster: harness.Cluster, tiny: Path
     e2e.check_trained_on_both_nodes(out, shared_dir / "out")
     # The script says what it detected and which communication env it exported.
     for node in ("node0", "node1"):
-        assert re.search(rf"(?m)^xgen: {node}: device=cpu nproc_per_node=2$", out), out[:3000]
+        assert re.search(rf"(?m)^xgen: \S+Z {node}: device=cpu nproc_per_node=2$", out), out[:3000]
     # cluster.nic and cluster.omp_num_threads as exported on the nodes (issue 6: "the env lines").
     for line in ("NCCL_SOCKET_IFNAME=eth0", "OMP_NUM_THREADS=1"):
         assert line in out, f"{line!r} not shown in the job output:\n{out[:3000]}"
@@ -47,7 +47,7 @@ def test_slurm_two_nodes_two_processes_each(cluster: harness.Cluster, tiny: Path
     for node in ("node0", "node1"):
         m = re.search(rf"(?m)^xgen: preflight: {node}: ok \(\d+ checks, (\d+\.\d) s\)$", out)
         assert m and float(m.group(1)) < 15, f"no preflight ok line from {node} (or over 15 s):\n{out[:3000]}"
-    m = re.search(r"(?m)^xgen: preflight: all 2 nodes passed in (\d+) ms$", out)
+    m = re.search(r"(?m)^xgen: \S+Z node0: preflight: all 2 nodes passed in (\d+) ms$", out)
     assert m and int(m.group(1)) < 15000, f"no preflight step time (or over 15 s):\n{out[:3000]}"
     print(f"preflight step on a clean cluster: {m.group(1)} ms")
 
@@ -68,7 +68,7 @@ def test_fake_npu_exports_ascend_env_and_runs_on_cpu(
     info, out = submit_and_wait(cluster, shared_dir, config, env={"PATH": path})
     problems = []
     for node in ("node0", "node1"):
-        if not re.search(rf"(?m)^xgen: {node}: device=npu nproc_per_node=2$", out):
+        if not re.search(rf"(?m)^xgen: \S+Z {node}: device=npu nproc_per_node=2$", out):
             problems.append(f"no 'device=npu nproc_per_node=2' detection line from {node}")
     # Detection found two NPUs per node; torch_npu is absent, so the runtime must fall back to CPU.
     if info["JobState"] != "COMPLETED" or info["ExitCode"] != "0:0":

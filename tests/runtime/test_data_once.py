@@ -147,7 +147,7 @@ from transformers import AutoTokenizer
 import runtime.data as data
 from runtime.config import TrainConfig
 from runtime.data import once
-from runtime.stages.common import load_datasets
+from runtime.stages.recipe import load_datasets
 
 settings = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])

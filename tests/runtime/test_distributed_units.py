@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import types
 
@@ -99,3 +100,22 @@ def test_progress_without_tty_prints_plain_lines(capsys) -> None:
     assert out[0].startswith("xgen-runtime: step 2/10 | loss 1.5 | grad_norm 0.5 | lr 1.000e-04 | tok/s ")
     assert out[1] == "xgen-runtime: eval step 2: eval_loss=1.2"
     assert all("\r" not in line and "\x1b" not in line for line in out)
+
+
+@pytest.mark.parametrize(("stopped", "phase"), [(False, "done"), (True, "preempted")])
+def test_progress_file_phase_at_train_end(tmp_path, stopped: bool, phase: str) -> None:
+    """After a checkpoint-and-stop (exit 75) the progress file must not claim the run is done."""
+    from transformers import TrainerControl, TrainerState
+
+    from runtime.progress import ProgressCallback
+    from runtime.slurm_contract import PROGRESS_FILE
+
+    args = types.SimpleNamespace(output_dir=str(tmp_path))
+    cb = ProgressCallback(enabled=True, tty=False, preempt=types.SimpleNamespace(stopped=stopped))
+    state = TrainerState(max_steps=10, global_step=0)
+    cb.on_train_begin(args, state, TrainerControl())
+    assert json.loads((tmp_path / PROGRESS_FILE).read_text())["phase"] == "training"
+    state.global_step = 4
+    cb.on_train_end(args, state, TrainerControl())
+    progress = json.loads((tmp_path / PROGRESS_FILE).read_text())
+    assert (progress["phase"], progress["step"], progress["total"]) == (phase, 4, 10)

@@ -26,6 +26,7 @@ from trainer_harness import (
 
 from runtime import checkpoints
 from runtime.config import ConfigError, parse_train_config
+from runtime.slurm_contract import PROGRESS_FILE
 
 STEPS = 6
 
@@ -37,6 +38,10 @@ def uninterrupted(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     cfg = base_config(tiny_dir, out, max_steps=STEPS, finetuning_type="lora", save_steps=2)
     assert run_inprocess(write_config(root / "cfg.yaml", cfg)) == 0
     return out
+
+
+def _progress(out: Path) -> dict:
+    return json.loads((out / PROGRESS_FILE).read_text())
 
 
 def _config(tiny_dir: Path, tmp_path: Path, **overrides) -> Path:
@@ -54,9 +59,14 @@ def test_signal_checkpoints_exits_75_and_resume_is_exact(
     assert run_inprocess(cfg) == 75
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert not (out / "adapter_model.safetensors").exists(), "a preempted run must not save a final model"
+    # The progress file `xgen status` reads says the run stopped for a requeue, not that it is done.
+    progress = _progress(out)
+    assert (progress["phase"], progress["step"], progress["total"]) == ("preempted", 3, STEPS), progress
+    assert progress["last_checkpoint"] == str(out / "checkpoint-3")
     monkeypatch.delenv("XGEN_FAULT_SIGNAL_AT_STEP")
     capsys.readouterr()
     assert run_inprocess(cfg) == 0
+    assert (_progress(out)["phase"], _progress(out)["step"]) == ("done", STEPS)
     assert f"resuming from {out / 'checkpoint-3'} (newest complete checkpoint" in capsys.readouterr().out
     resumed, expected = step_losses(out), step_losses(uninterrupted)
     assert resumed[4] == expected[4]  # step k+1: same data, optimizer state and RNG
@@ -108,6 +118,7 @@ def test_real_sigterm_from_outside(tiny_dir, tmp_path):
     assert "SIGTERM received: checkpointing at step" in rest
     # The worker's own exit code for the sbatch script (torchrun would report it as 1).
     assert pid_file.with_suffix(".status").read_text().strip() == "75"
+    assert _progress(tmp_path / "out")["phase"] == "preempted"
     (ckpt,) = checkpoints.complete_checkpoints(tmp_path / "out")
     stopped_at = int(ckpt.name.split("-")[1])
     assert 5 <= stopped_at < steps

@@ -10,6 +10,7 @@ import pytest
 from trainer_harness import base_config, run_cli, write_config
 
 from runtime import secrets
+from runtime.scaffolding import testing
 
 TOKEN = "hf_Runtime7Secret0Value"
 WANDB = "wandb-9f8e7d6c5b4a-key"
@@ -62,7 +63,7 @@ def test_redact_masks_named_and_listed_values(monkeypatch):
 
 def test_outputs_json_and_say_are_redacted(monkeypatch, tmp_path, capsys):
     from runtime import outputs
-    from runtime.stages.common import say
+    from runtime.stages.recipe import say
 
     monkeypatch.setenv("WANDB_API_KEY", WANDB)
     outputs.write_json(tmp_path / "r.json", {"run_name": f"x-{WANDB}", "n": 1})
@@ -102,7 +103,7 @@ def test_tiny_training_leaves_no_credential_anywhere(tiny_dir, tmp_path):
         "WANDB_API_KEY": WANDB,
         "MY_LISTED": LISTED,
         secrets.SECRET_NAMES_VAR: "MY_LISTED",
-        secrets.TEST_ASSERT_ENV: "HF_TOKEN,WANDB_API_KEY,MY_LISTED",
+        testing.TEST_ASSERT_ENV: "HF_TOKEN,WANDB_API_KEY,MY_LISTED",
     }
     proc = run_cli(["train", str(path)], tmp_path, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -120,7 +121,7 @@ def test_tiny_training_leaves_no_credential_anywhere(tiny_dir, tmp_path):
 def test_test_hook_fails_when_a_name_is_missing(tiny_dir, tmp_path):
     cfg = base_config(tiny_dir, tmp_path / "out", max_steps=1)
     path = write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True)
-    env = {secrets.TEST_ASSERT_ENV: "XGEN_SURELY_UNSET_NAME"}
+    env = {testing.TEST_ASSERT_ENV: "XGEN_SURELY_UNSET_NAME"}
     proc = run_cli(["train", str(path)], tmp_path, env=env, timeout=120)
     assert proc.returncode == 3 and "NOT set: XGEN_SURELY_UNSET_NAME" in proc.stderr, proc.stderr[-2000:]
     assert not Path(tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -34,7 +35,8 @@ PRINT = (
 
 def partial(cluster: dict) -> str:
     config = parse_mapping({"cluster": cluster}, Path("/tmp/xgen-test/job.yaml"))
-    return render("_node_env.sh.j2", context(config, "shell"))
+    # _logs.sh.j2 defines xgen_say, which every xgen line of a generated script goes through.
+    return "\n".join(render(name, context(config, "shell")) for name in ("_logs.sh.j2", "_node_env.sh.j2"))
 
 
 def run_partial(tmp_path, cluster: dict, tools: dict[str, str], env: dict | None = None):
@@ -112,7 +114,7 @@ def test_pinned_device_ignores_other_tools(tmp_path):
 def test_pinned_more_than_visible_fails_in_one_line(tmp_path):
     result, _ = run_partial(tmp_path, {"devices_per_node": 8}, {"nvidia-smi": NVIDIA_SMI})
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if line.startswith("xgen: error:")]
+    lines = [line for line in result.stderr.splitlines() if re.match(r"xgen: \S+Z \S+: error: ", line)]
     assert len(lines) == 1 and "cluster.devices_per_node" in lines[0] and "4 visible cuda" in lines[0]
 
 

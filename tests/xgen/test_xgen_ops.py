@@ -28,7 +28,7 @@ def make_run(tmp_path: Path) -> dict[str, str]:
     (run / "config.yaml").write_text("train:\n  output_dir: saves/x\n")
     for node, node_rank in (("node0", 0), ("node1", 1)):
         (run / "logs" / f"{node}.attempt0.log").write_text(
-            f"xgen: {node}: device=cpu nproc_per_node=2\n"
+            f"xgen: 2026-01-01T00:00:00Z {node}: device=cpu nproc_per_node=2\n"
             f"xgen: 2026-01-01T00:00:00Z {node}: node_rank={node_rank}/2 master=node0:29500\n"
             + ("[default1]:ValueError: boom on purpose\n" if node == "node1" else "")
         )

@@ -3,6 +3,7 @@ A fake python stands in for both `-m runtime.preflight` and the launcher (real c
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def test_slurm_preflight_is_its_own_step_and_timed(tmp_path):
     proc, log = run(script, env)
     steps = [line for line in log.splitlines() if line.startswith("srun ")]
     assert len(steps) == 2 and "--kill-on-bad-exit" not in steps[0] and "--kill-on-bad-exit=1" in steps[1]
-    assert "xgen: preflight: all 1 nodes passed in " in proc.stderr
+    assert re.search(r"(?m)^xgen: \S+Z \S+: preflight: all 1 nodes passed in \d+ ms$", proc.stderr), (
+        proc.stderr
+    )
 
 
 @pytest.mark.parametrize("target", [slurm, shell], ids=["slurm", "shell"])

@@ -185,8 +185,10 @@ def test_deepspeed_launch_without_its_hostfile_fails_at_once(tmp_path):
     )
     assert run.returncode == 2, run.stderr
     errors = [line for line in run.stderr.splitlines() if "error" in line]
-    assert errors == [
-        f"xgen: error: hostfile {hostfile} not found on {socket.gethostname()}; "
+    host = socket.gethostname()
+    # xgen's line style: `xgen: <UTC time> <node>: <what>` (templates/_logs.sh.j2).
+    assert [re.sub(r"^xgen: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", "xgen: ", line) for line in errors] == [
+        f"xgen: {host}: error: hostfile {hostfile} not found on {host}; "
         "write it where the launching node can read it (xgen deepspeed --hostfile PATH)"
     ]
     assert not (tmp_path / "out" / "argv").exists()  # DeepSpeed never started

@@ -74,7 +74,8 @@ PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 
 xgen_say() {
-  # xgen's own lines: UTC time and node name, so lines from several nodes and attempts sort and grep.
+  # Every line the script itself prints goes through here (errors too: `xgen: <time> <node>: error: …`):
+  # UTC time and node name, so lines from several nodes and attempts sort and grep.
   echo "xgen: $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): $*" >&2
 }
 
@@ -100,7 +101,7 @@ export XGEN_EXPECT_WORLD_SIZE
 # The result is exported as XGEN_DEVICE (npu|cuda|cpu; the runtime picks hccl/nccl/gloo from it) and
 # NPROC_PER_NODE (processes on this node: the visible devices unless cluster.devices_per_node pins it).
 xgen_die() {
-  echo "xgen: error: $*" >&2
+  xgen_say "error: $*"
   exit 1
 }
 
@@ -139,7 +140,7 @@ xgen_devices() {
   # fail with "EC0010: Failed to import Python module … tbe".
   local cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"
   if [[ "$want" != cuda && "$want" != cpu && -f "$cann" ]]; then
-    echo "xgen: $(hostname): sourcing $cann" >&2
+    xgen_say "sourcing $cann"
     set +u  # set_env.sh reads variables that may be unset
     # shellcheck source=/dev/null  # the CANN script lives on the node, not next to this one
     source "$cann"
@@ -189,7 +190,7 @@ xgen_devices() {
     NPROC_PER_NODE=$count
   fi
   export XGEN_DEVICE NPROC_PER_NODE
-  echo "xgen: $(hostname): device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE" >&2
+  xgen_say "device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE"
 }
 
 # --- communication ---
@@ -220,7 +221,7 @@ xgen_comm_env() {
       shown+=" $name=${!name}"
     fi
   done
-  echo "xgen: $(hostname): env$shown" >&2
+  xgen_say "env$shown"
 }
 
 xgen_check_master() {
@@ -277,7 +278,7 @@ xgen_preflight() {
   case "$rc" in
     0) ;;
     124 | 137)
-      echo "xgen: preflight: $(hostname): preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false" >&2
+      xgen_say "preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false"
       exit 3
       ;;
     *) exit "$rc" ;;

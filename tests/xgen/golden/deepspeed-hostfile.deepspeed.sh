@@ -79,7 +79,8 @@ PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 
 xgen_say() {
-  # xgen's own lines: UTC time and node name, so lines from several nodes and attempts sort and grep.
+  # Every line the script itself prints goes through here (errors too: `xgen: <time> <node>: error: …`):
+  # UTC time and node name, so lines from several nodes and attempts sort and grep.
   echo "xgen: $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): $*" >&2
 }
 
@@ -110,7 +111,7 @@ export MASTER_ADDR MASTER_PORT
 # The result is exported as XGEN_DEVICE (npu|cuda|cpu; the runtime picks hccl/nccl/gloo from it) and
 # NPROC_PER_NODE (processes on this node: the visible devices unless cluster.devices_per_node pins it).
 xgen_die() {
-  echo "xgen: error: $*" >&2
+  xgen_say "error: $*"
   exit 1
 }
 
@@ -149,7 +150,7 @@ xgen_devices() {
   # fail with "EC0010: Failed to import Python module … tbe".
   local cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"
   if [[ "$want" != cuda && "$want" != cpu && -f "$cann" ]]; then
-    echo "xgen: $(hostname): sourcing $cann" >&2
+    xgen_say "sourcing $cann"
     set +u  # set_env.sh reads variables that may be unset
     # shellcheck source=/dev/null  # the CANN script lives on the node, not next to this one
     source "$cann"
@@ -199,7 +200,7 @@ xgen_devices() {
     NPROC_PER_NODE=$count
   fi
   export XGEN_DEVICE NPROC_PER_NODE
-  echo "xgen: $(hostname): device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE" >&2
+  xgen_say "device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE"
 }
 
 # --- communication ---
@@ -258,10 +259,10 @@ xgen_comm_env() {
       shown+=" $name=<set>"
     else
       shown+=" $name=<unset>"
-      echo "xgen: $(hostname): warning: $name is not set here; export it where the job is submitted/started (cluster.pass_env)" >&2
+      xgen_say "warning: $name is not set here; export it where the job is submitted/started (cluster.pass_env)"
     fi
   done
-  echo "xgen: $(hostname): env$shown" >&2
+  xgen_say "env$shown"
 }
 
 # Names (never values) the runtime masks as *** in everything it prints or writes to output_dir.
@@ -325,7 +326,7 @@ xgen_preflight() {
   case "$rc" in
     0) ;;
     124 | 137)
-      echo "xgen: preflight: $(hostname): preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false" >&2
+      xgen_say "preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false"
       exit 3
       ;;
     *) exit "$rc" ;;
@@ -378,7 +379,7 @@ xgen_ds_devices() {
 # trains a multi-node job on this node alone: refuse first, before the preflight reaches other hosts.
 # (With auto slots this script writes the hostfile itself, below.)
 if [[ ! -f "$XGEN_HOSTFILE" ]]; then
-  echo "xgen: error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)" >&2
+  xgen_say "error: hostfile $XGEN_HOSTFILE not found on $(hostname); write it where the launching node can read it (xgen deepspeed --hostfile PATH)"
   exit 2
 fi
 # This run's directory (see `# --- run directory ---`); export XGEN_RUN_DIR to choose it.

@@ -1,4 +1,4 @@
-"""What every stage shares: the run context, training arguments, data, fit and save.
+"""The recipe every stage follows: the run context, training arguments, data, fit and save.
 
 A stage file reads setup → train → save and calls these; anything stage-specific (a loss)
 lives in the stage file itself.
@@ -31,7 +31,7 @@ class RunContext:
     args: Any  # transformers.TrainingArguments
     info: StartInfo
     callbacks: list[Any] = field(default_factory=list)
-    preempt: Any = None  # runtime.trainer.PreemptCallback
+    preempt: Any = None  # runtime.preemption.PreemptCallback
     progress: Any = None  # runtime.progress.ProgressCallback
     trainer: Any = None  # set by make_trainer: in-process callers (run_training) read the model from it
 

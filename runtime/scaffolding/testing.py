@@ -1,0 +1,55 @@
+"""Test-only hooks, read from the environment; each does nothing unless its variable is set.
+
+  XGEN_FAULT_KILL_IN_SAVE=N        rank 0 SIGKILLs itself after every rank staged checkpoint-N, before
+                                   publishing it (proves a save killed half-way is never resumed from).
+  XGEN_FAULT_SIGNAL_AT_STEP=N[@R]  rank R (default 0) sends itself SIGUSR1 after step N: a deterministic
+                                   preemption (R > 0: the signal reaches another rank first).
+  XGEN_TEST_ASSERT_ENV=NAME,NAME   every rank checks these variables are set and non-empty and prints
+                                   their names only (the cluster test for cluster.pass_env uses it).
+
+Standard library only: `runtime.cli` calls `check_test_assert_env` before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
+FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
+TEST_ASSERT_ENV = "XGEN_TEST_ASSERT_ENV"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def kill_in_save(step: int) -> None:
+    """XGEN_FAULT_KILL_IN_SAVE: called between staging and publishing checkpoint-<step>."""
+    if os.environ.get(FAULT_KILL_IN_SAVE) == str(step) and _rank() == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def signal_at_step(step: int) -> None:
+    """XGEN_FAULT_SIGNAL_AT_STEP: called at the end of every optimizer step."""
+    at, _, rank = os.environ.get(FAULT_SIGNAL_AT_STEP, "").partition("@")
+    if at == str(step) and _rank() == int(rank or 0):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def check_test_assert_env() -> None:
+    """XGEN_TEST_ASSERT_ENV: exit 3 on this rank when a listed variable is unset or empty."""
+    names = [n for n in os.environ.get(TEST_ASSERT_ENV, "").split(",") if n]
+    if not names:
+        return
+    rank = os.environ.get("RANK", "0")
+    missing = [n for n in names if not os.environ.get(n)]
+    said = f"NOT set: {', '.join(missing)}" if missing else f"set: {', '.join(names)}"
+    # One write per line: the ranks of a node share the log, and print() may split a line in two writes.
+    os.write(
+        2 if missing else 1,
+        f"xgen-runtime: test hook: rank {rank} on {socket.gethostname()}: {said}\n".encode(),
+    )
+    if missing:
+        raise SystemExit(3)

@@ -416,6 +416,7 @@ export XGEN_PREFLIGHT_HOSTS
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
+  # (the status files of runtime/slurm_contract.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do
@@ -471,11 +472,11 @@ fi
 # (a node killed half-way would lose them), and srun's status is the worst node's: 3 = the cluster is wrong.
 if (( XGEN_PREFLIGHT )); then
   XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
-$(declare -f xgen_container_env xgen_preflight xgen_preflight_node)
+$(declare -f xgen_say xgen_container_env xgen_preflight xgen_preflight_node)
 xgen_preflight_node"
   XGEN_PREFLIGHT_START=$(date +%s%N)
   srun --export=ALL "${XGEN_PYXIS[@]}" --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
-  echo "xgen: preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms" >&2
+  xgen_say "preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms"
 fi
 
 # --- launch ---

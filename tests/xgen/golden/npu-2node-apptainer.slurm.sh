@@ -93,7 +93,8 @@ PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 
 xgen_say() {
-  # xgen's own lines: UTC time and node name, so lines from several nodes and attempts sort and grep.
+  # Every line the script itself prints goes through here (errors too: `xgen: <time> <node>: error: …`):
+  # UTC time and node name, so lines from several nodes and attempts sort and grep.
   echo "xgen: $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): $*" >&2
 }
 
@@ -117,7 +118,7 @@ export XGEN_EXPECT_NNODES
 # The result is exported as XGEN_DEVICE (npu|cuda|cpu; the runtime picks hccl/nccl/gloo from it) and
 # NPROC_PER_NODE (processes on this node: the visible devices unless cluster.devices_per_node pins it).
 xgen_die() {
-  echo "xgen: error: $*" >&2
+  xgen_say "error: $*"
   exit 1
 }
 
@@ -156,7 +157,7 @@ xgen_devices() {
   # fail with "EC0010: Failed to import Python module … tbe".
   local cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"
   if [[ "$want" != cuda && "$want" != cpu && -f "$cann" ]]; then
-    echo "xgen: $(hostname): sourcing $cann" >&2
+    xgen_say "sourcing $cann"
     set +u  # set_env.sh reads variables that may be unset
     # shellcheck source=/dev/null  # the CANN script lives on the node, not next to this one
     source "$cann"
@@ -206,7 +207,7 @@ xgen_devices() {
     NPROC_PER_NODE=$count
   fi
   export XGEN_DEVICE NPROC_PER_NODE
-  echo "xgen: $(hostname): device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE" >&2
+  xgen_say "device=$XGEN_DEVICE nproc_per_node=$NPROC_PER_NODE"
 }
 
 # --- communication ---
@@ -260,7 +261,7 @@ xgen_comm_env() {
       shown+=" $name=${!name}"
     fi
   done
-  echo "xgen: $(hostname): env$shown" >&2
+  xgen_say "env$shown"
 }
 
 # --- container ---
@@ -395,7 +396,7 @@ xgen_preflight() {
   case "$rc" in
     0) ;;
     124 | 137)
-      echo "xgen: preflight: $(hostname): preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false" >&2
+      xgen_say "preflight: did not finish within $limit s (a hung filesystem or tool?); find what hangs, or raise cluster.preflight_timeout, or set cluster.preflight: false"
       exit 3
       ;;
     *) exit "$rc" ;;
@@ -420,6 +421,7 @@ xgen_check_master
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
+  # (the status files of runtime/slurm_contract.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do
@@ -473,11 +475,11 @@ fi
 # (a node killed half-way would lose them), and srun's status is the worst node's: 3 = the cluster is wrong.
 if (( XGEN_PREFLIGHT )); then
   XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
-$(declare -f xgen_container_argv xgen_preflight xgen_preflight_node)
+$(declare -f xgen_say xgen_container_argv xgen_preflight xgen_preflight_node)
 xgen_preflight_node"
   XGEN_PREFLIGHT_START=$(date +%s%N)
   srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
-  echo "xgen: preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms" >&2
+  xgen_say "preflight: all $NNODES nodes passed in $(( ($(date +%s%N) - XGEN_PREFLIGHT_START) / 1000000 )) ms"
 fi
 
 # --- launch ---

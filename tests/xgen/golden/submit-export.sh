@@ -71,7 +71,8 @@ PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 
 xgen_say() {
-  # xgen's own lines: UTC time and node name, so lines from several nodes and attempts sort and grep.
+  # Every line the script itself prints goes through here (errors too: `xgen: <time> <node>: error: …`):
+  # UTC time and node name, so lines from several nodes and attempts sort and grep.
   echo "xgen: $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): $*" >&2
 }
 
@@ -96,7 +97,7 @@ set -u
 
 # --- export ---
 xgen_die() {
-  echo "xgen: error: $*" >&2
+  xgen_say "error: $*"
   exit 1
 }
 [[ -n "${SLURM_JOB_ID:-}" ]] || xgen_die "not inside a Slurm job; submit this script with sbatch"

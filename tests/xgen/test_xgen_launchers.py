@@ -8,6 +8,7 @@ records what DeepSpeed's launcher would receive. The real launch: tests/cluster/
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def ds_devices(tmp_path, cluster: dict, tools: dict[str, str], env: dict | None 
     script = tmp_path / "ds.sh"
     script.write_text(
         "set -euo pipefail\n"
+        + render("_logs.sh.j2", ctx)  # xgen_say
         + render("_node_env.sh.j2", ctx)
         + render("_deepspeed_devices.sh.j2", ctx)
         + '\nxgen_devices\nxgen_ds_devices\necho "$XGEN_DS_SLOTS $XGEN_DS_DEVICES"\n'
@@ -140,7 +142,7 @@ def test_cpu_slots_are_the_processes(tmp_path):
 )
 def test_fake_nvidia_smi_devices_deepspeed_cannot_name_are_refused(tmp_path, env, fixed, says):
     result = ds_devices(tmp_path, {}, {"nvidia-smi": FAKE_NVIDIA_SMI}, env, fixed)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("xgen: error:")]
+    errors = [line for line in result.stderr.splitlines() if re.match(r"xgen: \S+ \S+: error:", line)]
     assert result.returncode == 1 and len(errors) == 1 and says in errors[0], result.stderr
 
 

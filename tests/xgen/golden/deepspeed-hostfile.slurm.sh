@@ -487,7 +487,7 @@ fi
 # NPROC_PER_NODE). Written to the run directory, which every node sees.
 XGEN_DS_HOSTFILE=$XGEN_RUN_DIR/hostfile
 XGEN_SLOTS_SCRIPT="set -euo pipefail
-$(declare -f xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_ds_devices)
+$(declare -f xgen_say xgen_die xgen_npu_count xgen_gpu_count xgen_list_count xgen_devices xgen_ds_devices)
 xgen_devices
 xgen_ds_devices
 echo \"xgen-slots \$SLURMD_NODENAME \$XGEN_DS_SLOTS \$XGEN_DS_DEVICES\""

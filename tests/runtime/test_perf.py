@@ -200,7 +200,7 @@ def test_token_budget_micro_batches(tiny_dir: Path, tmp_path: Path) -> None:
 
     result, losses = _run(tiny_dir, tmp_path / "budget", micro_batch_tokens=160, max_steps=3)
     trainer = result.trainer
-    sampler = trainer.get_train_dataloader().batch_sampler.batch_sampler
+    sampler = trainer.get_train_dataloader().batch_sampler  # one process: accelerate leaves it unwrapped
     assert isinstance(sampler, TokenBudgetBatches)
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     sizes = [sum(lengths[i] for i in batch) for batch in sampler]

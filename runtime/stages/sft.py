@@ -152,7 +152,9 @@ class SFTTrainer(ReferenceMixin, XgenTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.asft_alpha = asft_alpha
-        self.label_logits = LabelLogits(self.model) if label_logits_only else None
+        # A model without an output embedding to hook (none of the causal LMs we load) keeps full logits.
+        head = self.model.get_output_embeddings() if label_logits_only else None
+        self.label_logits = LabelLogits(self.model) if head is not None else None
         if self.label_logits is not None:
             self.compute_loss_func = self.label_logits.loss
         self.setup_reference(ref_model, needed=asft_alpha is not None)

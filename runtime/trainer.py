@@ -60,7 +60,12 @@ class XgenTrainer(Trainer):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         seed = args.data_seed if args.data_seed is not None else args.seed
         params: dict[str, Any] = {
-            "batch_sampler": TokenBudgetBatches(lengths, self.micro_batch_tokens, seed=seed),
+            "batch_sampler": TokenBudgetBatches(
+                lengths,
+                self.micro_batch_tokens,
+                seed=seed,
+                row=getattr(self.data_collator, "max_row", None),  # PackingCollator's row cap (sdpa/eager)
+            ),
             "collate_fn": self.data_collator,
             "num_workers": args.dataloader_num_workers,
             "pin_memory": args.dataloader_pin_memory,

@@ -131,6 +131,14 @@ def test_micro_batch_rows_and_token_budget_batches() -> None:
     second = list(batches)
     assert second != first and sorted(map(tuple, second)) == sorted(map(tuple, first))  # reordered only
     assert len(batches) == len(second)
+    rows = TokenBudgetBatches(lengths, 1000, seed=3, row=250)  # sdpa: rows of <= 250 first, then the budget
+    assert sorted(i for b in rows for i in b) == list(range(300))
+    assert all(sum(lengths[i] for i in b) <= 1000 for b in rows)
+    computed = 0
+    for b in rows:  # what the collator then computes: its rows padded to the longest
+        packed = pack_micro_batch([{"input_ids": [1] * lengths[i]} for i in b], 250)
+        computed += len(packed) * max(len(r["input_ids"]) for r in packed)
+    assert sum(lengths) / computed > 0.95
 
 
 def test_packed_pt_block_keeps_documents_apart(tiny_dir: Path, tiny_tokenizer, data_cfg):

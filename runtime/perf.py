@@ -9,8 +9,14 @@ of the runtime only ever reads the config, and `perf: off` means exactly what th
 
 Why these levers (bench/README.md has the predicted and measured effect of each):
   packing     padding-free rows: instruction data is ~60% padding when batched to the longest example.
-              Needs an attention that keeps packed examples apart: flash_attention_2 (varlen) if the
-              flash_attn package is there, else flex_attention (block mask) on CUDA.
+              CUDA: flash_attention_2 (varlen) if the flash_attn package is there, else flex_attention
+              (block mask): one row per micro-batch. CPU: sdpa keeps the examples apart given restarting
+              position_ids (test_perf.py compares loss and grads with padded batches); rows of at most
+              cutoff_len keep its cost linear in the number of rows (runtime/data/packing.py).
+  token budget `micro_batch_tokens`: padding-free micro-batches of whole examples up to N tokens
+              (runtime/data/sampler.py), like LLaMA-Factory's rows of cutoff_len but without padding.
+  label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
+              never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -26,10 +32,12 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
-from runtime.config import TrainConfig
+from runtime.config import ConfigError, TrainConfig
 
 # Stages whose batches are plain token streams with labels: the only ones packing and FLCE apply to.
 TUNED_STAGES = ("pt", "sft")
+# Devices where perf auto turns padding-free on: CUDA (varlen/flex) and CPU (sdpa, rows <= cutoff_len).
+PACKING_DEVICES = ("cuda", "cpu")
 FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused"}
 PLAIN_ADAMW = "adamw_torch"
 
@@ -41,20 +49,26 @@ class PerfPlan:
     mode: str
     device: str
     packing: bool
+    rows: str  # padding-free rows: "one" (variable-length attention) or "<=cutoff_len"; "-" when off
     flash_attn: str
     liger: bool
     optim: str
     torch_compile: bool
     activation_checkpointing: bool
+    micro_batch_tokens: int | None = None
+    label_logits_only: bool = False
     notes: list[str] = field(default_factory=list)
     npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
 
     def line(self) -> str:
         """The one start line: `perf: auto (cuda) packing=on attention=flex liger=on …`."""
         onoff = {True: "on", False: "off"}
+        budget = self.micro_batch_tokens or "off"
         return (
-            f"perf: {self.mode} ({self.device}) packing={onoff[self.packing]} attention={self.flash_attn} "
-            f"liger={onoff[self.liger]} optim={self.optim} compile={onoff[self.torch_compile]} "
+            f"perf: {self.mode} ({self.device}) packing={onoff[self.packing]} rows={self.rows} "
+            f"micro_batch_tokens={budget} attention={self.flash_attn} liger={onoff[self.liger]} "
+            f"label_logits_only={onoff[self.label_logits_only]} optim={self.optim} "
+            f"compile={onoff[self.torch_compile]} "
             f"activation_checkpointing={onoff[self.activation_checkpointing]}"
         ) + (f" npu_kernels={','.join(self.npu_kernels) or 'off'}" if self.device == "npu" else "")
 
@@ -77,8 +91,36 @@ def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
 
 
 def resolve_packing(cfg: TrainConfig, device: str) -> bool:
-    """Padding-free rows for pt/sft on CUDA unless `packing` was set (or set in code: cfg.padding_free)."""
-    return True if tunes(cfg, "packing", device) else bool(cfg.packing or cfg.padding_free)
+    """Padding-free rows for pt/sft on CUDA and CPU unless `packing` was set (or set in code:
+    cfg.padding_free). CPU runs sdpa, which keeps packed examples apart given restarting position_ids."""
+    auto = cfg.perf == "auto" and not is_set(cfg, "packing") and cfg.stage in TUNED_STAGES
+    return True if auto and device in PACKING_DEVICES else bool(cfg.packing or cfg.padding_free)
+
+
+def padding_free(cfg: TrainConfig, packing: bool) -> bool:
+    """perf's packing is the padding-free lever; `packing`/`neat_packing` a config sets keep LLaMA-Factory's
+    meaning (offline rows of cutoff_len; pt: documents joined into blocks), so only a plan that packs what
+    the config did not becomes padding_free."""
+    return cfg.padding_free or (packing and not cfg.packing)
+
+
+def resolve_rows(cfg: TrainConfig, device: str, packing: bool, attention: str) -> str:
+    """What the start line says about padding-free rows; the collator decides from the loaded model's
+    attention (runtime/data/packing.row_capacity), this mirrors it: one row only with varlen/flex."""
+    if not padding_free(cfg, packing):
+        return "-"  # off, or LLaMA-Factory's rows (packing/neat_packing, pt blocks)
+    varlen = attention == "flex" and device == "cuda" or attention == "fa2" and device in ("cuda", "npu")
+    return "one" if varlen else f"<={cfg.cutoff_len}"
+
+
+def resolve_label_logits(cfg: TrainConfig, liger: bool) -> bool:
+    """sft cross-entropy only: the lm_head at trained positions. Off under Liger (its fused linear+CE
+    already skips the logits), the DFT/EAFT/ASFT losses (they read full logits), or when set false."""
+    if cfg.stage != "sft" or liger or cfg.use_dft_loss or cfg.use_eaft_loss or cfg.use_asft_loss:
+        return False
+    if cfg.perf == "auto" and not is_set(cfg, "label_logits_only"):
+        return True
+    return bool(cfg.label_logits_only)
 
 
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
@@ -125,15 +167,20 @@ def resolve_perf(
         fa2_available = has_module("flash_attn")
     packing = resolve_packing(cfg, device)
     liger, liger_note = resolve_liger(cfg, device, available=liger_available)
+    attention = resolve_attention(cfg, device, packing, fa2=fa2_available)
+    rows = resolve_rows(cfg, device, packing, attention)
     plan = PerfPlan(
         mode=cfg.perf,
         device=device,
         packing=packing,
-        flash_attn=resolve_attention(cfg, device, packing, fa2=fa2_available),
+        rows=rows,
+        flash_attn=attention,
         liger=liger,
         optim=resolve_optim(cfg, device),
         torch_compile=cfg.torch_compile,
         activation_checkpointing=cfg.gradient_checkpointing,
+        micro_batch_tokens=cfg.micro_batch_tokens,
+        label_logits_only=resolve_label_logits(cfg, liger),
     )
     if liger_note:
         plan.notes.append(liger_note)
@@ -141,17 +188,23 @@ def resolve_perf(
         from runtime import perf_npu
 
         perf_npu.resolve_npu(cfg, plan, perf_npu.npu_ops() if npu_ops is None else npu_ops)
+        plan.rows = resolve_rows(cfg, device, plan.packing, plan.flash_attn)
+    if cfg.micro_batch_tokens and plan.rows == "-":  # the config rules refused the static cases already
+        raise ConfigError(
+            "micro_batch_tokens",
+            f"needs the padding-free path, which is off here ({cfg.stage} on {device}, packing="
+            f"{cfg.packing}); remove micro_batch_tokens",
+        )
     return plan
 
 
 def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     """Write the plan into the config's keys; the data, model and TrainingArguments code reads only those."""
-    # perf's packing is the padding-free lever; `packing`/`neat_packing` a config sets keep LLaMA-Factory's
-    # meaning (offline rows of cutoff_len), so a plan that packs what the config did not becomes padding_free.
-    cfg.padding_free = cfg.padding_free or (plan.packing and not cfg.packing)
+    cfg.padding_free = padding_free(cfg, plan.packing)
     cfg.flash_attn = plan.flash_attn
     cfg.enable_liger_kernel = plan.liger
     cfg.optim = plan.optim
     cfg.torch_compile = plan.torch_compile
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
+    cfg.label_logits_only = plan.label_logits_only
     cfg.notes.extend(plan.notes)

@@ -23,7 +23,10 @@ from runtime.scaffolding import testing
 
 
 class XgenTrainer(Trainer):
-    """HF Trainer with checkpoints that are published only once every rank finished writing."""
+    """HF Trainer with checkpoints that are published only once every rank finished writing, and
+    token-budget micro-batches (`micro_batch_tokens`, set by make_trainer) for the padding-free path."""
+
+    micro_batch_tokens: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -32,6 +35,41 @@ class XgenTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._output_shared = True
+
+    # --- data ----------------------------------------------------------------------------
+    def get_train_dataloader(self) -> Any:
+        """micro_batch_tokens: whole examples grouped up to that many tokens (runtime/data/packing.py's
+        TokenBudgetBatches), dealt to the ranks by accelerate; otherwise Trainer's own loader."""
+        if not self.micro_batch_tokens:
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        from runtime.data.packing import TokenBudgetBatches
+
+        args, dataset = self.args, self.train_dataset
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        params: dict[str, Any] = {
+            "batch_sampler": TokenBudgetBatches(
+                lengths,
+                self.micro_batch_tokens,
+                seed=seed,
+                row=getattr(self.data_collator, "max_row", None),  # PackingCollator's row cap (sdpa/eager)
+            ),
+            "collate_fn": self.data_collator,
+            "num_workers": args.dataloader_num_workers,
+            "pin_memory": args.dataloader_pin_memory,
+            "worker_init_fn": partial(
+                seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index
+            ),
+        }
+        if args.dataloader_num_workers > 0:
+            params["persistent_workers"] = args.dataloader_persistent_workers
+            params["prefetch_factor"] = args.dataloader_prefetch_factor
+        return self.accelerator.prepare(DataLoader(dataset, **params))
 
     # --- checkpoints -------------------------------------------------------------------
     def prepare_output_dir(self) -> None:

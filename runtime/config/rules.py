@@ -48,6 +48,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     if cfg.packing and cfg.stage in ("rm", "dpo", "kto"):
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
     _normalise_data(cfg, p)
+    _check_token_budget(cfg, p)
     _check_losses(cfg, p)
     _normalise_distributed(cfg, p, base_dir)
     check_methods(cfg, p)
@@ -124,6 +125,28 @@ def _normalise_data(cfg: TrainConfig, p: str) -> None:
             raise ConfigError(p + "streaming", "sft packing needs the whole dataset; set packing: false")
     if cfg.buffer_size <= 0:
         raise ConfigError(p + "buffer_size", f"must be > 0; got {cfg.buffer_size}")
+
+
+def _check_token_budget(cfg: TrainConfig, p: str) -> None:
+    """micro_batch_tokens groups whole examples for the padding-free path (runtime/perf.py) only."""
+    budget, key = cfg.micro_batch_tokens, p + "micro_batch_tokens"
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(key, f"must be a positive integer (tokens per device), got {budget!r}")
+    if cfg.stage not in ("pt", "sft"):
+        raise ConfigError(key, f"applies to stages pt and sft; stage is {cfg.stage}: remove it")
+    if cfg.stage == "sft" and cfg.packing:
+        which = "neat_packing" if cfg.neat_packing else "packing"
+        raise ConfigError(key, f"{which} already makes rows of cutoff_len; drop one of the two")
+    if isinstance(cfg.cutoff_len, int) and budget < cfg.cutoff_len:
+        raise ConfigError(
+            key, f"{budget} is below cutoff_len {cfg.cutoff_len}: a long example would not fit; raise it"
+        )
+    if cfg.streaming:
+        raise ConfigError(key, "needs the example lengths up front; a stream has none: drop streaming")
+    if cfg.perf == "off":
+        raise ConfigError(key, "needs the padding-free path, which perf: off leaves off; set perf: auto")
 
 
 def _check_ranges(cfg: TrainConfig, p: str) -> None:

@@ -408,6 +408,16 @@ class TrainConfig:
     export_device: str = _f(
         "cpu", "export: cpu, or auto (the accelerator, when there is one).", choices=("cpu", "auto")
     )
+    # --- padding-free keys (runtime/perf.py) ---
+    micro_batch_tokens: int | None = _f(
+        None,
+        "pt/sft padding-free: each micro-batch takes whole examples up to this many tokens per device "
+        "(replaces per_device_train_batch_size); null: off.",
+    )
+    label_logits_only: bool = _f(
+        False,
+        "sft: compute the lm_head only where a label is trained (same loss; perf auto: on unless set).",
+    )
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})

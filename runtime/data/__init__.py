@@ -22,7 +22,14 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, interleave_data
 from runtime.config import STAGES, ConfigError, TrainConfig
 from runtime.data.formats import KTO_STAGE, MULTIMODAL, PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
-from runtime.data.packing import IGNORE_INDEX, PACKING_ATTENTION, check_packing_support, pack_rows
+from runtime.data.packing import (
+    IGNORE_INDEX,
+    PACKING_ATTENTION,
+    attention_of,
+    check_packing_support,
+    pack_rows,
+    row_capacity,
+)
 from runtime.data.registry import resolve_datasets
 from runtime.data.templates import NAMED_TEMPLATES, ChatFormat, resolve_template
 from runtime.data.tokenize import tokenize_kto, tokenize_pairwise, tokenize_pt, tokenize_sft
@@ -31,6 +38,7 @@ __all__ = [
     "IGNORE_INDEX",
     "NAMED_TEMPLATES",
     "PACKING_ATTENTION",
+    "attention_of",
     "ChatFormat",
     "DatasetSplits",
     "build_collator",
@@ -65,7 +73,8 @@ def worker_count(requested: int | None) -> int | None:
 
 
 def packing_mode(cfg: TrainConfig, stage: str) -> str:
-    """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf's lever).
+    """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf's lever:
+    flattened rows, see packing.py).
 
     LLaMA-Factory: packing unset means on for pt, off otherwise; for pt, packing means documents
     concatenated into cutoff_len blocks. Only pt and sft pack."""
@@ -303,8 +312,11 @@ def _refuse_media(function: Callable, batch: dict, **kwargs: Any) -> dict:
     return function(batch, **kwargs)
 
 
-def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list[dict]], dict]:
-    """Padding for pt/sft (neat rows without attention_mask; padding_free: one flattened row),
+def build_collator(
+    cfg: TrainConfig, tokenizer, *, stage: str, attention: str | None = None
+) -> Callable[[list[dict]], dict]:
+    """Padding for pt/sft (neat rows without attention_mask; padding_free: flattened rows of at most
+    cutoff_len, or one row when `attention`, the model's attn_implementation, is variable-length),
     chosen-then-rejected pairs for rm/dpo."""
     # Imported here: collators need torch, and `xgen-runtime check` reads datasets without it.
     from runtime.data.collators import (
@@ -324,4 +336,6 @@ def build_collator(cfg: TrainConfig, tokenizer, *, stage: str) -> Callable[[list
     mode = packing_mode(cfg, stage)
     if mode == "neat":
         return NeatPackingCollator(pad_id)
-    return PackingCollator() if mode == "padding_free" else PaddingCollator(pad_id)
+    if mode == "padding_free":
+        return PackingCollator(pad_id, max_row=row_capacity(attention, cfg.cutoff_len))
+    return PaddingCollator(pad_id)

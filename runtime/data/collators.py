@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.data.packing import IGNORE_INDEX, flatten
+from runtime.data.packing import IGNORE_INDEX, pack_micro_batch
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -36,11 +36,20 @@ class PaddingCollator:
 
 @dataclass
 class PackingCollator:
-    """The whole batch as one row with restarting position_ids and no attention_mask (see packing.py)."""
+    """Padding-free: the micro-batch flattened into rows of at most `max_row` tokens (None: one row, for a
+    variable-length attention), position_ids restarting per example, no attention_mask (see packing.py).
+    Rows are padded to the longest; each pad has position 0 (a sequence of its own) and label -100."""
+
+    pad_token_id: int = 0
+    max_row: int | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        row = flatten(features)
-        return {key: torch.tensor([value], dtype=torch.long) for key, value in row.items()}
+        rows = pack_micro_batch(features, self.max_row)
+        return {
+            "input_ids": _pad([r["input_ids"] for r in rows], self.pad_token_id),
+            "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
+            "position_ids": _pad([r["position_ids"] for r in rows], 0),
+        }
 
 
 @dataclass

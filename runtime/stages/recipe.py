@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from runtime.config import ConfigError, TrainConfig
-from runtime.data import build_collator
+from runtime.data import attention_of, build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.model import build_model, load_tokenizer
 from runtime.optimizers import add_badam_hooks, method_optimizer
@@ -169,6 +169,7 @@ def make_trainer(
         callbacks=list(ctx.callbacks),
         **extra,
     )
+    trainer.micro_batch_tokens = ctx.cfg.micro_batch_tokens  # runtime.perf checked it applies
     factory = method_optimizer(ctx.cfg, ctx.args)
     if factory is not None:  # LoRA+, GaLore, APOLLO, BAdam, Adam-mini, Muon: Trainer calls it with the model
         trainer.optimizer_cls_and_kwargs = (factory, {})
@@ -288,7 +289,7 @@ def run_recipe(ctx: RunContext, *, stage: str, trainer_cls: type) -> None:
     tokenizer = load_tokenizer(ctx.cfg)
     data = load_datasets(ctx, tokenizer, stage=stage)
     model = build_model(ctx.cfg, stage=stage, device=ctx.device, tokenizer=tokenizer)
-    collator = build_collator(ctx.cfg, tokenizer, stage=stage)
+    collator = build_collator(ctx.cfg, tokenizer, stage=stage, attention=attention_of(model))
     trainer = make_trainer(trainer_cls, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator)
     # --- train ---
     metrics = fit(trainer, ctx)

@@ -11,17 +11,27 @@ them; p_t = p_θ(y_t | y_<t, x) for each response token t, N response tokens, sg
 
 DFT and EAFT go through Trainer's `compute_loss_func`, so their token sums are divided by the tokens
 of the whole accumulated batch on every rank, as cross-entropy is.
+
+`label_logits_only` (runtime/perf.py turns it on under perf auto): plain cross-entropy with the lm_head run
+only at the positions whose next token is trained. Prompt tokens are masked (-100), and at a small hidden
+size the [tokens, hidden] x [hidden, vocab] projection and the softmax over the vocabulary are most of the
+work, so skipping them for prompt tokens saves that share. Same loss (Trainer's per-token mean over the
+optimizer step through compute_loss_func; test_perf.py checks loss and grads against the plain path).
+transformers' `logits_to_keep` takes one index list for all rows; padding-free rows each need their own,
+hence a forward pre-hook on the output embedding that selects the hidden states of those positions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from runtime.data import build_collator
+from runtime.data import attention_of, build_collator
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
 from runtime.stages.reference import ReferenceMixin, load_reference
@@ -76,6 +86,50 @@ def asft_loss(
     return dft + alpha * _reduce(kl, None)
 
 
+class LabelLogits:
+    """The lm_head at trained positions only: while `keep` (a bool [batch, seq] mask) is set, a forward
+    pre-hook on the model's output embedding hands it hidden[keep] as one [1, N, hidden] row, so logits
+    are [1, N, vocab] in row-major order of the mask. The hook runs inside the (DDP/FSDP/DeepSpeed-wrapped)
+    model's own forward, so gradient sync and parameter gathering are untouched."""
+
+    def __init__(self, model: Any) -> None:
+        self.keep: torch.Tensor | None = None
+        self.handle = model.get_output_embeddings().register_forward_pre_hook(self._select)
+
+    def _select(self, module: Any, args: tuple) -> tuple | None:
+        if self.keep is None:
+            return None
+        return (args[0][self.keep.to(args[0].device)].unsqueeze(0), *args[1:])
+
+    @contextmanager
+    def only_trained(self, labels: torch.Tensor) -> Iterator[None]:
+        """Position t predicts labels[t + 1]: keep t where that label is trained (never the last one)."""
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        self.keep = keep
+        try:
+            yield
+        finally:
+            self.keep = None
+
+    def loss(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        """Trainer's compute_loss_func: transformers' ForCausalLMLoss (fp32 logits, sum / the step's
+        trained tokens, or a mean without a count) on selected logits, or on full ones (evaluation)."""
+        logits = outputs["logits"]
+        targets = labels[:, 1:].to(logits.device)
+        trained = targets != IGNORE_INDEX
+        if logits.shape[:2] == labels.shape:  # not selected: the eval loop, or a caller outside fit
+            logits = logits[:, :-1][trained]
+        else:
+            logits = logits[0]
+        logits, targets = logits.float(), targets[trained]
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits, targets)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(logits.device)
+        return F.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
+
+
 def _from_outputs(loss_fn: Any) -> Any:
     """Trainer's compute_loss_func(outputs, labels, num_items_in_batch) around a loss on logits."""
 
@@ -89,15 +143,28 @@ class SFTTrainer(ReferenceMixin, XgenTrainer):
     """Cross-entropy (or DFT/EAFT through compute_loss_func); ASFT adds the reference's logits."""
 
     def __init__(
-        self, *args: Any, ref_model: Any = None, asft_alpha: float | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        ref_model: Any = None,
+        asft_alpha: float | None = None,
+        label_logits_only: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.asft_alpha = asft_alpha
+        # A model without an output embedding to hook (none of the causal LMs we load) keeps full logits.
+        head = self.model.get_output_embeddings() if label_logits_only else None
+        self.label_logits = LabelLogits(self.model) if head is not None else None
+        if self.label_logits is not None:
+            self.compute_loss_func = self.label_logits.loss
         self.setup_reference(ref_model, needed=asft_alpha is not None)
         if asft_alpha is not None:
             self.loss_is_scaled_for_ga = False  # a mean over this micro-batch's tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        if self.asft_alpha is None and self.label_logits is not None and model.training:
+            with self.label_logits.only_trained(inputs["labels"]):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.asft_alpha is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -116,6 +183,8 @@ def loss_options(cfg: Any) -> dict[str, Any]:
         return {"compute_loss_func": _from_outputs(partial(eaft_loss, alpha=cfg.eaft_alpha))}
     if cfg.use_asft_loss:
         return {"asft_alpha": cfg.asft_alpha}
+    if cfg.label_logits_only and not cfg.enable_liger_kernel:  # runtime.perf decides; Liger fuses the CE
+        return {"label_logits_only": True}
     return {}
 
 
@@ -128,7 +197,7 @@ def run(ctx: RunContext) -> None:
     ref_model = load_reference(
         cfg, ctx.device, tokenizer
     )  # ASFT only; None with LoRA (the adapter-disabled base)
-    collator = build_collator(cfg, tokenizer, stage=STAGE)
+    collator = build_collator(cfg, tokenizer, stage=STAGE, attention=attention_of(model))
     trainer = make_trainer(
         SFTTrainer,
         ctx,

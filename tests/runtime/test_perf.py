@@ -32,9 +32,31 @@ def test_cuda_defaults_turn_every_lever_on() -> None:
     assert plan("cuda", fa2=True)[0].flash_attn == "fa2"  # varlen flash attention when installed
     assert plan("cuda", liger=False)[0].liger is False  # not installed: quietly off
     assert p.line() == (
-        "perf: auto (cuda) packing=on attention=flex liger=on optim=adamw_torch_fused compile=off "
-        "activation_checkpointing=off"
+        "perf: auto (cuda) packing=on rows=one micro_batch_tokens=off attention=flex liger=on "
+        "label_logits_only=off optim=adamw_torch_fused compile=off activation_checkpointing=off"
+    )  # Liger's fused linear+CE already skips the logits: label_logits_only stays off under it
+    assert plan("cuda", liger=False)[0].label_logits_only is True
+
+
+def test_cpu_gets_padding_free_rows_of_cutoff_len() -> None:
+    """sdpa on CPU: padding-free on, rows capped at cutoff_len (attention cost linear in the rows)."""
+    p, cfg = plan("cpu", cutoff_len=512)
+    assert (p.packing, p.rows, p.flash_attn, p.liger, p.label_logits_only, p.optim) == (
+        True,
+        "<=512",
+        "auto",
+        False,
+        True,
+        "adamw_torch",
     )
+    assert p.line() == (
+        "perf: auto (cpu) packing=on rows=<=512 micro_batch_tokens=off attention=auto liger=off "
+        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off"
+    )
+    apply_perf(cfg, p)
+    assert cfg.padding_free and cfg.label_logits_only and not cfg.packing
+    assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
+    assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 
 
 @pytest.mark.parametrize("device", ["cpu"])  # npu: tests/runtime/test_perf_npu.py
@@ -42,6 +64,36 @@ def test_cpu_and_npu_keep_the_plain_path(device: str) -> None:
     p, _ = plan(device)
     assert (p.packing, p.flash_attn, p.liger, p.notes) == (False, "auto", False, [])
     assert p.optim == {"cpu": "adamw_torch", "npu": "adamw_torch_npu_fused"}[device]
+
+
+def test_levers_switch_off_with_the_keys_the_user_wrote() -> None:
+    p, _ = plan("cpu", packing=False, label_logits_only=False)
+    assert (p.packing, p.rows, p.label_logits_only) == (False, "-", False)
+    p, _ = plan("cpu", perf="off")
+    assert (p.packing, p.label_logits_only) == (False, False)
+    for loss in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):  # they read the full logits
+        assert plan("cpu", **{loss: True})[0].label_logits_only is False
+    assert plan("cpu", stage="pt")[0].label_logits_only is False  # every pt token is trained
+
+
+def test_micro_batch_tokens_is_refused_where_it_cannot_apply() -> None:
+    p, _ = plan("cpu", micro_batch_tokens=4096, cutoff_len=512)
+    assert p.micro_batch_tokens == 4096 and "micro_batch_tokens=4096" in p.line()
+    cases = [
+        ({"stage": "dpo"}, "applies to stages pt and sft"),
+        ({"neat_packing": True}, "neat_packing already makes rows"),
+        ({"packing": True}, "packing already makes rows"),
+        ({"cutoff_len": 8192}, "below cutoff_len 8192"),
+        ({"perf": "off"}, "perf: off"),
+        ({"streaming": True, "max_steps": 2}, "drop streaming"),
+    ]
+    for keys, message in cases:
+        with pytest.raises(ConfigError, match=f"^micro_batch_tokens: .*{message}"):
+            parse_train_config({**BASE, "micro_batch_tokens": 4096, **keys})
+    with pytest.raises(ConfigError, match="^micro_batch_tokens: must be a positive integer"):
+        parse_train_config({**BASE, "micro_batch_tokens": 0})
+    with pytest.raises(ConfigError, match="^micro_batch_tokens: needs the padding-free path"):
+        plan("npu", micro_batch_tokens=4096)  # perf auto leaves padding-free off on NPU
 
 
 def test_keys_the_user_wrote_win() -> None:
@@ -109,30 +161,138 @@ def test_flex_off_cuda_falls_back_to_sdpa() -> None:
     assert attn == "sdpa" and "flex needs CUDA" in warning
 
 
-def _run(tiny_dir: Path, out: Path, padding_free: bool = False, **keys):
+def _run(tiny_dir: Path, out: Path, **keys):
     from runtime.config import parse_train_config
     from runtime.train import run_training
 
-    raw = base_config(tiny_dir, out, per_device_train_batch_size=4, max_steps=5, save_strategy="no", **keys)
-    cfg = parse_train_config(raw)
-    cfg.padding_free = padding_free  # what perf auto sets on CUDA; not a key (`packing` is LLaMA-Factory's)
-    result = run_training(cfg)
+    keys = {"per_device_train_batch_size": 4, "max_steps": 5, "save_strategy": "no", **keys}
+    raw = base_config(tiny_dir, out, **keys)
+    result = run_training(parse_train_config(raw))
     assert result.code == 0
     history = result.trainer.state.log_history
     return result, [e["loss"] for e in history if "loss" in e]
 
 
-def test_packed_training_matches_padded_training_on_cpu(tiny_dir: Path, tmp_path: Path, capsys) -> None:
-    """Same batches, same seed: packing (one flattened row, block-diagonal attention) vs padding."""
-    padded, padded_losses = _run(tiny_dir, tmp_path / "padded", packing=False)
-    packed, packed_losses = _run(tiny_dir, tmp_path / "packed", padding_free=True)
+def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    """Same batches, same seed: perf auto on CPU (padding-free rows <= cutoff_len under sdpa, lm_head only
+    at trained positions) vs padded batches with full logits (both levers switched off by their keys)."""
+    padded, padded_losses = _run(tiny_dir, tmp_path / "padded", packing=False, label_logits_only=False)
+    packed, packed_losses = _run(tiny_dir, tmp_path / "packed")
     assert packed.trainer.data_collator.__class__.__name__ == "PackingCollator"
+    assert packed.trainer.data_collator.max_row == 64  # sdpa: rows of at most cutoff_len
+    assert packed.trainer.label_logits is not None and padded.trainer.label_logits is None
     assert padded.trainer.data_collator.__class__.__name__ == "PaddingCollator"
     assert len(packed_losses) == 5 and len(set(packed_losses)) > 1  # it trained: the losses move
     for step, (a, b) in enumerate(zip(padded_losses, packed_losses, strict=True), 1):
         assert abs(a - b) <= FP32_RTOL * abs(a), f"step {step}: padded {a} vs packed {b}"
     # Both count only real tokens (non_padding): the packed row has no pads, the padded batch's are skipped.
     assert padded.trainer.state.num_input_tokens_seen == packed.trainer.state.num_input_tokens_seen
-    assert "xgen-runtime: perf: auto (cpu) packing=on attention=auto liger=off optim=adamw_torch" in (
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        "xgen-runtime: perf: auto (cpu) packing=on rows=<=64 micro_batch_tokens=off attention=auto liger=off "
+        "label_logits_only=on optim=adamw_torch" in out
     )
+    assert "perf: auto (cpu) packing=off rows=- micro_batch_tokens=off" in out
+
+
+def test_token_budget_micro_batches(tiny_dir: Path, tmp_path: Path) -> None:
+    """micro_batch_tokens: whole examples up to the budget per micro-batch, whatever the batch size says."""
+    from runtime.data.packing import TokenBudgetBatches
+
+    result, losses = _run(tiny_dir, tmp_path / "budget", micro_batch_tokens=160, max_steps=3)
+    trainer = result.trainer
+    sampler = trainer.get_train_dataloader().batch_sampler  # one process: accelerate leaves it unwrapped
+    assert isinstance(sampler, TokenBudgetBatches)
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    sizes = [sum(lengths[i] for i in batch) for batch in sampler]
+    assert max(sizes) <= 160 and max(len(batch) for batch in sampler) > 4  # more than the batch size of 4
+    assert len(losses) == 3 and trainer.state.num_input_tokens_seen <= 3 * 160
+
+
+@pytest.mark.slow
+def test_token_budget_two_ranks_equal_one_process(tiny_dir: Path, tmp_path: Path) -> None:
+    """2 gloo ranks with micro_batch_tokens = 1 process accumulating 2 micro-batches: the same global
+    micro-batches per step (rank r takes r, r + 2, ...), the loss a per-token mean over the whole step."""
+    from trainer_harness import max_diff, run_inprocess, run_torchrun, weights, write_config
+
+    keys = dict(micro_batch_tokens=160, max_steps=4, save_strategy="no")
+    single = tmp_path / "single"
+    cfg = base_config(tiny_dir, single, gradient_accumulation_steps=2, **keys)
+    assert run_inprocess(write_config(tmp_path / "single.yaml", cfg)) == 0
+    out = tmp_path / "ddp"
+    proc = run_torchrun(write_config(tmp_path / "ddp.yaml", base_config(tiny_dir, out, **keys)), tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "strategy=ddp" in proc.stdout and "micro_batch_tokens=160" in proc.stdout
+    assert max_diff(weights(out), weights(single)) < FP32_RTOL
+
+
+# --- padding-free rows and label_logits_only: same loss and gradients as padded batches --------------
+
+
+@pytest.fixture(scope="module")
+def alpaca_rows(_tiny_tokenizer_loaded, tiny_dir: Path, tmp_path_factory):
+    import copy
+
+    from runtime.data import build_datasets
+
+    cfg = TrainConfig(
+        dataset="tiny_alpaca",
+        dataset_dir=str(tiny_dir / "data"),
+        cutoff_len=64,
+        max_samples=12,
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    train = build_datasets(cfg, copy.deepcopy(_tiny_tokenizer_loaded), stage="sft").train
+    rows = [train[i] for i in range(len(train))]
+    assert sum(len(r["input_ids"]) for r in rows) > 2 * 64  # more than two rows of cutoff_len
+    return rows
+
+
+def _loss_and_grads(model, batch: dict, *, label_logits: bool = False):
+    """Trainer's per-token loss over the batch (num_items_in_batch), then its gradients."""
+    from runtime.stages.sft import LabelLogits
+
+    model.zero_grad()
+    labels = batch["labels"]
+    count = (labels[:, 1:] != -100).sum()
+    if label_logits:
+        head = LabelLogits(model)
+        with head.only_trained(labels):
+            out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        head.handle.remove()
+        assert out.logits.shape[:2] == (1, count.item())  # only the trained positions reached the lm_head
+        loss = head.loss(out, labels, count)
+    else:
+        loss = model(**batch, num_items_in_batch=count).loss
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _grad_diff(a: dict, b: dict) -> float:
+    return max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item() for k in a)
+
+
+def test_padding_free_rows_give_the_padded_loss_and_grads(tiny_dir: Path, alpaca_rows) -> None:
+    """sdpa on CPU: padded batch vs padding-free rows (<= cutoff_len, restarting positions, no mask) vs the
+    same rows with label_logits_only: loss within 1e-5 relative, every gradient within 1e-5 of its scale."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from runtime.data import check_packing_support
+    from runtime.data.collators import PackingCollator, PaddingCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", attn_implementation="sdpa")
+    check_packing_support(model)
+    model.train()
+    padded = PaddingCollator(0)(alpaca_rows)
+    rows = PackingCollator(0, max_row=64)(alpaca_rows)
+    assert set(rows) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
+    assert 1 < rows["input_ids"].shape[0] < len(alpaca_rows) and rows["input_ids"].shape[1] <= 64
+    loss, grads = _loss_and_grads(model, padded)
+    for label_logits in (False, True):
+        other, other_grads = _loss_and_grads(model, rows, label_logits=label_logits)
+        assert abs(other - loss) <= FP32_RTOL * abs(loss), (label_logits, loss, other)
+        assert _grad_diff(grads, other_grads) <= FP32_RTOL, label_logits
+    # Control (the check can fail): the same rows with positions that do not restart let examples mix.
+    leaky = dict(rows, position_ids=torch.arange(rows["input_ids"].shape[1]).expand_as(rows["input_ids"]))
+    assert abs(_loss_and_grads(model, leaky)[0] - loss) > 1e-3

@@ -101,11 +101,6 @@ LEVERS = {
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)
     "plus_act_ckpt": {"gradient_checkpointing": True},  # activation checkpointing (off by default)
 }
-# runtime_tokens: the runtime at the tokens per step of lf_best (8 rows of cutoff_len ~ 22 examples, ~4 k
-# tokens), on its padding-free path. `micro_batch_tokens` (a token budget per micro-batch) is a key another
-# branch adds: when the schema in use lacks a key here, the row drops it and says so (`keys_dropped`).
-# Override with --tokens-keys '{...}' (JSON) without touching this file.
-TOKENS_KEYS = {"per_device_train_batch_size": 22, "micro_batch_tokens": 512}
 # LLaMA-Factory variants: keys on top of the shared YAML (lf_yaml). lf_default adds nothing: its defaults
 # (gradient checkpointing on, padded batches, `flash_attn: auto`) are what a user gets.
 LF_VARIANTS = {
@@ -473,6 +468,16 @@ def schema_keys() -> set[str]:
     from runtime.config.schema import TrainConfig
 
     return {f.name for f in fields(TrainConfig)}
+
+
+def tokens_keys(shape: Shape, mean_len: float) -> dict:
+    """runtime_tokens' train keys: the runtime at lf_best's token slots per step (8 rows of cutoff_len, so
+    ceil(8 * cutoff / mean example length) examples: 22 on the CPU shape, ~4 k tokens) on its padding-free
+    path, in micro-batches of at most cutoff_len tokens. `micro_batch_tokens` (a token budget per
+    micro-batch) is a key another branch adds: when the schema in use lacks a key, the row drops it and
+    says so (`keys_dropped`). --tokens-keys '{...}' (JSON) replaces these without touching this file."""
+    examples = math.ceil(EXAMPLES_PER_STEP * shape.max_len / mean_len)
+    return {"per_device_train_batch_size": examples, "micro_batch_tokens": shape.max_len}
 
 
 def runtime_overrides(variant: str, tokens_keys: dict) -> tuple[dict, list[str], bool]:
@@ -894,9 +899,7 @@ def main() -> int:
         default=os.environ.get("XGEN_LF_PYTHON"),
         help="python of LLaMA-Factory's own venv (bench/lf_venv.sh makes one); default $XGEN_LF_PYTHON",
     )
-    parser.add_argument(
-        "--tokens-keys", default=None, help=f"runtime_tokens' train keys (JSON); {TOKENS_KEYS}"
-    )
+    parser.add_argument("--tokens-keys", default=None, help="runtime_tokens' keys (JSON); see tokens_keys()")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -912,7 +915,6 @@ def main() -> int:
     )
     args.steps = args.steps or (4 if args.smoke else 12 if args.shape_name == "cpu" else 60)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 2 if on_cpu else 15)
-    args.tokens_keys = json.loads(args.tokens_keys) if args.tokens_keys else TOKENS_KEYS
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
 
@@ -960,6 +962,10 @@ def main() -> int:
         (data_dir / "dataset_info.json").write_text(json.dumps(info))
         rows = tokenize_for_baseline(raw, tokenizer, args.shape.max_len)
         args.example_lengths = [len(r["input_ids"]) for r in rows]
+        mean_len = float(np.mean(args.example_lengths))
+        args.tokens_keys = (
+            json.loads(args.tokens_keys) if args.tokens_keys else tokens_keys(args.shape, mean_len)
+        )
         eval_rows = rows[:EVAL_EXAMPLES]
         tokens_per_step = EXAMPLES_PER_STEP * float(np.mean(args.example_lengths))
         plan = [

@@ -12,6 +12,7 @@
 #   LF_WHEELS=PATH   offline: install from the wheels in PATH only (pip --no-index --find-links PATH --no-deps),
 #                    as bench/run_gpu.sh does with .whl/lf from bench/fetch_wheels.sh
 #   LF_SYSTEM_SITE=1 the venv also sees the system's site-packages (the GPU image's CUDA torch)
+#   LF_BASE_PYTHON=P the python that creates the venv (default python3)
 #   LF_TORCH=SPEC    torch to install with it online (default torch==2.13.0, the CPU build measured here;
 #                    empty: none, e.g. with LF_SYSTEM_SITE=1)
 #
@@ -61,7 +62,7 @@ fi
 
 # --- create and install (skipped when llamafactory 0.9.5 is already there) ---
 if [ ! -x "$PY" ]; then
-  python3 -m venv ${LF_SYSTEM_SITE:+--system-site-packages} "$DIR"
+  "${LF_BASE_PYTHON:-python3}" -m venv ${LF_SYSTEM_SITE:+--system-site-packages} "$DIR"
 fi
 if [ "$(PYTHONPATH="" "$PY" -c 'import importlib.metadata as m; print(m.version("llamafactory"))' 2>/dev/null)" \
   != 0.9.5 ]; then

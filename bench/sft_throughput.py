@@ -1,20 +1,38 @@
-"""SFT throughput: the runtime trainer against two plain HF Trainer baselines, in one run.
+"""SFT throughput: the runtime trainer against a plain HF Trainer and LLaMA-Factory, in one run.
 
-    python bench/sft_throughput.py                 # the H100 benchmark (issue 7): full + LoRA
-    python bench/sft_throughput.py --levers        # + the runtime once per lever switched off (ablation)
-    python bench/sft_throughput.py --smoke         # a CPU check that every variant runs (numbers meaningless)
+    python bench/sft_throughput.py                     # the GPU benchmark: Llama-3.2-1B shape, full + LoRA
+    python bench/sft_throughput.py --shape cpu         # the CPU shape (hidden 256, 4 layers): minutes here
+    python bench/sft_throughput.py --levers            # + the runtime once per lever switched off (ablation)
+    python bench/sft_throughput.py --smoke             # a CPU check that every variant runs (no real numbers)
+    XGEN_LF_PYTHON=/work/lfvenv/bin/python python bench/sft_throughput.py --shape cpu --repeats 3
 
-Variants, all on the same generated data, the same model weights and 8 examples per optimizer step:
-  padded     plain transformers.Trainer, dynamic padding, sdpa            (the engine under LLaMA-Factory)
-  flat_flex  plain transformers.Trainer, DataCollatorWithFlattening + flex_attention
-  runtime    xgen's runtime trainer through its normal config path (a YAML `train:` section), with its
-             default throughput levers (runtime/perf.py); `runtime-<lever>` rows (--levers) switch one off
+Variants, all on the same generated data, the same model weights, the same template (chatml), the same
+precision and 8 examples per optimizer step (LLaMA-Factory's packed variant: 8 rows of cutoff_len, see below):
+  padded          plain transformers.Trainer, dynamic padding, sdpa        (the engine under LLaMA-Factory)
+  flat_flex       plain transformers.Trainer, DataCollatorWithFlattening + flex_attention (sdpa on CPU)
+  runtime         xgen's runtime trainer through its normal config path (a `train:` section), with its
+                  default throughput levers (runtime/perf.py); `runtime-<lever>` rows (--levers) switch
+                  one off
+  runtime_tokens  the runtime at LLaMA-Factory's packed tokens per step (~4 k): the keys in --tokens-keys
+  lf_default      LLaMA-Factory 0.9.5 (`llamafactory-cli train cfg.yaml` from its own venv) with its defaults,
+                  as a user gets them: padded batches, gradient checkpointing ON
+  lf_best         LLaMA-Factory with `neat_packing: true` and `disable_gradient_checkpointing: true`: rows of
+                  cutoff_len packed offline, 8 rows a step (~22 examples, ~4 k tokens), examples kept apart
 
-Throughput is measured after `--warmup` steps by a TrainerCallback reading the Trainer's own count of
-non-padding tokens (`include_num_input_tokens_seen="non_padding"`), with the device synchronized at both
-ends. MFU divides achieved model FLOP/s (6 * params * tokens + attention) by a peak measured in the same run
-(a large bf16 matmul), not a datasheet number. Loss is compared on the same fixed examples after training
-(one shared padded evaluation), so packing cannot flatter a variant.
+Every variant runs in its own process (this script with --child, or LLaMA-Factory's CLI), so each pays its
+own start and the reported first-step time is "process start -> end of optimizer step 1", the same for all.
+Throughput is real (non-padding) tokens over the steps after `--warmup`, divided by the wall time between
+the end of step `warmup` and the end of the last step:
+  * in-process variants: a TrainerCallback stamps each step end (device synchronised) and reads the
+    Trainer's count of non-padding tokens (`include_num_input_tokens_seen="non_padding"`);
+  * LLaMA-Factory (no callback can be injected into its CLI): the wall-clock time at which each per-step log
+    line (`logging_steps: 1`) arrives on its stdout, and real tokens counted here from its own tokenised
+    dataset (`tokenized_path`) and the Trainer's batch order for that dataset, replayed here. Its own
+    counter includes padding; the replay's padded count is checked against that counter step by step
+    (`order_verified`).
+Loss is one shared padded evaluation, in this process, of the first 64 training examples with each variant's
+saved model or adapter, so packing cannot flatter a variant. --repeats runs the plan that many times,
+interleaved, and reports medians.
 """
 
 from __future__ import annotations
@@ -25,16 +43,23 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------
 # Shapes
@@ -53,12 +78,20 @@ class Shape:
     median_len: int
     max_len: int
     examples: int
+    dtype: str  # dtype the weights are saved in (and the default precision of the run: fp32 on CPU)
 
 
-LLAMA_1B = Shape(2048, 16, 32, 8, 8192, 128256, median_len=350, max_len=2048, examples=2048)
-SMOKE = Shape(64, 2, 4, 2, 128, 1024, median_len=40, max_len=128, examples=64)
+SHAPES = {
+    "llama1b": Shape(
+        2048, 16, 32, 8, 8192, 128256, median_len=350, max_len=2048, examples=2048, dtype="bf16"
+    ),
+    # The CPU shape of issue 17 (../shared/notes/llamafactory-peer.md): minutes on 2 cores, fp32.
+    "cpu": Shape(256, 4, 4, 2, 1024, 8192, median_len=160, max_len=512, examples=512, dtype="fp32"),
+    "smoke": Shape(64, 2, 4, 2, 128, 1024, median_len=40, max_len=128, examples=128, dtype="fp32"),
+}
 PROMPT_FRACTION = 0.3  # share of each example's tokens that is prompt (masked out of the loss)
 EXAMPLES_PER_STEP = 8
+EVAL_EXAMPLES = 64
 
 # --levers: the runtime once per lever, each row changing one key against the runtime's defaults.
 LEVERS = {
@@ -68,11 +101,27 @@ LEVERS = {
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)
     "plus_act_ckpt": {"gradient_checkpointing": True},  # activation checkpointing (off by default)
 }
+# LLaMA-Factory variants: keys on top of the shared YAML (lf_yaml). lf_default adds nothing: its defaults
+# (gradient checkpointing on, padded batches, `flash_attn: auto`) are what a user gets.
+LF_VARIANTS = {
+    "lf_default": {},
+    "lf_best": {"neat_packing": True, "disable_gradient_checkpointing": True},
+}
 # PREDICTED effective tokens/s on an H100 for the wall-time estimate printed before the run: padded and
 # flat_flex are issue 7's measurements (torch 2.11, transformers 5.17); runtime is the target (3.5x padded).
-PREDICTED_TPS = {"padded": 12_000, "flat_flex": 30_000, "runtime": 42_000}
-# PREDICTED fixed seconds per variant (model load, flex/Liger compilation, tokenising, saving, eval).
-PREDICTED_SETUP_S = {"padded": 20, "flat_flex": 45, "runtime": 45}
+# lf_default: padded with checkpointing (~0.75x padded); lf_best: flat_flex-like. Guesses, for the plan only.
+PREDICTED_TPS = {
+    "padded": 12_000,
+    "flat_flex": 30_000,
+    "runtime": 42_000,
+    "lf_default": 9_000,
+    "lf_best": 28_000,
+}
+# PREDICTED fixed seconds per variant (process start, model load, compilation, tokenising, saving, eval).
+PREDICTED_SETUP_S = {"padded": 30, "flat_flex": 55, "runtime": 55, "lf_default": 45, "lf_best": 45}
+CPU_VARIANTS = "padded,runtime,runtime_tokens,lf_default,lf_best"  # flat_flex is sdpa there: same as padded
+GPU_VARIANTS = "padded,flat_flex,runtime,runtime_tokens,lf_default,lf_best"
+SMOKE_VARIANTS = "padded,flat_flex,runtime"  # + the LF variants by --variants when XGEN_LF_PYTHON is set
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,8 +135,13 @@ def build_tokenizer(vocab: int):
     return word_tokenizer(vocab)
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
 def build_model_dir(shape: Shape, dest: Path) -> Path:
-    """Random-weight Llama of `shape` (runtime.tiny's builder) plus the tokenizer, saved as a model dir."""
+    """Random-weight Llama of `shape` (runtime.tiny's builder) plus the tokenizer, saved as a model dir.
+    The saved dtype is the run's (fp32 on CPU): LLaMA-Factory loads a checkpoint in its saved dtype."""
     from runtime.tiny import build_model
 
     tokenizer = build_tokenizer(shape.vocab)
@@ -101,7 +155,7 @@ def build_model_dir(shape: Shape, dest: Path) -> Path:
         num_key_value_heads=shape.kv_heads,
         max_position_embeddings=max(4096, shape.max_len * 2),
         tie_word_embeddings=True,
-    ).to(torch.bfloat16)
+    ).to(torch_dtype(shape.dtype))
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
@@ -175,34 +229,24 @@ def padded_collator(pad_id: int):
 # Measurement
 
 
-class ThroughputMeter:
-    """TrainerCallback: non-pad tokens and seconds between the end of warm-up and the last step."""
+class StepClock:
+    """TrainerCallback: the wall-clock time (time.time(), comparable across processes) at the end of every
+    optimizer step, device synchronised, and the Trainer's cumulative count of non-padding tokens."""
 
-    def __init__(self, warmup: int):
+    def __init__(self):
         from transformers import TrainerCallback
 
-        meter = self
+        clock = self
 
         class _Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                meter.losses_seen = state.log_history
-                if state.global_step == warmup:
-                    _sync()
-                    meter.t0, meter.tok0 = time.perf_counter(), state.num_input_tokens_seen
-                meter.t1, meter.tok1 = time.perf_counter(), state.num_input_tokens_seen
-
-            def on_train_end(self, args, state, control, **kwargs):
                 _sync()
-                meter.t1 = time.perf_counter()
+                clock.times.append(time.time())
+                clock.tokens.append(int(state.num_input_tokens_seen))
 
         self.callback = _Callback()
-        self.t0 = self.t1 = 0.0
-        self.tok0 = self.tok1 = 0
-        self.losses_seen = []
-
-    @property
-    def tokens_per_s(self) -> float:
-        return (self.tok1 - self.tok0) / max(self.t1 - self.t0, 1e-9)
+        self.times: list[float] = []
+        self.tokens: list[int] = []
 
 
 def _sync() -> None:
@@ -260,7 +304,8 @@ def reset_device() -> None:
 
 @torch.no_grad()
 def eval_loss(model, rows, pad_id: int) -> float:
-    """Token-mean loss over fixed training examples, padded and in bf16 autocast: shared by all variants."""
+    """Token-mean loss over fixed training examples, padded and in bf16 autocast on CUDA: one function for
+    every variant."""
     model.eval()
     collate = padded_collator(pad_id)
     device = next(model.parameters()).device
@@ -279,8 +324,38 @@ def eval_loss(model, rows, pad_id: int) -> float:
     return total / count
 
 
+def eval_saved(model_dir: Path, saved: Path, mode: str, eval_rows) -> float:
+    """Load a variant's saved weights (full) or adapter (LoRA, on the shared base) and score eval_rows."""
+    from transformers import AutoModelForCausalLM
+
+    reset_device()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if mode == "lora":
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        model = PeftModel.from_pretrained(base, saved)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, attn_implementation="sdpa")
+    loss = eval_loss(model.to(device), eval_rows, 0)
+    del model
+    reset_device()
+    return loss
+
+
+def throughput(times: list[float], tokens: list[int], warmup: int) -> tuple[float, int]:
+    """(real tokens/s, real tokens) over steps warmup+1..N: `times[i]` is the end of step i+1 and
+    `tokens[i]` the cumulative real tokens after it."""
+    if len(times) <= warmup or warmup < 1:
+        raise RuntimeError(f"{len(times)} steps timed, need more than --warmup {warmup} (>= 1)")
+    counted = tokens[-1] - tokens[warmup - 1]
+    return counted / max(times[-1] - times[warmup - 1], 1e-9), counted
+
+
 # --------------------------------------------------------------------------------------------------
-# Variants
+# In-process variants (run in a child process: `--child SPEC.json`)
 
 
 def lora_config():
@@ -291,19 +366,23 @@ def lora_config():
     )
 
 
-def training_args(out: Path, steps: int, smoke: bool, lora: bool, **overrides):
+def use_bf16(spec: dict) -> bool:
+    return SHAPES[spec["shape"]].dtype == "bf16" and torch.cuda.is_available()
+
+
+def training_args(out: Path, spec: dict, **overrides):
     from transformers import TrainingArguments
 
     kwargs = dict(
         output_dir=str(out),
         per_device_train_batch_size=EXAMPLES_PER_STEP,
         gradient_accumulation_steps=1,
-        max_steps=steps,
-        learning_rate=2e-4 if lora else 2e-5,
+        max_steps=spec["steps"],
+        learning_rate=2e-4 if spec["mode"] == "lora" else 2e-5,
         lr_scheduler_type="constant",
-        bf16=not smoke,
-        use_cpu=smoke,
-        optim="adamw_torch_fused" if not smoke else "adamw_torch",
+        bf16=use_bf16(spec),
+        use_cpu=not torch.cuda.is_available(),
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -318,119 +397,436 @@ def training_args(out: Path, steps: int, smoke: bool, lora: bool, **overrides):
     return TrainingArguments(**kwargs)
 
 
-def run_baseline(variant, model_dir, rows, eval_rows, args) -> dict:
-    """One plain-Trainer baseline: `padded` or `flat_flex`."""
+def child_baseline(spec: dict, clock: StepClock) -> dict:
+    """One plain-Trainer baseline, `padded` or `flat_flex`: tokenises, trains, saves to spec['save']."""
     from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, Trainer
 
-    reset_device()
-    attn = "sdpa" if variant == "padded" or args.smoke else "flex_attention"  # flex has no CPU backward
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
-    tokenizer = build_tokenizer(args.shape.vocab)
-    if args.mode == "lora":
+    shape = SHAPES[spec["shape"]]
+    attn = "sdpa" if spec["variant"] == "padded" or not torch.cuda.is_available() else "flex_attention"
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["model_dir"], dtype=torch.float32, attn_implementation=attn
+    )
+    tokenizer = build_tokenizer(shape.vocab)
+    raw = json.loads((Path(spec["data_dir"]) / "bench_sft.json").read_text())
+    rows = tokenize_for_baseline(raw, tokenizer, shape.max_len)
+    if spec["mode"] == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config())
     collator = (
-        padded_collator(0) if variant == "padded" else DataCollatorWithFlattening(return_position_ids=True)
+        padded_collator(0)
+        if spec["variant"] == "padded"
+        else DataCollatorWithFlattening(return_position_ids=True)
     )
-    meter = ThroughputMeter(args.warmup)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(
             model=model,
-            args=training_args(Path(out), args.steps, args.smoke, args.mode == "lora"),
+            args=training_args(Path(out), spec),
             train_dataset=ListDataset(rows),
             data_collator=collator,
             processing_class=tokenizer,  # lets the Trainer count non-pad tokens of flattened batches
-            callbacks=[meter.callback],
+            callbacks=[clock.callback],
         )
         trainer.train()
-    row = finish_row(variant, meter, trainer.model, eval_rows, args)
-    del trainer, model
-    return row
+    trainer.model.save_pretrained(spec["save"])
+    return {"attention": attn}
 
 
-@contextmanager
-def plain_llama_module():
-    """Liger patches transformers' Llama module globally (its RMSNorm, MLP and RoPE names), not only the
-    model it is given: put them back after a runtime variant so later baselines stay plain."""
-    from transformers.models.llama import modeling_llama
-
-    saved, forward = dict(vars(modeling_llama)), modeling_llama.LlamaForCausalLM.forward
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(modeling_llama, name, value)
-        modeling_llama.LlamaForCausalLM.forward = forward
-
-
-def runtime_section(model_dir, data_dir, out: str, args, overrides: dict) -> dict:
+def runtime_section(spec: dict, overrides: dict) -> dict:
     """The `train:` mapping a user would write: no throughput keys, so the runtime's defaults decide."""
+    shape = SHAPES[spec["shape"]]
     section = {
-        "model_name_or_path": str(model_dir),
+        "model_name_or_path": spec["model_dir"],
         "stage": "sft",
-        "finetuning_type": args.mode,
+        "finetuning_type": spec["mode"],
         "dataset": "bench_sft",
-        "dataset_dir": str(data_dir),
-        "cutoff_len": args.shape.max_len,
+        "dataset_dir": spec["data_dir"],
+        "cutoff_len": shape.max_len,
         "per_device_train_batch_size": EXAMPLES_PER_STEP,
         "gradient_accumulation_steps": 1,
-        "max_steps": args.steps,
-        "learning_rate": 2e-4 if args.mode == "lora" else 2e-5,
+        "max_steps": spec["steps"],
+        "learning_rate": 2e-4 if spec["mode"] == "lora" else 2e-5,
         "lr_scheduler_type": "constant",
         "logging_steps": 1,
         "save_strategy": "no",
-        "output_dir": out,
-        "cache_dir": str(Path(out) / "hf-cache"),
+        "output_dir": spec["save"],  # the runtime saves its final weights/adapter here, as for a user
+        "cache_dir": str(Path(spec["save"]).parent / "hf-cache"),
         "seed": 0,
         "report_to": "none",
         "plot_loss": False,
-        "bf16": not args.smoke,
+        "bf16": use_bf16(spec),
     }
-    if args.mode == "lora":
+    if spec["mode"] == "lora":
         section.update(lora_rank=16, lora_alpha=32, lora_dropout=0.0, lora_target="all")
     section.update(overrides)
     return section
 
 
-def run_runtime(model_dir, data_dir, eval_rows, args, variant: str = "runtime") -> dict:
+def schema_keys() -> set[str]:
+    from dataclasses import fields
+
+    from runtime.config.schema import TrainConfig
+
+    return {f.name for f in fields(TrainConfig)}
+
+
+def tokens_keys(shape: Shape, mean_len: float) -> dict:
+    """runtime_tokens' train keys: the runtime at lf_best's token slots per step (8 rows of cutoff_len, so
+    ceil(8 * cutoff / mean example length) examples: 22 on the CPU shape, ~4 k tokens) on its padding-free
+    path, in micro-batches of at most cutoff_len tokens. `micro_batch_tokens` (a token budget per
+    micro-batch) is a key another branch adds: when the schema in use lacks a key, the row drops it and
+    says so (`keys_dropped`). --tokens-keys '{...}' (JSON) replaces these without touching this file."""
+    examples = math.ceil(EXAMPLES_PER_STEP * shape.max_len / mean_len)
+    return {"per_device_train_batch_size": examples, "micro_batch_tokens": shape.max_len}
+
+
+def runtime_overrides(variant: str, tokens_keys: dict) -> tuple[dict, list[str], bool]:
+    """(train keys, keys dropped because this branch's schema lacks them, force the padding-free path)."""
+    if variant == "runtime_tokens":
+        known = schema_keys()
+        keys = {k: v for k, v in tokens_keys.items() if k in known}
+        return keys, sorted(set(tokens_keys) - set(keys)), True
+    if variant.startswith("runtime-"):
+        return dict(LEVERS[variant.removeprefix("runtime-")]), [], False
+    return {}, [], False
+
+
+def child_runtime(spec: dict, clock: StepClock) -> dict:
     """The runtime trainer through its normal config path: a `train:` mapping validated like a user's YAML."""
     from runtime.config import parse_train_config
     from runtime.train import run_training
 
+    variant = spec["variant"]
+    overrides, dropped, padding_free = runtime_overrides(variant, spec["tokens_keys"])
+    cfg = parse_train_config(runtime_section(spec, overrides))
+    # The padding-free path is not a key (perf: auto decides it per device); the smoke and runtime_tokens
+    # switch it on in code, as bench/tests do, where perf: auto leaves it off (CPU before issue 17).
+    if (spec["smoke"] and "packing" not in overrides) or padding_free:
+        cfg.padding_free = True
+    result = run_training(cfg, extra_callbacks=[clock.callback])
+    if result.code != 0:
+        raise RuntimeError(f"runtime variant {variant} exited with {result.code}")
+    out = {"levers": result.perf.line() if result.perf is not None else None, "train_keys": overrides}
+    if dropped:
+        out["keys_dropped"] = dropped
+    return out
+
+
+def child_main(spec_path: str) -> int:
+    """Run one in-process variant and write its timings: the parent reads them and evaluates the save."""
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     reset_device()
-    overrides = LEVERS[variant.removeprefix("runtime-")] if variant != "runtime" else {}
-    with tempfile.TemporaryDirectory() as out, plain_llama_module():
-        cfg = parse_train_config(runtime_section(model_dir, data_dir, out, args, overrides))
-        if args.smoke and "packing" not in overrides:
-            # CPU: perf auto leaves its padding-free lever off there (`packing` would mean LLaMA-Factory's
-            # offline rows); switch the lever on so the smoke runs the packed path too.
-            cfg.padding_free = True
-        meter = ThroughputMeter(args.warmup)
-        result = run_training(cfg, extra_callbacks=[meter.callback])
-        if result.code != 0:
-            raise RuntimeError(f"runtime variant {variant} exited with {result.code}")
-        row = finish_row(variant, meter, result.model, eval_rows, args)
-        row["levers"] = result.perf.line()
-        del result
-    return row
+    clock = StepClock()
+    if spec["variant"].startswith("runtime"):
+        extra = child_runtime(spec, clock)
+    else:
+        extra = child_baseline(spec, clock)
+    result = {"times": clock.times, "tokens": clock.tokens, "peak_mem_gib": round(peak_mem_gib(), 2), **extra}
+    Path(spec["result"]).write_text(json.dumps(result))
+    return 0
 
 
-def finish_row(variant, meter, model, eval_rows, args) -> dict:
-    tokens_per_s = meter.tokens_per_s
-    mean_seq = float(np.mean([len(r["input_ids"]) for r in eval_rows]))
-    achieved = tokens_per_s * flops_per_token(args.shape, mean_seq, args.mode == "lora") / 1e12
+# --------------------------------------------------------------------------------------------------
+# LLaMA-Factory variants (its CLI, from its own virtualenv)
+
+
+def lf_yaml(args, mode: str, variant: str, data_dir: Path, run_dir: Path) -> dict:
+    """LLaMA-Factory's config from the same settings as runtime_section: same model, data, template,
+    cutoff, examples (rows) per step, learning rate, schedule, seed and precision."""
+    cfg = {
+        "model_name_or_path": str(args.model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": mode,
+        "dataset": "bench_sft",
+        "dataset_dir": str(data_dir),
+        "template": "chatml",  # the tokenizer's chat template (runtime.data.templates' chatml): same ids
+        "cutoff_len": args.shape.max_len,
+        "overwrite_cache": True,
+        "tokenized_path": str(run_dir / "tokenized"),  # read back here to count real tokens per row
+        "output_dir": str(run_dir / "out"),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": EXAMPLES_PER_STEP,
+        "gradient_accumulation_steps": 1,
+        "max_steps": args.steps,
+        "learning_rate": 2e-4 if mode == "lora" else 2e-5,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "data_seed": 0,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "plot_loss": False,
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": True,  # counts padding too: used only to verify the batch order
+        "bf16": args.shape.dtype == "bf16" and torch.cuda.is_available(),
+    }
+    if mode == "lora":
+        cfg.update(lora_rank=16, lora_alpha=32, lora_dropout=0.0, lora_target="all")
+    cfg.update(LF_VARIANTS[variant])
+    return cfg
+
+
+# One transformers log line per step (`logging_steps: 1`, printed by PrinterCallback under disable_tqdm).
+LF_STEP_LINE = re.compile(r"^\{.*'loss'.*'epoch'.*\}\s*$")
+
+
+def trainer_batches(n_rows: int, steps: int, batch: int) -> list[list[int]]:
+    """The row indices of each of the first `steps` batches a transformers Trainer (seed 0, one process,
+    no length grouping) draws from a dataset of `n_rows`: the same Trainer and accelerate sampler,
+    replayed on an index dataset here. Checked against LLaMA-Factory's own (padded) count in run_lf."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            seed=0,
+            data_seed=0,
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
+        trainer = Trainer(
+            model=torch.nn.Linear(1, 1),
+            args=targs,
+            train_dataset=ListDataset(list(range(n_rows))),
+            data_collator=lambda feats: torch.tensor(feats),
+        )
+        loader = trainer.get_train_dataloader()
+        batches: list[list[int]] = []
+        epoch = 0
+        while len(batches) < steps:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            for b in loader:
+                batches.append(b.tolist())
+                if len(batches) == steps:
+                    break
+            epoch += 1
+    return batches
+
+
+def lf_rows(tokenized: Path) -> tuple[list[int], list[int]]:
+    """(real tokens, padded length) of each row of LLaMA-Factory's tokenised training set. Packed rows are
+    padded to cutoff_len with attention_mask 0 under neat_packing; unpacked rows carry no padding."""
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(tokenized))
+    train = data["train"] if hasattr(data, "keys") and "train" in data else data
+    real, length = [], []
+    for ids, mask in zip(train["input_ids"], train["attention_mask"], strict=True):
+        real.append(sum(1 for m in mask if m != 0))
+        length.append(len(ids))
+    return real, length
+
+
+def run_lf(args, mode: str, variant: str, data_dir: Path, run_dir: Path) -> dict:
+    """One LLaMA-Factory run as a user runs it: `python -m llamafactory.cli train cfg.yaml` in its venv."""
+    import yaml
+
+    run_dir.mkdir(parents=True)
+    cfg_path = run_dir / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(lf_yaml(args, mode, variant, data_dir, run_dir), sort_keys=False))
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",  # each step's log line arrives when it is printed
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(run_dir / "hf-cache"),
+        "DISABLE_VERSION_CHECK": "1",
+        "RECORD_VRAM": "1",  # its per-step log then carries the peak GPU memory
+        "PYTHONPATH": "",  # the bench's own path must not leak into its venv
+    }
+    log_path = run_dir / "lf.log"
+    step_times: list[float] = []
+    started = time.time()
+    with (
+        log_path.open("w") as log,
+        reaped(
+            subprocess.Popen(
+                [args.lf_python, "-m", "llamafactory.cli", "train", str(cfg_path)],
+                cwd=run_dir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if LF_STEP_LINE.match(line):
+                step_times.append(time.time())
+            log.write(line)
+        rc = proc.wait()
+    if rc != 0:
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"llamafactory-cli exited with {rc}; log {log_path}:\n{tail}")
+    if len(step_times) != args.steps:
+        raise RuntimeError(f"{len(step_times)} step log lines in {log_path}, expected {args.steps}")
+    real, length = lf_rows(run_dir / "tokenized")
+    batches = trainer_batches(len(real), args.steps, EXAMPLES_PER_STEP)
+    tokens = np.cumsum([sum(real[i] for i in b) for b in batches]).tolist()
+    # Its own counter (padding included) against the replay: rows x the longest row, rounded up to a multiple
+    # of 8 (its collator's pad_to_multiple_of). Equal at every step means the replayed order is its order.
+    padded = np.cumsum([len(b) * -(-max(length[i] for i in b) // 8) * 8 for b in batches]).tolist()
+    state = json.loads((run_dir / "out" / "trainer_state.json").read_text())
+    seen = [
+        e["num_input_tokens_seen"]
+        for e in state["log_history"]
+        if "loss" in e and "num_input_tokens_seen" in e
+    ]
+    vram = [
+        json.loads(line).get("vram_allocated", 0.0)
+        for line in (run_dir / "out" / "trainer_log.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     return {
-        "mode": args.mode,
-        "variant": variant,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(achieved / args.peak_tflops, 4) if args.peak_tflops == args.peak_tflops else None,
-        "peak_mem_gib": round(peak_mem_gib(), 2),
-        "final_loss": round(eval_loss(model, eval_rows, 0), 4),
+        "times": step_times,
+        "tokens": tokens,
+        "started": started,
+        "peak_mem_gib": max(vram, default=0.0),
+        "order_verified": seen == padded,
+        "rows_per_step": EXAMPLES_PER_STEP,
+        "examples_per_row": round(
+            len(args.example_lengths) / len(real), 2
+        ),  # LF drops none here (all < cutoff)
+        "lf_keys": LF_VARIANTS[variant],
+        "saved": str(run_dir / "out"),
+        "lf_lengths": length if variant == "lf_default" else None,
     }
 
 
 # --------------------------------------------------------------------------------------------------
+# The parent: one run per (repeat, mode, variant), each in its own process
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen):
+    """A variant's process (its own session), killed with everything it started when the parent stops
+    early: `timeout` in bench/run_gpu.sh signals only this script, and an orphan would keep the GPU."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_child(args, mode: str, variant: str, data_dir: Path, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True)
+    spec = {
+        "variant": variant,
+        "mode": mode,
+        "shape": args.shape_name,
+        "model_dir": str(args.model_dir),
+        "data_dir": str(data_dir),
+        "steps": args.steps,
+        "smoke": args.smoke,
+        "save": str(run_dir / "out"),
+        "result": str(run_dir / "result.json"),
+        "tokens_keys": args.tokens_keys,
+    }
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    log_path = run_dir / "child.log"
+    started = time.time()
+    with (
+        log_path.open("w") as log,
+        reaped(
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--child", str(run_dir / "spec.json")],
+                cwd=run_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ) as proc,
+    ):
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"child exited with {rc}; log {log_path}:\n{log_path.read_text()[-3000:]}")
+    result = json.loads((run_dir / "result.json").read_text())
+    return {**result, "started": started, "saved": spec["save"]}
+
+
+def run_one(args, mode: str, variant: str, rep: int, data_dir: Path, eval_rows) -> dict:
+    run_dir = args.work / "runs" / f"{mode}-{variant}-{rep}"
+    t = time.perf_counter()
+    if variant.startswith("lf_"):
+        res = run_lf(args, mode, variant, data_dir, run_dir)
+    else:
+        res = run_child(args, mode, variant, data_dir, run_dir)
+    tokens_per_s, counted = throughput(res["times"], res["tokens"], args.warmup)
+    timed_steps = len(res["times"]) - args.warmup
+    mean_seq = float(np.mean(args.example_lengths))
+    achieved = tokens_per_s * flops_per_token(args.shape, mean_seq, mode == "lora") / 1e12
+    row = {
+        "mode": mode,
+        "variant": variant,
+        "repeat": rep,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "tokens_per_step": round(counted / timed_steps, 1),
+        "first_step_s": round(res["times"][0] - res["started"], 2),
+        "mfu": round(achieved / args.peak_tflops, 4) if args.peak_tflops == args.peak_tflops else None,
+        "peak_mem_gib": res["peak_mem_gib"],
+        "final_loss": round(eval_saved(args.model_dir, Path(res["saved"]), mode, eval_rows), 5),
+        "wall_s": round(time.perf_counter() - t, 1),
+    }
+    for key in ("levers", "train_keys", "keys_dropped", "order_verified", "examples_per_row", "lf_keys"):
+        if key in res:
+            row[key] = res[key]
+    if res.get("lf_lengths") is not None:  # same data and template: LF's example lengths equal ours
+        row["same_tokens_as_bench"] = res["lf_lengths"] == args.example_lengths
+    shutil.rmtree(run_dir, ignore_errors=True)  # saved weights of the 1B shape are GBs
+    return row
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (mode, variant): medians over the repeats, every repeat's figures kept in `runs`, and
+    each ratio of medians against padded, flat_flex, lf_default and lf_best (and the runtime for levers)."""
+    rows = []
+    for key in dict.fromkeys((r["mode"], r["variant"]) for r in runs):
+        group = [r for r in runs if (r["mode"], r["variant"]) == key]
+        row = {k: v for k, v in group[-1].items() if k not in ("repeat", "wall_s")}
+        for field in ("tokens_per_s", "tokens_per_step", "first_step_s", "final_loss", "mfu", "peak_mem_gib"):
+            values = [r[field] for r in group if r[field] is not None]
+            row[field] = (
+                round(statistics.median(values), 5 if field == "final_loss" else 2) if values else None
+            )
+        row["wall_s"] = round(sum(r["wall_s"] for r in group), 1)
+        row["repeats"] = len(group)
+        row["runs"] = [
+            {k: r[k] for k in ("tokens_per_s", "first_step_s", "final_loss", "wall_s")} for r in group
+        ]
+        if "order_verified" in row:
+            row["order_verified"] = all(r["order_verified"] for r in group)
+        rows.append(row)
+    for r in rows:
+        base = {v["variant"]: v["tokens_per_s"] for v in rows if v["mode"] == r["mode"]}
+        for ref in ("padded", "flat_flex", "lf_default", "lf_best"):
+            r[f"ratio_vs_{ref}"] = round(r["tokens_per_s"] / base[ref], 3) if base.get(ref) else None
+        if r["variant"].startswith("runtime-"):  # a lever's effect: against the runtime with every lever
+            r["ratio_vs_runtime"] = (
+                round(r["tokens_per_s"] / base["runtime"], 3) if base.get("runtime") else None
+            )
+    return rows
+
+
+def write_results(path: str, runs: list[dict], context: dict) -> list[dict]:
+    """A flat list of rows, each carrying its context, so a script can check any row on its own.
+    Rewritten after every run: a run cut short still leaves the rows it finished."""
+    rows = summarise(runs)
+    Path(path).write_text(json.dumps([{**r, **context} for r in rows], indent=2) + "\n")
+    return rows
 
 
 def print_table(rows: list[dict], peak_tflops: float) -> None:
@@ -440,20 +836,22 @@ def print_table(rows: list[dict], peak_tflops: float) -> None:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         print(f"\n== {mode} SFT (MFU against the measured bf16 matmul peak {peak_tflops:.0f} TFLOP/s) ==")
         print(
-            f"{'variant':<24} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'loss':>8} {'x padded':>9} "
-            f"{'x flat':>7} {'wall s':>7}"
+            f"{'variant':<22} {'tokens/s':>9} {'tok/step':>8} {'1st s':>6} {'MFU':>6} {'GiB':>5} {'loss':>8} "
+            f"{'x padded':>8} {'x lf_def':>8} {'x lf_best':>9} {'n':>2}"
         )
         for r in (r for r in rows if r["mode"] == mode):
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
             print(
-                f"{r['variant']:<24} {r['tokens_per_s']:>10.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} "
-                f"{r['final_loss']:>8.4f} {ratio(r['ratio_vs_padded']):>9} "
-                f"{ratio(r['ratio_vs_flat_flex']):>7} {r['wall_s']:>7.0f}"
+                f"{r['variant']:<22} {r['tokens_per_s']:>9.0f} {r['tokens_per_step']:>8.0f} "
+                f"{r['first_step_s']:>6.1f} {mfu:>6} {r['peak_mem_gib'] or 0:>5.1f} {r['final_loss']:>8.4f} "
+                f"{ratio(r['ratio_vs_padded']):>8} {ratio(r['ratio_vs_lf_default']):>8} "
+                f"{ratio(r['ratio_vs_lf_best']):>9} {r['repeats']:>2}"
             )
 
 
-def versions() -> dict:
-    """Library versions as imported (the GPU run imports the carried wheels from PYTHONPATH first)."""
+def versions(lf_python: str | None) -> dict:
+    """Library versions as imported (the GPU run imports the carried wheels from PYTHONPATH first), and
+    LLaMA-Factory's venv's when it runs."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"torch": torch.__version__, "python": platform.python_version()}
@@ -462,33 +860,23 @@ def versions() -> dict:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
+    if lf_python:
+        code = (
+            "import json, importlib.metadata as m; print(json.dumps({n: m.version(n) for n in "
+            "('llamafactory', 'torch', 'transformers', 'peft', 'accelerate', 'datasets', 'trl')}))"
+        )
+        proc = subprocess.run(
+            [lf_python, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}
+        )
+        out["llamafactory_venv"] = json.loads(proc.stdout) if proc.returncode == 0 else proc.stderr[-300:]
     return out
 
 
 def estimate_wall_s(variant: str, tokens_per_step: float, args) -> float:
     """PREDICTED wall seconds of one variant on an H100 (setup + timed steps), printed before the run."""
     base = "runtime" if variant.startswith("runtime") else variant
-    return PREDICTED_SETUP_S[base] + args.steps * tokens_per_step / PREDICTED_TPS[base]
-
-
-def add_ratios(results: list[dict]) -> None:
-    for r in results:
-        base = {v["variant"]: v["tokens_per_s"] for v in results if v["mode"] == r["mode"]}
-        r["ratio_vs_padded"] = round(r["tokens_per_s"] / base["padded"], 3) if base.get("padded") else None
-        r["ratio_vs_flat_flex"] = (
-            round(r["tokens_per_s"] / base["flat_flex"], 3) if base.get("flat_flex") else None
-        )
-        if r["variant"].startswith("runtime-"):  # a lever's effect: against the runtime with every lever
-            r["ratio_vs_runtime"] = (
-                round(r["tokens_per_s"] / base["runtime"], 3) if base.get("runtime") else None
-            )
-
-
-def write_results(path: str, results: list[dict], context: dict) -> None:
-    """A flat list of rows, each carrying its context, so a script can check any row on its own.
-    Rewritten after every variant: a run cut short still leaves the rows it finished."""
-    add_ratios(results)
-    Path(path).write_text(json.dumps([{**r, **context} for r in results], indent=2) + "\n")
+    step_tokens = tokens_per_step * (2.7 if variant in ("lf_best", "runtime_tokens") else 1)
+    return PREDICTED_SETUP_S[base] + args.steps * step_tokens / PREDICTED_TPS[base]
 
 
 def main() -> int:
@@ -496,80 +884,123 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks everything runs")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default=None, help="default llama1b (smoke: smoke)"
+    )
     parser.add_argument("--modes", default="full,lora")
-    parser.add_argument("--variants", default="padded,flat_flex,runtime")
+    parser.add_argument("--variants", default=None, help=f"default: GPU {GPU_VARIANTS}; CPU {CPU_VARIANTS}")
     parser.add_argument("--levers", action="store_true", help="also run the runtime once per lever in LEVERS")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=None, help="steps excluded from the timing")
-    parser.add_argument("--deadline-s", type=float, default=None, help="skip variants predicted to end later")
+    parser.add_argument("--warmup", type=int, default=None, help="steps excluded from the timing (>= 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="run the whole plan this often, interleaved")
+    parser.add_argument("--deadline-s", type=float, default=None, help="skip runs predicted to end later")
+    parser.add_argument(
+        "--lf-python",
+        default=os.environ.get("XGEN_LF_PYTHON"),
+        help="python of LLaMA-Factory's own venv (bench/lf_venv.sh makes one); default $XGEN_LF_PYTHON",
+    )
+    parser.add_argument("--tokens-keys", default=None, help="runtime_tokens' keys (JSON); see tokens_keys()")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.shape = SMOKE if args.smoke else LLAMA_1B
-    args.steps = args.steps or (4 if args.smoke else 60)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 15)
+    if args.child:
+        return child_main(args.child)
+    # SIGTERM (timeout, the device tool) unwinds like an exception, so `reaped` ends the running variant.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    args.shape_name = args.shape or ("smoke" if args.smoke else "llama1b")
+    args.shape = SHAPES[args.shape_name]
+    on_cpu = not torch.cuda.is_available()
+    args.variants = args.variants or (
+        SMOKE_VARIANTS if args.smoke else CPU_VARIANTS if on_cpu else GPU_VARIANTS
+    )
+    args.steps = args.steps or (4 if args.smoke else 12 if args.shape_name == "cpu" else 60)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 2 if on_cpu else 15)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
 
-    print(f"device: {device_name()}  shape: {asdict(args.shape)}")
-    print(f"steps: {args.steps} (warm-up {args.warmup}), {EXAMPLES_PER_STEP} examples per optimizer step")
-    args.peak_tflops = measure_peak_tflops()
     variants = [v for v in args.variants.split(",") if v]
     variants += [f"runtime-{lever}" for lever in LEVERS] if args.levers else []
+    unknown = [
+        v for v in variants if v not in (*PREDICTED_TPS, "runtime_tokens") and not v.startswith("runtime-")
+    ]
+    if unknown:
+        print(f"--variants: unknown {unknown}; known: {GPU_VARIANTS}", file=sys.stderr)
+        return 2
+    if any(v.startswith("lf_") for v in variants) and not args.lf_python:
+        print(
+            "--lf-python: the LLaMA-Factory variants need its venv's python (bash bench/lf_venv.sh DIR; "
+            "then --lf-python DIR/bin/python or XGEN_LF_PYTHON)",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"device: {device_name()}  shape {args.shape_name}: {asdict(args.shape)}")
+    print(
+        f"steps: {args.steps} (warm-up {args.warmup}), {EXAMPLES_PER_STEP} examples per optimizer step, "
+        f"{args.repeats} repeat(s)"
+    )
+    args.peak_tflops = measure_peak_tflops()
     context = {
         "gpu": device_name(),
+        "shape": args.shape_name,
         "peak_bf16_tflops_measured": None if math.isnan(args.peak_tflops) else round(args.peak_tflops, 1),
         "smoke": args.smoke,
         "steps": args.steps,
         "warmup": args.warmup,
         "examples_per_step": EXAMPLES_PER_STEP,
-        "versions": versions(),
+        "precision": "bf16 autocast" if args.shape.dtype == "bf16" and not on_cpu else "fp32",
+        "versions": versions(args.lf_python if any(v.startswith("lf_") for v in variants) else None),
     }
     with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        model_dir = build_model_dir(args.shape, work / "model")
+        args.work = Path(work)
+        args.model_dir = build_model_dir(args.shape, args.work / "model")
         tokenizer = build_tokenizer(args.shape.vocab)
         raw = generate_examples(args.shape)
-        data_dir = work / "data"
+        data_dir = args.work / "data"
         data_dir.mkdir()
         (data_dir / "bench_sft.json").write_text(json.dumps(raw))
         info = {"bench_sft": {"file_name": "bench_sft.json"}}
         (data_dir / "dataset_info.json").write_text(json.dumps(info))
         rows = tokenize_for_baseline(raw, tokenizer, args.shape.max_len)
-        eval_rows = rows[:64]
-        tokens_per_step = EXAMPLES_PER_STEP * float(np.mean([len(r["input_ids"]) for r in rows]))
-        plan = [(mode, variant) for mode in args.modes.split(",") for variant in variants]
+        args.example_lengths = [len(r["input_ids"]) for r in rows]
+        mean_len = float(np.mean(args.example_lengths))
+        args.tokens_keys = (
+            json.loads(args.tokens_keys) if args.tokens_keys else tokens_keys(args.shape, mean_len)
+        )
+        eval_rows = rows[:EVAL_EXAMPLES]
+        tokens_per_step = EXAMPLES_PER_STEP * float(np.mean(args.example_lengths))
+        plan = [
+            (rep, mode, v) for rep in range(args.repeats) for mode in args.modes.split(",") for v in variants
+        ]
         estimates = {v: estimate_wall_s(v, tokens_per_step, args) for v in variants}
-        print(f"{tokens_per_step:.0f} non-pad tokens per step on average; PREDICTED wall time on an H100:")
+        print(
+            f"{tokens_per_step:.0f} non-pad tokens per 8-example step on average; "
+            "PREDICTED wall time on an H100:"
+        )
         for variant in variants:
             print(f"  {variant:<24} ~{estimates[variant]:.0f} s per mode")
-        print(f"  total ~{sum(estimates[v] for _, v in plan):.0f} s for {len(plan)} runs", flush=True)
-        results, failed = [], []
-        for mode, variant in plan:
-            args.mode = mode
+        print(f"  total ~{sum(estimates[v] for _, _, v in plan):.0f} s for {len(plan)} runs", flush=True)
+        runs, failed, rows_out = [], [], []
+        for rep, mode, variant in plan:
             elapsed = time.perf_counter() - started
             if args.deadline_s and not args.smoke and elapsed + estimates[variant] > args.deadline_s:
-                print(f"[{mode}/{variant}] skipped: past --deadline-s at {elapsed:.0f} s", flush=True)
+                print(f"[{rep}/{mode}/{variant}] skipped: past --deadline-s at {elapsed:.0f} s", flush=True)
                 continue
             t = time.perf_counter()
             try:
-                if variant.startswith("runtime"):
-                    row = run_runtime(model_dir, data_dir, eval_rows, args, variant)
-                else:
-                    row = run_baseline(variant, model_dir, rows, eval_rows, args)
+                row = run_one(args, mode, variant, rep, data_dir, eval_rows)
             except Exception:  # one broken variant must not cost the others' rows; the exit status says it
                 traceback.print_exc()
-                print(f"[{mode}/{variant}] FAILED after {time.perf_counter() - t:.0f} s", flush=True)
+                print(f"[{rep}/{mode}/{variant}] FAILED after {time.perf_counter() - t:.0f} s", flush=True)
                 failed.append(f"{mode}/{variant}")
                 reset_device()
                 continue
-            row["wall_s"] = round(time.perf_counter() - t, 1)
-            print(f"[{mode}/{variant}] {row}", flush=True)
-            results.append(row)
-            write_results(args.out, results, context)
-    print_table(results, args.peak_tflops)
+            print(f"[{rep}/{mode}/{variant}] {row}", flush=True)
+            runs.append(row)
+            rows_out = write_results(args.out, runs, context)
+    print_table(rows_out, args.peak_tflops)
     print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s in all)")
     if failed:
-        print(f"FAILED variants: {', '.join(failed)}", flush=True)
+        print(f"FAILED runs: {', '.join(failed)}", flush=True)
         return 1
     return 0
 

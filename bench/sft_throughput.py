@@ -471,13 +471,13 @@ def schema_keys() -> set[str]:
 
 
 def tokens_keys(shape: Shape, mean_len: float) -> dict:
-    """runtime_tokens' train keys: the runtime at lf_best's token slots per step (8 rows of cutoff_len, so
-    ceil(8 * cutoff / mean example length) examples: 22 on the CPU shape, ~4 k tokens) on its padding-free
-    path, in micro-batches of at most cutoff_len tokens. `micro_batch_tokens` (a token budget per
-    micro-batch) is a key another branch adds: when the schema in use lacks a key, the row drops it and
-    says so (`keys_dropped`). --tokens-keys '{...}' (JSON) replaces these without touching this file."""
-    examples = math.ceil(EXAMPLES_PER_STEP * shape.max_len / mean_len)
-    return {"per_device_train_batch_size": examples, "micro_batch_tokens": shape.max_len}
+    """runtime_tokens' train keys: the runtime at lf_best's token slots per step, 8 rows of cutoff_len
+    (~4 k tokens): one micro-batch per step with a token budget of 8 * cutoff_len (`micro_batch_tokens`),
+    which the padding-free path cuts into rows of at most cutoff_len under sdpa (runtime/data/packing.py).
+    `mean_len` is kept for --tokens-keys callers that want examples instead. --tokens-keys '{...}' (JSON)
+    replaces these without touching this file."""
+    del mean_len
+    return {"micro_batch_tokens": EXAMPLES_PER_STEP * shape.max_len}
 
 
 def runtime_overrides(variant: str, tokens_keys: dict) -> tuple[dict, list[str], bool]:

@@ -96,6 +96,7 @@ EVAL_EXAMPLES = 64
 # --levers: the runtime once per lever, each row changing one key against the runtime's defaults.
 LEVERS = {
     "no_packing": {"packing": False},  # padded batches (attention back to sdpa)
+    "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)

@@ -13,16 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Work units for pytest-xdist's `--dist loadgroup` (scripts/test.sh): every cluster test in ONE
-    group (they share one machine-wide two-node cluster, serialised by its lock, so a second worker would
-    only wait), every other file a group of its own (its module fixtures are built once)."""
-    for item in items:
-        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """Every test starts from the same environment: an in-process run exports RANK, WORLD_SIZE and

@@ -59,13 +59,6 @@ def test_cpu_gets_padding_free_rows_of_cutoff_len() -> None:
     assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 
 
-@pytest.mark.parametrize("device", ["cpu"])  # npu: tests/runtime/test_perf_npu.py
-def test_cpu_and_npu_keep_the_plain_path(device: str) -> None:
-    p, _ = plan(device)
-    assert (p.packing, p.flash_attn, p.liger, p.notes) == (False, "auto", False, [])
-    assert p.optim == {"cpu": "adamw_torch", "npu": "adamw_torch_npu_fused"}[device]
-
-
 def test_levers_switch_off_with_the_keys_the_user_wrote() -> None:
     p, _ = plan("cpu", packing=False, label_logits_only=False)
     assert (p.packing, p.rows, p.label_logits_only) == (False, "-", False)

@@ -297,7 +297,8 @@ def test_fake_torch_npu_training_uses_every_lever_and_matches_the_plain_cpu_run(
     capsys.readouterr()
     npu, npu_losses = _train_2_steps(tiny_dir, tmp_path / "npu", monkeypatch, "npu")
     out = capsys.readouterr().out
-    assert "perf: auto (npu) packing=on attention=fa2 liger=off optim=adamw_torch_npu_fused" in out
+    assert "perf: auto (npu) packing=on rows=one micro_batch_tokens=off attention=fa2 liger=off" in out
+    assert "optim=adamw_torch_npu_fused" in out  # varlen fused attention: one row per micro-batch
     assert "npu_kernels=rms_norm,swiglu,rotary" in out and "torch_npu has no" not in out
     assert npu.trainer.data_collator.__class__.__name__ == "PackingCollator"
     assert type(npu.trainer.optimizer.optimizer).__name__ == "NpuFusedAdamW"

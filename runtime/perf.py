@@ -85,15 +85,20 @@ def is_set(cfg: TrainConfig, key: str) -> bool:
     return key in cfg.explicit
 
 
+def auto_chooses(cfg: TrainConfig, key: str) -> bool:
+    """perf auto may choose this key: it is unset and the stage is pt/sft (runtime/perf_npu.py too)."""
+    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES
+
+
 def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
-    """perf auto may choose this key: it is unset, the stage is pt/sft, the device is CUDA."""
-    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES and device == "cuda"
+    """perf auto may choose this key and the device is CUDA."""
+    return auto_chooses(cfg, key) and device == "cuda"
 
 
 def resolve_packing(cfg: TrainConfig, device: str) -> bool:
     """Padding-free rows for pt/sft on CUDA and CPU unless `packing` was set (or set in code:
     cfg.padding_free). CPU runs sdpa, which keeps packed examples apart given restarting position_ids."""
-    auto = cfg.perf == "auto" and not is_set(cfg, "packing") and cfg.stage in TUNED_STAGES
+    auto = auto_chooses(cfg, "packing")
     return True if auto and device in PACKING_DEVICES else bool(cfg.packing or cfg.padding_free)
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from runtime.perf import PLAIN_ADAMW, auto_chooses
+
 # lever -> what torch_npu must have for it ("optim.X": attribute X of the torch_npu.optim module)
 NPU_OPS = {
     "attention": "npu_fusion_attention",
@@ -34,8 +36,6 @@ NPU_OPS = {
 KERNELS = ("rms_norm", "swiglu", "rotary")  # runtime/npu_kernels.py's names, in the order it patches
 KERNEL_WHAT = {"rms_norm": "RMSNorm", "swiglu": "SwiGLU", "rotary": "rotary embedding"}
 FUSED_ADAMW = "adamw_torch_npu_fused"
-PLAIN_ADAMW = "adamw_torch"
-TUNED_STAGES = ("pt", "sft")
 
 
 def npu_ops() -> frozenset[str]:
@@ -58,11 +58,6 @@ def npu_ops() -> frozenset[str]:
     return frozenset(found)
 
 
-def _auto(cfg: Any, key: str) -> bool:
-    """perf auto may choose this key: unset, and the stage is pt/sft."""
-    return cfg.perf == "auto" and key not in cfg.explicit and cfg.stage in TUNED_STAGES
-
-
 def _missing(lever: str, ops: frozenset[str]) -> bool:
     return NPU_OPS[lever] not in ops
 
@@ -77,17 +72,17 @@ def resolve_npu(cfg: Any, plan: Any, ops: frozenset[str]) -> None:
     if cfg.flash_attn == "fa2" and no_attention:
         plan.flash_attn = "sdpa"
         note("flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa")
-    elif _auto(cfg, "packing") and cfg.flash_attn == "auto" and no_attention:
+    elif auto_chooses(cfg, "packing") and cfg.flash_attn == "auto" and no_attention:
         note(
             "packing: torch_npu has no npu_fusion_attention, the variable-length attention "
             "padding-free rows need; packing off"
         )
-    if _auto(cfg, "packing"):
+    if auto_chooses(cfg, "packing"):
         plan.packing = varlen
         if varlen:
             plan.flash_attn = "fa2"
     # fused kernels
-    if _auto(cfg, "use_v1_kernels") or cfg.use_v1_kernels:
+    if auto_chooses(cfg, "use_v1_kernels") or cfg.use_v1_kernels:
         kernels = []
         for kernel in KERNELS:
             if _missing(kernel, ops):

@@ -97,6 +97,7 @@ EVAL_EXAMPLES = 64
 LEVERS = {
     "no_packing": {"packing": False},  # padded batches (attention back to sdpa)
     "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
+    "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)
@@ -482,10 +483,12 @@ def tokens_keys(shape: Shape, mean_len: float) -> dict:
 
 
 def runtime_overrides(variant: str, tokens_keys: dict) -> tuple[dict, list[str], bool]:
-    """(train keys, keys dropped because this branch's schema lacks them, force the padding-free path)."""
-    if variant == "runtime_tokens":
+    """(train keys, keys dropped because this branch's schema lacks them, force the padding-free path).
+    `runtime_tokens-<lever>`: runtime_tokens with one LEVERS key changed."""
+    if variant == "runtime_tokens" or variant.startswith("runtime_tokens-"):
         known = schema_keys()
-        keys = {k: v for k, v in tokens_keys.items() if k in known}
+        lever = dict(LEVERS[variant.removeprefix("runtime_tokens-")]) if "-" in variant else {}
+        keys = {k: v for k, v in {**tokens_keys, **lever}.items() if k in known}
         return keys, sorted(set(tokens_keys) - set(keys)), True
     if variant.startswith("runtime-"):
         return dict(LEVERS[variant.removeprefix("runtime-")]), [], False
@@ -496,10 +499,12 @@ def child_runtime(spec: dict, clock: StepClock) -> dict:
     """The runtime trainer through its normal config path: a `train:` mapping validated like a user's YAML."""
     from runtime.config import parse_train_config
     from runtime.train import run_training
+    from runtime.unused_imports import hide_unused_bitsandbytes
 
     variant = spec["variant"]
     overrides, dropped, padding_free = runtime_overrides(variant, spec["tokens_keys"])
     cfg = parse_train_config(runtime_section(spec, overrides))
+    hide_unused_bitsandbytes(cfg)  # as `xgen-runtime train` does (runtime/cli.py) before peft loads
     # The padding-free path is not a key (perf: auto decides it per device); the smoke and runtime_tokens
     # switch it on in code, as bench/tests do, where perf: auto leaves it off (CPU before issue 17).
     if (spec["smoke"] and "packing" not in overrides) or padding_free:
@@ -815,10 +820,11 @@ def summarise(runs: list[dict]) -> list[dict]:
         base = {v["variant"]: v["tokens_per_s"] for v in rows if v["mode"] == r["mode"]}
         for ref in ("padded", "flat_flex", "lf_default", "lf_best"):
             r[f"ratio_vs_{ref}"] = round(r["tokens_per_s"] / base[ref], 3) if base.get(ref) else None
-        if r["variant"].startswith("runtime-"):  # a lever's effect: against the runtime with every lever
-            r["ratio_vs_runtime"] = (
-                round(r["tokens_per_s"] / base["runtime"], 3) if base.get("runtime") else None
-            )
+        for parent in ("runtime", "runtime_tokens"):  # a lever's effect: against its parent with every lever
+            if r["variant"].startswith(parent + "-"):
+                r[f"ratio_vs_{parent}"] = (
+                    round(r["tokens_per_s"] / base[parent], 3) if base.get(parent) else None
+                )
     return rows
 
 
@@ -876,7 +882,7 @@ def versions(lf_python: str | None) -> dict:
 def estimate_wall_s(variant: str, tokens_per_step: float, args) -> float:
     """PREDICTED wall seconds of one variant on an H100 (setup + timed steps), printed before the run."""
     base = "runtime" if variant.startswith("runtime") else variant
-    step_tokens = tokens_per_step * (2.7 if variant in ("lf_best", "runtime_tokens") else 1)
+    step_tokens = tokens_per_step * (2.7 if variant == "lf_best" or variant.startswith("runtime_tokens") else 1)
     return PREDICTED_SETUP_S[base] + args.steps * step_tokens / PREDICTED_TPS[base]
 
 
@@ -922,7 +928,10 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     variants += [f"runtime-{lever}" for lever in LEVERS] if args.levers else []
     unknown = [
-        v for v in variants if v not in (*PREDICTED_TPS, "runtime_tokens") and not v.startswith("runtime-")
+        v
+        for v in variants
+        if v not in (*PREDICTED_TPS, "runtime_tokens")
+        and v.removeprefix("runtime-").removeprefix("runtime_tokens-") not in LEVERS
     ]
     if unknown:
         print(f"--variants: unknown {unknown}; known: {GPU_VARIANTS}", file=sys.stderr)

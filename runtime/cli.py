@@ -87,6 +87,9 @@ def _train_recorded(cfg) -> int:
     """Train under torch.distributed.elastic's `record`: an exception on any rank is written to the
     error file torch.distributed.run gives each worker, so its summary shows the first failing rank's
     real traceback instead of "To enable traceback see …" (imported here: check/export stay torch-free)."""
+    from runtime.unused_imports import hide_unused_bitsandbytes
+
+    hide_unused_bitsandbytes(cfg)  # before torch: nothing may have imported it yet
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from runtime.train import train

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtime import attention_varlen
 from runtime.config import ConfigError, TrainConfig
 from runtime.data.packing import check_packing_support
 
@@ -49,6 +50,8 @@ def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
         return "eager", None
     if flash_attn in ("auto", "sdpa"):
         return "sdpa", None
+    if flash_attn == "sdpa_varlen":  # any device; perf auto picks it on CPU (runtime/attention_varlen.py)
+        return attention_varlen.NAME, None
     if flash_attn == "flex":  # block-mask attention for packed rows; torch has no flex backward off CUDA
         if device == "cuda":
             return "flex_attention", None
@@ -87,6 +90,8 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     config = model_config(cfg, path)
     if config is not None:
         kwargs["config"] = config
+    if attn == attention_varlen.NAME:
+        attn = varlen_or_sdpa(cfg, path, config)
     if stage == "rm":
         set_seed(cfg.seed)  # the score head is new: every rank must initialise it the same way
         auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
@@ -103,6 +108,21 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def varlen_or_sdpa(cfg: TrainConfig, path: str, config: Any) -> str:
+    """attention_varlen.NAME, registered, when the model's attention is plain causal; else sdpa and one
+    warning naming why (a sliding window, soft-capping, sinks: runtime/attention_varlen.why_not)."""
+    if config is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    why = attention_varlen.why_not(config)
+    if why:
+        log.warning("flash_attn: sdpa_varlen: %s; using sdpa (packed rows of at most cutoff_len)", why)
+        return "sdpa"
+    attention_varlen.register()
+    return attention_varlen.NAME
 
 
 def model_config(cfg: TrainConfig, path: str) -> Any:

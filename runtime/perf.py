@@ -10,9 +10,10 @@ of the runtime only ever reads the config, and `perf: off` means exactly what th
 Why these levers (bench/README.md has the predicted and measured effect of each):
   packing     padding-free rows: instruction data is ~60% padding when batched to the longest example.
               CUDA: flash_attention_2 (varlen) if the flash_attn package is there, else flex_attention
-              (block mask): one row per micro-batch. CPU: sdpa keeps the examples apart given restarting
-              position_ids (test_perf.py compares loss and grads with padded batches); rows of at most
-              cutoff_len keep its cost linear in the number of rows (runtime/data/packing.py).
+              (block mask): one row per micro-batch. CPU: sdpa run once per example (sdpa_varlen,
+              runtime/attention_varlen.py): one row per micro-batch, no padding, attention cost the sum of
+              the examples' squares. Plain sdpa/eager keep the examples apart too, given restarting
+              position_ids, in rows of at most cutoff_len (runtime/data/packing.py).
   token budget `micro_batch_tokens`: padding-free micro-batches of whole examples up to N tokens
               (runtime/data/sampler.py), like LLaMA-Factory's rows of cutoff_len but without padding.
   label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
@@ -114,7 +115,13 @@ def resolve_rows(cfg: TrainConfig, device: str, packing: bool, attention: str) -
     attention (runtime/data/packing.row_capacity), this mirrors it: one row only with varlen/flex."""
     if not padding_free(cfg, packing):
         return "-"  # off, or LLaMA-Factory's rows (packing/neat_packing, pt blocks)
-    varlen = attention == "flex" and device == "cuda" or attention == "fa2" and device in ("cuda", "npu")
+    varlen = (
+        attention == "flex"
+        and device == "cuda"
+        or attention == "fa2"
+        and device in ("cuda", "npu")
+        or attention == "sdpa_varlen"
+    )
     return "one" if varlen else f"<={cfg.cutoff_len}"
 
 
@@ -129,11 +136,14 @@ def resolve_label_logits(cfg: TrainConfig, liger: bool) -> bool:
 
 
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
-    """Packed rows on CUDA need varlen or block-mask attention: fa2 if installed, else flex.
-    Only an unset `flash_attn` (auto) changes; sdpa/eager also keep examples apart, just more slowly."""
-    if not packing or cfg.flash_attn != "auto" or not tunes(cfg, "flash_attn", device):
+    """Packed rows need a variable-length attention to cost linear in the row: on CUDA fa2 if installed,
+    else flex; on CPU sdpa per example (sdpa_varlen, runtime/attention_varlen.py). Only an unset
+    `flash_attn` (auto) changes; sdpa/eager also keep examples apart, in rows of at most cutoff_len."""
+    if not packing or cfg.flash_attn != "auto" or not auto_chooses(cfg, "flash_attn"):
         return cfg.flash_attn
-    return "fa2" if fa2 else "flex"
+    if device == "cuda":
+        return "fa2" if fa2 else "flex"
+    return "sdpa_varlen" if device == "cpu" else cfg.flash_attn
 
 
 def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bool, str | None]:

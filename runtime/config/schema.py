@@ -58,7 +58,7 @@ APOLLO_SCALE_TYPES = ("channel", "tensor")
 BADAM_MODES = ("layer", "ratio")
 BADAM_SWITCH_MODES = ("ascending", "descending", "random", "fixed")
 BADAM_MASK_MODES = ("adjacent", "scatter")
-FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex")
+FLASH_ATTN = ("auto", "sdpa", "fa2", "eager", "flex", "sdpa_varlen")
 PERF_MODES = ("auto", "off")
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
 # Preference losses with no reference model (LLaMA-Factory: use_ref_model is false for these).
@@ -135,7 +135,8 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model/tokenizer code shipped with the checkpoint.")
     flash_attn: str = _f(
         "auto",
-        "Attention: auto|sdpa|fa2|eager|flex (disabled = eager); missing ones fall back.",
+        "Attention: auto|sdpa|fa2|eager|flex|sdpa_varlen (sdpa per packed example; disabled = eager); "
+        "missing ones fall back.",
         choices=FLASH_ATTN,
     )
     perf: str = _f(

@@ -7,7 +7,8 @@ keeps them apart with restarting position_ids and no attention_mask (below).
 
 runtime.perf's padding-free lever (`padding_free`, not a key): a micro-batch of whole examples flattened,
 position_ids restarting at 0 for every example, like transformers' DataCollatorWithFlattening. With a
-variable-length attention (VARLEN_ATTENTION: flash attention's varlen kernels, flex with a block mask) the
+variable-length attention (VARLEN_ATTENTION: flash attention's varlen kernels, flex with a block mask, sdpa
+per example: runtime/attention_varlen.py) the
 whole micro-batch is one row: its cost is linear in the row. With sdpa/eager the attention cost is the square
 of the row (22 examples: 1489 tok/s as one 3870-token row, 3585 tok/s as rows of <= 512, measured on CPU),
 so `pack_micro_batch` splits the micro-batch into rows of at most cutoff_len tokens (first-fit by length),
@@ -29,9 +30,12 @@ from runtime.config import ConfigError
 
 IGNORE_INDEX = -100
 # Implementations whose transformers code path isolates packed sequences given position_ids only.
-PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# xgen_sdpa_varlen is runtime/attention_varlen.py (`flash_attn: sdpa_varlen`, perf auto's choice on CPU).
+PACKING_ATTENTION = (
+    "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "xgen_sdpa_varlen"
+)
 # Of those, the ones whose cost stays linear in a row of many examples: one row per micro-batch is fine.
-VARLEN_ATTENTION = ("flex_attention", "flash_attention_2", "flash_attention_3")
+VARLEN_ATTENTION = ("flex_attention", "flash_attention_2", "flash_attention_3", "xgen_sdpa_varlen")
 
 
 def attention_of(model: Any) -> str | None:

@@ -32,6 +32,9 @@ def sft_rows(_tiny_tokenizer_loaded, tiny_dir: Path, tmp_path_factory):
 def _model(tiny_dir: Path, attn: str):
     from transformers import AutoModelForCausalLM
 
+    from runtime import attention_varlen
+
+    attention_varlen.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", attn_implementation=attn)
     assert model.config._attn_implementation == attn
     check_packing_support(model)  # what the trainer calls; also turns the KV cache off
@@ -41,8 +44,8 @@ def _model(tiny_dir: Path, attn: str):
 
 @pytest.mark.parametrize(
     ("attn", "collator_attn"),
-    [("sdpa", "sdpa"), ("eager", "eager"), ("sdpa", "flash_attention_2")],
-    ids=["sdpa-rows", "eager-rows", "varlen-one-row"],
+    [("sdpa", "sdpa"), ("eager", "eager"), ("sdpa", "flash_attention_2"), ("xgen_sdpa_varlen",) * 2],
+    ids=["sdpa-rows", "eager-rows", "varlen-one-row", "sdpa_varlen-one-row"],
 )
 def test_packed_logits_equal_per_example_logits(
     tiny_dir: Path, tiny_tokenizer, sft_rows, data_cfg, attn: str, collator_attn: str
@@ -56,7 +59,7 @@ def test_packed_logits_equal_per_example_logits(
     batch = build_collator(cfg, tiny_tokenizer, stage="sft", attention=collator_attn)(sft_rows)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
     total = sum(len(r["input_ids"]) for r in sft_rows)
-    if collator_attn == "flash_attention_2":
+    if collator_attn in ("flash_attention_2", "xgen_sdpa_varlen"):
         assert batch["input_ids"].shape == (1, total)
     else:
         assert batch["input_ids"].shape[0] > 1 and batch["input_ids"].shape[1] <= 64
@@ -119,6 +122,7 @@ def test_micro_batch_rows_and_token_budget_batches() -> None:
         and row_capacity(None, 512) == 512
     )
     assert row_capacity("flash_attention_2", 512) is None and row_capacity("flex_attention", 512) is None
+    assert row_capacity("xgen_sdpa_varlen", 512) is None
 
     lengths = [(i * 37) % 200 + 10 for i in range(300)]
     batches = TokenBudgetBatches(lengths, 1000, seed=3)

@@ -38,23 +38,27 @@ def test_cuda_defaults_turn_every_lever_on() -> None:
     assert plan("cuda", liger=False)[0].label_logits_only is True
 
 
-def test_cpu_gets_padding_free_rows_of_cutoff_len() -> None:
-    """sdpa on CPU: padding-free on, rows capped at cutoff_len (attention cost linear in the rows)."""
+def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
+    """CPU: padding-free on, attention sdpa once per example (sdpa_varlen), so one row per micro-batch;
+    plain sdpa written by the user caps rows at cutoff_len (attention cost linear in the rows)."""
     p, cfg = plan("cpu", cutoff_len=512)
     assert (p.packing, p.rows, p.flash_attn, p.liger, p.label_logits_only, p.optim) == (
         True,
-        "<=512",
-        "auto",
+        "one",
+        "sdpa_varlen",
         False,
         True,
         "adamw_torch",
     )
     assert p.line() == (
-        "perf: auto (cpu) packing=on rows=<=512 micro_batch_tokens=off attention=auto liger=off "
+        "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
         "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off"
     )
     apply_perf(cfg, p)
-    assert cfg.padding_free and cfg.label_logits_only and not cfg.packing
+    assert cfg.padding_free and cfg.label_logits_only and not cfg.packing and cfg.flash_attn == "sdpa_varlen"
+    assert plan("cpu", flash_attn="sdpa", cutoff_len=512)[0].rows == "<=512"  # the user's sdpa: capped rows
+    assert plan("cpu", packing=False)[0].flash_attn == "auto"  # nothing packed: nothing to cut
+    assert plan("cpu", neat_packing=True)[0].flash_attn == "sdpa_varlen"  # neat rows: examples kept apart
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
     assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 
@@ -172,7 +176,7 @@ def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, 
     padded, padded_losses = _run(tiny_dir, tmp_path / "padded", packing=False, label_logits_only=False)
     packed, packed_losses = _run(tiny_dir, tmp_path / "packed")
     assert packed.trainer.data_collator.__class__.__name__ == "PackingCollator"
-    assert packed.trainer.data_collator.max_row == 64  # sdpa: rows of at most cutoff_len
+    assert packed.trainer.data_collator.max_row is None  # sdpa per example: one row per micro-batch
     assert packed.trainer.label_logits is not None and padded.trainer.label_logits is None
     assert padded.trainer.data_collator.__class__.__name__ == "PaddingCollator"
     assert len(packed_losses) == 5 and len(set(packed_losses)) > 1  # it trained: the losses move
@@ -182,7 +186,7 @@ def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, 
     assert padded.trainer.state.num_input_tokens_seen == packed.trainer.state.num_input_tokens_seen
     out = capsys.readouterr().out
     assert (
-        "xgen-runtime: perf: auto (cpu) packing=on rows=<=64 micro_batch_tokens=off attention=auto liger=off "
+        "xgen-runtime: perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
         "label_logits_only=on optim=adamw_torch" in out
     )
     assert "perf: auto (cpu) packing=off rows=- micro_batch_tokens=off" in out

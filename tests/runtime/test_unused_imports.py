@@ -1,0 +1,43 @@
+"""runtime/unused_imports.py: bitsandbytes stays out of a training process that does not use it, and is
+left alone for GaLore/APOLLO and the bitsandbytes optimizers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from runtime.config import TrainConfig
+from runtime.unused_imports import needs_bitsandbytes
+
+PROBE = """
+import sys
+from runtime.config import TrainConfig
+from runtime.unused_imports import hide_unused_bitsandbytes
+hidden = hide_unused_bitsandbytes(TrainConfig(**{keys}))
+import peft  # imports bitsandbytes whenever it looks installed
+from peft.import_utils import is_bnb_available
+print(hidden, sys.modules.get("bitsandbytes") is not None, is_bnb_available())
+"""
+
+
+def test_which_runs_need_bitsandbytes() -> None:
+    assert not needs_bitsandbytes(TrainConfig())
+    assert not needs_bitsandbytes(TrainConfig(optim="adamw_torch_fused"))
+    for keys in ({"use_galore": True}, {"use_apollo": True}, {"optim": "adamw_bnb_8bit"},
+                 {"optim": "paged_adamw_32bit"}, {"optim": "lion_8bit"}, {"optim": "ademamix"}):  # fmt: skip
+        assert needs_bitsandbytes(TrainConfig(**keys)), keys
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [("{}", "True False False"), ("{'optim': 'adamw_bnb_8bit'}", "False True True")],
+    ids=["plain-lora-run-hides-it", "bnb-optimizer-keeps-it"],
+)
+def test_peft_sees_bitsandbytes_only_when_the_run_needs_it(keys: str, expected: str) -> None:
+    pytest.importorskip("bitsandbytes")  # installed here (GaLore/APOLLO tests); the check needs it present
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("{keys}", keys)], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[-2] == expected

@@ -882,7 +882,8 @@ def versions(lf_python: str | None) -> dict:
 def estimate_wall_s(variant: str, tokens_per_step: float, args) -> float:
     """PREDICTED wall seconds of one variant on an H100 (setup + timed steps), printed before the run."""
     base = "runtime" if variant.startswith("runtime") else variant
-    step_tokens = tokens_per_step * (2.7 if variant == "lf_best" or variant.startswith("runtime_tokens") else 1)
+    by_tokens = variant == "lf_best" or variant.startswith("runtime_tokens")  # ~2.7x the examples per step
+    step_tokens = tokens_per_step * (2.7 if by_tokens else 1)
     return PREDICTED_SETUP_S[base] + args.steps * step_tokens / PREDICTED_TPS[base]
 
 

@@ -110,9 +110,13 @@ def attention_forward(
 
     position_ids = kwargs.pop("position_ids", None)
     if attention_mask is not None or query.shape[2] == 1 or key.shape[2] != query.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # padded, or a cache
+        # a padded batch (its mask says everything), one query, or a KV cache: plain sdpa
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("position_bias") is not None:
-        raise ValueError(f"flash_attn: sdpa_varlen cannot cut {type(module).__name__}'s position bias; set flash_attn: sdpa")
+        raise ValueError(
+            f"flash_attn: sdpa_varlen cannot cut {type(module).__name__}'s position bias; "
+            "set flash_attn: sdpa"
+        )
     if position_ids is None:
         raise ValueError(
             f"flash_attn: sdpa_varlen needs position_ids in {type(module).__name__}'s attention call; "

@@ -32,7 +32,12 @@ IGNORE_INDEX = -100
 # Implementations whose transformers code path isolates packed sequences given position_ids only.
 # xgen_sdpa_varlen is runtime/attention_varlen.py (`flash_attn: sdpa_varlen`, perf auto's choice on CPU).
 PACKING_ATTENTION = (
-    "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "xgen_sdpa_varlen"
+    "eager",
+    "sdpa",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+    "xgen_sdpa_varlen",
 )
 # Of those, the ones whose cost stays linear in a row of many examples: one row per micro-batch is fine.
 VARLEN_ATTENTION = ("flex_attention", "flash_attention_2", "flash_attention_3", "xgen_sdpa_varlen")

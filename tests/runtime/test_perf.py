@@ -186,8 +186,8 @@ def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, 
     assert padded.trainer.state.num_input_tokens_seen == packed.trainer.state.num_input_tokens_seen
     out = capsys.readouterr().out
     assert (
-        "xgen-runtime: perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
-        "label_logits_only=on optim=adamw_torch" in out
+        "xgen-runtime: perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen "
+        "liger=off label_logits_only=on optim=adamw_torch" in out
     )
     assert "perf: auto (cpu) packing=off rows=- micro_batch_tokens=off" in out
 

@@ -392,6 +392,10 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     if stage == "rm":
         set_pad_token(model, tokenizer)
     apply_upcasts(model, cfg)
+    if cfg.fused_rms_norm:
+        from runtime.fused_rms_norm import apply_fused_rms_norm
+
+        log.info("fused_rms_norm: %d RMSNorm modules on torch's fused kernel", apply_fused_rms_norm(model))
     if cfg.use_v1_kernels and device == "npu":
         from runtime.npu_kernels import apply_npu_kernels
 

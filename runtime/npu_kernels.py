@@ -60,13 +60,18 @@ ALL_KERNELS = ("rms_norm", "swiglu", "rotary")
 def apply_npu_kernels(model: nn.Module, kernels: Sequence[str] | None = None) -> list[str]:
     """Patch the model in place with `kernels` (default: all three, as runtime.perf_npu decides them from
     what torch_npu has); returns what was patched (also logged once)."""
+    from runtime.fused_rms_norm import probe
+
     wanted = set(ALL_KERNELS if kernels is None else kernels)
     patched: dict[str, int] = {}
     modeling = set()
+    same_maths: dict[type, bool] = {}  # per RMSNorm class: does npu_rms_norm's formula reproduce it?
     for module in model.modules():
         name = type(module).__name__
-        if name.endswith("RMSNorm") and not name.startswith(("Qwen3_5", "Qwen3Next")):  # residual RMSNorms
-            if "rms_norm" in wanted:
+        if name.endswith("RMSNorm"):
+            if type(module) not in same_maths:  # Gemma's 1 + weight, residual norms: probed out, kept
+                same_maths[type(module)] = probe(module)
+            if "rms_norm" in wanted and same_maths[type(module)]:
                 module.forward = types.MethodType(_rms_norm_forward, module)
                 patched["rms_norm"] = patched.get("rms_norm", 0) + 1
         elif _is_swiglu(module) and "swiglu" in wanted:

@@ -18,6 +18,8 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
               (runtime/data/sampler.py), like LLaMA-Factory's rows of cutoff_len but without padding.
   label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
+  fused RMSNorm `fused_rms_norm` (CPU): torch's F.rms_norm kernel where it reproduces the model's norm
+              (probed per class, runtime/fused_rms_norm.py).
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -58,6 +60,7 @@ class PerfPlan:
     activation_checkpointing: bool
     micro_batch_tokens: int | None = None
     label_logits_only: bool = False
+    fused_rms_norm: bool = False
     notes: list[str] = field(default_factory=list)
     npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
 
@@ -71,7 +74,13 @@ class PerfPlan:
             f"label_logits_only={onoff[self.label_logits_only]} optim={self.optim} "
             f"compile={onoff[self.torch_compile]} "
             f"activation_checkpointing={onoff[self.activation_checkpointing]}"
-        ) + (f" npu_kernels={','.join(self.npu_kernels) or 'off'}" if self.device == "npu" else "")
+        ) + (
+            f" npu_kernels={','.join(self.npu_kernels) or 'off'}"
+            if self.device == "npu"
+            else f" fused_rms_norm={onoff[self.fused_rms_norm]}"
+            if self.device == "cpu"
+            else ""
+        )
 
 
 def has_module(name: str) -> bool:
@@ -143,7 +152,10 @@ def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool
         return cfg.flash_attn
     if device == "cuda":
         return "fa2" if fa2 else "flex"
-    return "sdpa_varlen" if device == "cpu" else cfg.flash_attn
+    # Only where examples are kept apart: LLaMA-Factory's plain packing and pt blocks attend across
+    # examples under an all-ones mask, which plain sdpa runs as is_causal without building a mask.
+    apart = padding_free(cfg, packing) or cfg.neat_packing
+    return "sdpa_varlen" if device == "cpu" and apart else cfg.flash_attn
 
 
 def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bool, str | None]:
@@ -158,6 +170,14 @@ def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bo
     if not available:
         return False, "enable_liger_kernel: the liger_kernel package is not installed; off"
     return True, None
+
+
+def resolve_fused_rms_norm(cfg: TrainConfig, device: str) -> bool:
+    """torch's fused rms_norm (runtime/fused_rms_norm.py): perf auto on CPU in fp32 (CUDA: Liger's RMSNorm;
+    NPU: torch_npu's). bf16/fp16 autocast would round differently from the model's own norm."""
+    if auto_chooses(cfg, "fused_rms_norm"):
+        return device == "cpu" and not (cfg.bf16 or cfg.fp16 or cfg.pure_bf16)
+    return bool(cfg.fused_rms_norm)
 
 
 def resolve_optim(cfg: TrainConfig, device: str) -> str:
@@ -196,6 +216,7 @@ def resolve_perf(
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
+        fused_rms_norm=resolve_fused_rms_norm(cfg, device),
     )
     if liger_note:
         plan.notes.append(liger_note)
@@ -222,4 +243,5 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.torch_compile = plan.torch_compile
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.label_logits_only = plan.label_logits_only
+    cfg.fused_rms_norm = plan.fused_rms_norm
     cfg.notes.extend(plan.notes)

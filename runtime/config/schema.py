@@ -419,6 +419,11 @@ class TrainConfig:
         False,
         "sft: compute the lm_head only where a label is trained (same loss; perf auto: on unless set).",
     )
+    fused_rms_norm: bool = _f(
+        False,
+        "torch's fused rms_norm kernel in place of the model's fp32 RMSNorm modules that it reproduces "
+        "(perf auto: on for pt/sft on CPU).",
+    )
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})

@@ -52,13 +52,19 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     )
     assert p.line() == (
         "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
-        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off"
+        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off fused_rms_norm=on"
     )
     apply_perf(cfg, p)
     assert cfg.padding_free and cfg.label_logits_only and not cfg.packing and cfg.flash_attn == "sdpa_varlen"
     assert plan("cpu", flash_attn="sdpa", cutoff_len=512)[0].rows == "<=512"  # the user's sdpa: capped rows
     assert plan("cpu", packing=False)[0].flash_attn == "auto"  # nothing packed: nothing to cut
     assert plan("cpu", neat_packing=True)[0].flash_attn == "sdpa_varlen"  # neat rows: examples kept apart
+    assert plan("cpu", packing=True)[0].flash_attn == "auto"  # LLaMA-Factory's packing: examples meet
+    assert plan("cpu", stage="pt")[0].flash_attn == "auto"  # pt blocks: likewise
+    assert cfg.fused_rms_norm  # torch's fused rms_norm, fp32 on CPU
+    assert not plan("cpu", bf16=True)[0].fused_rms_norm  # autocast rounds differently: the model's own
+    assert not plan("cpu", fused_rms_norm=False)[0].fused_rms_norm  # the user's key wins
+    assert not plan("cuda")[0].fused_rms_norm  # Liger's RMSNorm there
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
     assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 

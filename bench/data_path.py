@@ -52,6 +52,11 @@ import json, sys, time
 MARKS = {"python": time.time()}
 MARK = sys.argv.pop(1)
 TOOL = sys.argv.pop(1)
+if TOOL == "runtime":  # what `xgen-runtime train` does before anything imports peft (runtime/cli.py)
+    from runtime.config import load_config
+    from runtime.unused_imports import hide_unused_bitsandbytes
+
+    hide_unused_bitsandbytes(load_config(sys.argv[2]))
 from transformers import TrainerCallback
 
 MARKS["imports"] = time.time()

@@ -99,6 +99,7 @@ LEVERS = {
     "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
     "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
     "no_fused_rms_norm": {"fused_rms_norm": False},  # CPU: the model's own RMSNorm (4 elementwise passes)
+    "no_fused_lora": {"fused_lora": False},  # CPU LoRA: peft's own forward (scale and add as two passes)
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)

@@ -404,6 +404,10 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
         model = apply_freeze(model, cfg, stage=stage)
     elif cfg.finetuning_type in ("lora", "oft"):
         model = apply_lora(model, cfg, stage=stage)
+        if cfg.fused_lora and cfg.finetuning_type == "lora":
+            from runtime.lora_addmm import apply_lora_addmm
+
+            log.info("fused_lora: %d LoRA layers add their update inside addmm", apply_lora_addmm(model))
     if cfg.gradient_checkpointing:
         model = enable_gradient_checkpointing(model, cfg)
     return model

@@ -20,6 +20,7 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
   fused RMSNorm `fused_rms_norm` (CPU): torch's F.rms_norm kernel where it reproduces the model's norm
               (probed per class, runtime/fused_rms_norm.py).
+  fused LoRA  `fused_lora` (CPU, LoRA): the adapter's scale-and-add inside one addmm (runtime/lora_addmm.py).
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -61,6 +62,7 @@ class PerfPlan:
     micro_batch_tokens: int | None = None
     label_logits_only: bool = False
     fused_rms_norm: bool = False
+    fused_lora: bool = False
     notes: list[str] = field(default_factory=list)
     npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
 
@@ -77,7 +79,7 @@ class PerfPlan:
         ) + (
             f" npu_kernels={','.join(self.npu_kernels) or 'off'}"
             if self.device == "npu"
-            else f" fused_rms_norm={onoff[self.fused_rms_norm]}"
+            else f" fused_rms_norm={onoff[self.fused_rms_norm]} fused_lora={onoff[self.fused_lora]}"
             if self.device == "cpu"
             else ""
         )
@@ -180,6 +182,14 @@ def resolve_fused_rms_norm(cfg: TrainConfig, device: str) -> bool:
     return bool(cfg.fused_rms_norm)
 
 
+def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
+    """LoRA's update inside one addmm (runtime/lora_addmm.py): perf auto for LoRA on CPU in fp32."""
+    if auto_chooses(cfg, "fused_lora"):
+        fp32 = not (cfg.bf16 or cfg.fp16 or cfg.pure_bf16)
+        return device == "cpu" and cfg.finetuning_type == "lora" and fp32
+    return bool(cfg.fused_lora) and cfg.finetuning_type == "lora"
+
+
 def resolve_optim(cfg: TrainConfig, device: str) -> str:
     """Unset: the device's fused AdamW under perf auto (the same update as adamw_torch), any stage."""
     if cfg.perf != "auto" or is_set(cfg, "optim") or cfg.optim != PLAIN_ADAMW:
@@ -217,6 +227,7 @@ def resolve_perf(
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
         fused_rms_norm=resolve_fused_rms_norm(cfg, device),
+        fused_lora=resolve_fused_lora(cfg, device),
     )
     if liger_note:
         plan.notes.append(liger_note)
@@ -244,4 +255,5 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.label_logits_only = plan.label_logits_only
     cfg.fused_rms_norm = plan.fused_rms_norm
+    cfg.fused_lora = plan.fused_lora
     cfg.notes.extend(plan.notes)

@@ -424,6 +424,11 @@ class TrainConfig:
         "torch's fused rms_norm kernel in place of the model's fp32 RMSNorm modules that it reproduces "
         "(perf auto: on for pt/sft on CPU).",
     )
+    fused_lora: bool = _f(
+        False,
+        "LoRA: add each adapter's update inside one addmm with the base output (same sum; perf auto: on "
+        "for pt/sft LoRA on CPU).",
+    )
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})

@@ -54,9 +54,11 @@ def smoke(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, lis
 
 
 def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
-    proc, rows = smoke(tmp_path)
+    # flat_flex is left out: on CPU it is sdpa over one flattened row, not the GPU path it stands for,
+    # and each variant costs a process start (the suite's slowest test with it: 73 s).
+    proc, rows = smoke(tmp_path, "--variants", "padded,runtime")
     assert [(r["mode"], r["variant"]) for r in rows] == [
-        (mode, variant) for mode in ("full", "lora") for variant in ("padded", "flat_flex", "runtime")
+        (mode, variant) for mode in ("full", "lora") for variant in ("padded", "runtime")
     ]
     for row in rows:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
@@ -68,8 +70,8 @@ def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
         assert row["ratio_vs_lf_default"] is None  # no LLaMA-Factory variant in this run
     by = {(r["mode"], r["variant"]): r for r in rows}
     for mode in ("full", "lora"):
-        padded, flat, runtime = (by[mode, v] for v in ("padded", "flat_flex", "runtime"))
-        assert padded["ratio_vs_padded"] == 1.0 and flat["ratio_vs_flat_flex"] == 1.0
+        padded, runtime = (by[mode, v] for v in ("padded", "runtime"))
+        assert padded["ratio_vs_padded"] == 1.0 and runtime["ratio_vs_flat_flex"] is None
         expected = round(runtime["tokens_per_s"] / padded["tokens_per_s"], 3)
         assert abs(runtime["ratio_vs_padded"] - expected) < 2e-3
         assert "packing=on" in runtime["levers"]  # the runtime row ran the packed path

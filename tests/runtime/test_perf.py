@@ -52,7 +52,8 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     )
     assert p.line() == (
         "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
-        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off fused_rms_norm=on"
+        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off fused_rms_norm=on "
+        "fused_lora=on"
     )
     apply_perf(cfg, p)
     assert cfg.padding_free and cfg.label_logits_only and not cfg.packing and cfg.flash_attn == "sdpa_varlen"
@@ -65,6 +66,8 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     assert not plan("cpu", bf16=True)[0].fused_rms_norm  # autocast rounds differently: the model's own
     assert not plan("cpu", fused_rms_norm=False)[0].fused_rms_norm  # the user's key wins
     assert not plan("cuda")[0].fused_rms_norm  # Liger's RMSNorm there
+    assert cfg.fused_lora and not plan("cpu", finetuning_type="full")[0].fused_lora  # LoRA only
+    assert not plan("cuda", finetuning_type="lora")[0].fused_lora
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
     assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 

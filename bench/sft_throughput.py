@@ -98,8 +98,8 @@ LEVERS = {
     "no_packing": {"packing": False},  # padded batches (attention back to sdpa)
     "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
     "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
-    "no_fused_rms_norm": {"fused_rms_norm": False},  # CPU: the model's own RMSNorm (4 elementwise passes)
-    "no_fused_lora": {"fused_lora": False},  # CPU LoRA: peft's own forward (scale and add as two passes)
+    "plus_fused_rms_norm": {"fused_rms_norm": True},  # opt-in: torch's F.rms_norm (runtime/fused_rms_norm.py)
+    "plus_fused_lora": {"fused_lora": True},  # opt-in, LoRA: scale-and-add inside one addmm
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)
@@ -505,6 +505,8 @@ def child_runtime(spec: dict, clock: StepClock) -> dict:
 
     variant = spec["variant"]
     overrides, dropped, padding_free = runtime_overrides(variant, spec["tokens_keys"])
+    if spec["mode"] != "lora" and overrides.pop("fused_lora", None) is not None:
+        dropped = [*dropped, "fused_lora"]  # LoRA only: the config rules refuse it for full
     cfg = parse_train_config(runtime_section(spec, overrides))
     hide_unused_bitsandbytes(cfg)  # as `xgen-runtime train` does (runtime/cli.py) before peft loads
     # The padding-free path is not a key (perf: auto decides it per device); the smoke and runtime_tokens

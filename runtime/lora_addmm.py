@@ -1,11 +1,12 @@
-"""`fused_lora`: a LoRA layer's update added inside one `torch.addmm` (perf auto for LoRA on CPU).
+"""`fused_lora`: a LoRA layer's update added inside one `torch.addmm` (opt-in, LoRA).
 
 peft's LoRA Linear computes `result + lora_B(lora_A(dropout(x))) * scaling`: the [tokens, out] product,
 then a multiply and an add over it, each a pass over memory and a node in the backward. `torch.addmm(result,
 a, B.T, alpha=scaling)` is the same sum in one BLAS call (beta=1 accumulates into `result`), and its
 backward scales the two small gradients instead of the large one. On the issue-17 CPU shape (hidden 256,
 4 layers, rank 16 on every linear layer, a 4 k-token packed micro-batch) forward + backward ran at 4205
-instead of 3815 tokens/s (bench/sft_throughput.py measures it alone: the `no_fused_lora` rows).
+instead of 3815 tokens/s; the end-to-end bench (bench/sft_throughput.py, `no_fused_lora` rows) measured
+no effect above its noise, so perf auto does not turn it on; the key does.
 
 Only peft's plain LoRA path is replaced, per call: DoRA and other variants, merged or disabled adapters
 and mixed-adapter batches run peft's own forward. peft offers no switch for this, hence this module.

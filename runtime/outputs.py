@@ -136,6 +136,10 @@ def resolved_config(cfg: Any) -> dict[str, Any]:
     import dataclasses
 
     keys = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("internal")}
+    if getattr(cfg, "padding_free", False) and not cfg.packing and "packing" not in cfg.explicit:
+        # perf's padding-free rows are not LLaMA-Factory's `packing`: a `packing: false` here would switch
+        # them off when this file is trained again, so the key is left for perf auto to choose again.
+        keys.pop("packing")
     if cfg.deepspeed_config is not None:
         keys["deepspeed_config_resolved"] = cfg.deepspeed_config
     return redact_keys(keys)

@@ -18,9 +18,10 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
               (runtime/data/sampler.py), like LLaMA-Factory's rows of cutoff_len but without padding.
   label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
-  fused RMSNorm `fused_rms_norm` (CPU): torch's F.rms_norm kernel where it reproduces the model's norm
-              (probed per class, runtime/fused_rms_norm.py).
-  fused LoRA  `fused_lora` (CPU, LoRA): the adapter's scale-and-add inside one addmm (runtime/lora_addmm.py).
+  fused RMSNorm `fused_rms_norm` (opt-in): torch's F.rms_norm kernel where it reproduces the model's norm
+              (probed per class, runtime/fused_rms_norm.py); no effect above the CPU bench's noise.
+  fused LoRA  `fused_lora` (opt-in, LoRA): the adapter's scale-and-add inside one addmm
+              (runtime/lora_addmm.py); no effect above the CPU bench's noise.
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -174,20 +175,17 @@ def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bo
     return True, None
 
 
-def resolve_fused_rms_norm(cfg: TrainConfig, device: str) -> bool:
-    """torch's fused rms_norm (runtime/fused_rms_norm.py): perf auto on CPU in fp32 (CUDA: Liger's RMSNorm;
-    NPU: torch_npu's). bf16/fp16 autocast would round differently from the model's own norm."""
-    if auto_chooses(cfg, "fused_rms_norm"):
-        return device == "cpu" and not (cfg.bf16 or cfg.fp16 or cfg.pure_bf16)
+def resolve_fused_rms_norm(cfg: TrainConfig) -> bool:
+    """torch's fused rms_norm (runtime/fused_rms_norm.py): only when set. Not a perf auto default: the
+    end-to-end CPU bench measured no effect above its noise (bench/README.md), whatever a microbenchmark
+    of one micro-batch showed."""
     return bool(cfg.fused_rms_norm)
 
 
-def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
-    """LoRA's update inside one addmm (runtime/lora_addmm.py): perf auto for LoRA on CPU in fp32."""
-    if auto_chooses(cfg, "fused_lora"):
-        fp32 = not (cfg.bf16 or cfg.fp16 or cfg.pure_bf16)
-        return device == "cpu" and cfg.finetuning_type == "lora" and fp32
-    return bool(cfg.fused_lora) and cfg.finetuning_type == "lora"
+def resolve_fused_lora(cfg: TrainConfig) -> bool:
+    """LoRA's update inside one addmm (runtime/lora_addmm.py): only when set (the config rules refuse it
+    outside plain LoRA). Not a perf auto default: no effect above the CPU bench's noise (bench/README.md)."""
+    return bool(cfg.fused_lora)
 
 
 def resolve_optim(cfg: TrainConfig, device: str) -> str:
@@ -226,8 +224,8 @@ def resolve_perf(
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
-        fused_rms_norm=resolve_fused_rms_norm(cfg, device),
-        fused_lora=resolve_fused_lora(cfg, device),
+        fused_rms_norm=resolve_fused_rms_norm(cfg),
+        fused_lora=resolve_fused_lora(cfg),
     )
     if liger_note:
         plan.notes.append(liger_note)

@@ -34,6 +34,8 @@ def _coerce(key: str, name: str, value: Any) -> Any:
     if isinstance(value, bool):
         if bool in allowed:
             return value
+        if name == "perf":  # YAML 1.1 reads an unquoted `perf: off` as false (and `on` as true)
+            return "off" if value is False else "auto"
         raise ConfigError(key, f"expected {_type_names(allowed)}, got {value!r}")
     if isinstance(value, int) and int not in allowed and float in allowed:
         return float(value)

@@ -49,6 +49,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
         raise ConfigError(p + "packing", f"only pt and sft pack examples; stage is {cfg.stage}")
     _normalise_data(cfg, p)
     _check_token_budget(cfg, p)
+    _check_fused_lora(cfg, p)
     _check_losses(cfg, p)
     _normalise_distributed(cfg, p, base_dir)
     check_methods(cfg, p)
@@ -125,6 +126,18 @@ def _normalise_data(cfg: TrainConfig, p: str) -> None:
             raise ConfigError(p + "streaming", "sft packing needs the whole dataset; set packing: false")
     if cfg.buffer_size <= 0:
         raise ConfigError(p + "buffer_size", f"must be > 0; got {cfg.buffer_size}")
+
+
+def _check_fused_lora(cfg: TrainConfig, p: str) -> None:
+    """fused_lora replaces peft's plain LoRA forward only (runtime/lora_addmm.py)."""
+    if not cfg.fused_lora:
+        return
+    if cfg.finetuning_type != "lora":
+        raise ConfigError(
+            p + "fused_lora", f"applies to finetuning_type lora; it is {cfg.finetuning_type}: remove it"
+        )
+    if cfg.use_dora:
+        raise ConfigError(p + "fused_lora", "DoRA runs peft's own forward; remove fused_lora or use_dora")
 
 
 def _check_token_budget(cfg: TrainConfig, p: str) -> None:

@@ -422,12 +422,12 @@ class TrainConfig:
     fused_rms_norm: bool = _f(
         False,
         "torch's fused rms_norm kernel in place of the model's fp32 RMSNorm modules that it reproduces "
-        "(perf auto: on for pt/sft on CPU).",
+        "(opt-in: no effect measured above the CPU bench's noise).",
     )
     fused_lora: bool = _f(
         False,
-        "LoRA: add each adapter's update inside one addmm with the base output (same sum; perf auto: on "
-        "for pt/sft LoRA on CPU).",
+        "LoRA: add each adapter's update inside one addmm with the base output (same sum; opt-in: no "
+        "effect measured above the CPU bench's noise).",
     )
 
     # Not keys: filled by parse_train_config.

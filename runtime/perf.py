@@ -175,19 +175,6 @@ def resolve_liger(cfg: TrainConfig, device: str, *, available: bool) -> tuple[bo
     return True, None
 
 
-def resolve_fused_rms_norm(cfg: TrainConfig) -> bool:
-    """torch's fused rms_norm (runtime/fused_rms_norm.py): only when set. Not a perf auto default: the
-    end-to-end CPU bench measured no effect above its noise (bench/README.md), whatever a microbenchmark
-    of one micro-batch showed."""
-    return bool(cfg.fused_rms_norm)
-
-
-def resolve_fused_lora(cfg: TrainConfig) -> bool:
-    """LoRA's update inside one addmm (runtime/lora_addmm.py): only when set (the config rules refuse it
-    outside plain LoRA). Not a perf auto default: no effect above the CPU bench's noise (bench/README.md)."""
-    return bool(cfg.fused_lora)
-
-
 def resolve_optim(cfg: TrainConfig, device: str) -> str:
     """Unset: the device's fused AdamW under perf auto (the same update as adamw_torch), any stage."""
     if cfg.perf != "auto" or is_set(cfg, "optim") or cfg.optim != PLAIN_ADAMW:
@@ -224,8 +211,10 @@ def resolve_perf(
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
-        fused_rms_norm=resolve_fused_rms_norm(cfg),
-        fused_lora=resolve_fused_lora(cfg),
+        # opt-in keys, never chosen by perf auto (no effect above the CPU bench's noise, bench/README.md):
+        # in the plan only so the start line shows them
+        fused_rms_norm=cfg.fused_rms_norm,
+        fused_lora=cfg.fused_lora,
     )
     if liger_note:
         plan.notes.append(liger_note)
@@ -252,6 +241,4 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.torch_compile = plan.torch_compile
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.label_logits_only = plan.label_logits_only
-    cfg.fused_rms_norm = plan.fused_rms_norm
-    cfg.fused_lora = plan.fused_lora
     cfg.notes.extend(plan.notes)

@@ -37,3 +37,23 @@ def data_cfg(tiny_dir: Path, tmp_path: Path):
         return dataclasses.replace(TrainConfig(), **fields)
 
     return make
+
+
+@pytest.fixture
+def small_llama():
+    """small_llama(seed=0, **config) -> a random-weight fp32 Llama with grouped-query attention (hidden 64,
+    2 layers, 4 query heads over 2 key/value heads, vocab 97) and no KV cache, for tests that compare the
+    model with a patched copy of itself (attention, RMSNorm, LoRA kernels). `config` overrides LlamaConfig."""
+
+    def make(seed: int = 0, **config):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        shape = dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=97, max_position_embeddings=256, use_cache=False,
+        )  # fmt: skip
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(**{**shape, **config})).float()
+
+    return make

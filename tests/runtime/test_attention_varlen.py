@@ -13,25 +13,18 @@ from runtime import attention_varlen  # noqa: E402
 TOL = 1e-5
 
 
-def llama(attn: str, seed: int = 0, dropout: float = 0.0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.fixture
+def llama(small_llama):
+    """llama(attn, dropout=0.0) -> conftest's small GQA Llama (two query heads per key/value head) running
+    the attention implementation `attn` (NAME registered first)."""
 
-    attention_varlen.register()
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA: two query heads per key/value head
-        vocab_size=97,
-        max_position_embeddings=256,
-        attention_dropout=dropout,
-        use_cache=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float()
-    model.config._attn_implementation = attn
-    return model
+    def make(attn: str, dropout: float = 0.0):
+        attention_varlen.register()
+        model = small_llama(attention_dropout=dropout)
+        model.config._attn_implementation = attn
+        return model
+
+    return make
 
 
 def examples(lengths: list[int], seed: int = 1) -> list[torch.Tensor]:
@@ -58,7 +51,7 @@ def test_sequence_starts_and_single_token_runs() -> None:
     assert attention_varlen.runs_of_single_tokens([0, 1, 4]) == [(0, 1, True), (1, 4, False)]
 
 
-def test_packed_row_equals_each_example_alone_forward_and_gradients() -> None:
+def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> None:
     """One packed row (with pad tokens at the end, as neat rows have) against each example run alone with
     plain sdpa: logits, and the gradient of a loss over the real tokens, within 1e-5."""
     lengths = [7, 1, 19, 3, 1, 1, 12]  # one-token examples inside and at the end too
@@ -86,7 +79,7 @@ def test_packed_row_equals_each_example_alone_forward_and_gradients() -> None:
     assert (leaky[:real] - packed[:real].detach()).abs().max().item() > 1e-3
 
 
-def test_several_rows_and_the_model_level_mask_path() -> None:
+def test_several_rows_and_the_model_level_mask_path(llama) -> None:
     """Two packed rows in one batch, and a padded batch with an attention_mask (evaluation): the latter must
     be exactly sdpa's result, masks and all."""
     varlen, plain = llama(attention_varlen.NAME), llama("sdpa")
@@ -108,7 +101,7 @@ def test_several_rows_and_the_model_level_mask_path() -> None:
     assert (got - want).abs().max().item() < TOL
 
 
-def test_dropout_runs_every_sequence_through_sdpa() -> None:
+def test_dropout_runs_every_sequence_through_sdpa(llama) -> None:
     """With attention dropout in training no one-token shortcut is taken (dropout applies there too)."""
     model = llama(attention_varlen.NAME, dropout=0.5).train()
     ids, pos = packed_row(examples([4, 1, 1, 6]), pads=0)
@@ -140,7 +133,7 @@ def test_models_whose_attention_is_not_plain_causal_are_refused() -> None:
     assert attention_varlen.why_not(Gemma2Config())  # sliding layers and soft-capping
 
 
-def test_load_model_falls_back_to_sdpa_for_a_sliding_window_model(tmp_path, caplog) -> None:
+def test_load_model_falls_back_to_sdpa_for_a_sliding_window_model(tmp_path, caplog, llama) -> None:
     """runtime.model: `flash_attn: sdpa_varlen` on a model it cannot serve loads sdpa, with one warning."""
     from transformers import MistralConfig, MistralForCausalLM
 

@@ -10,24 +10,17 @@ torch = pytest.importorskip("torch")
 from runtime.fused_rms_norm import apply_fused_rms_norm, probe  # noqa: E402
 
 
-def llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=97, max_position_embeddings=128, use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float()
-    with torch.no_grad():  # norms with weights other than ones, so a wrong formula shows
+def with_norm_weights(model):
+    """Norms with weights other than ones, so a wrong formula shows."""
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     return model
 
 
-def test_patched_llama_gives_the_same_logits_and_gradients() -> None:
-    plain, fused = llama(), llama()
+def test_patched_llama_gives_the_same_logits_and_gradients(small_llama) -> None:
+    plain, fused = with_norm_weights(small_llama()), with_norm_weights(small_llama())
     assert apply_fused_rms_norm(fused) == 2 * 2 + 1  # two per decoder layer and the final norm
     ids = torch.randint(0, 97, (2, 17), generator=torch.Generator().manual_seed(1))
     a, b = plain(input_ids=ids, labels=ids), fused(input_ids=ids, labels=ids)
@@ -44,18 +37,20 @@ def test_patched_llama_gives_the_same_logits_and_gradients() -> None:
     )
 
 
-def test_norms_that_compute_something_else_are_kept() -> None:
+def test_norms_that_compute_something_else_are_kept(small_llama) -> None:
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 
     gemma = GemmaRMSNorm(16)  # scales by (1 + weight): F.rms_norm with `weight` is another function
     assert probe(gemma) is False
     holder = torch.nn.Sequential(gemma)
     assert apply_fused_rms_norm(holder) == 0 and gemma.forward.__func__ is GemmaRMSNorm.forward
-    half = llama().to(torch.bfloat16)  # half-precision norms round differently: not patched
+    half = with_norm_weights(small_llama()).to(
+        torch.bfloat16
+    )  # half-precision norms round differently: not patched
     assert apply_fused_rms_norm(half) == 0
 
 
-def test_npu_kernels_patch_only_norms_npu_rms_norm_reproduces() -> None:
+def test_npu_kernels_patch_only_norms_npu_rms_norm_reproduces(small_llama) -> None:
     """use_v1_kernels on Ascend (runtime/npu_kernels.py) probes each RMSNorm class the same way: Gemma's
     `1 + weight` norm keeps its forward (npu_rms_norm computes x / rms * weight)."""
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
@@ -65,5 +60,5 @@ def test_npu_kernels_patch_only_norms_npu_rms_norm_reproduces() -> None:
     gemma = GemmaRMSNorm(16)
     assert apply_npu_kernels(torch.nn.Sequential(gemma), ["rms_norm"]) == []
     assert gemma.forward.__func__ is GemmaRMSNorm.forward
-    model = llama()
+    model = with_norm_weights(small_llama())
     assert apply_npu_kernels(model, ["rms_norm"]) == ["rms_norm x5"]

@@ -11,17 +11,10 @@ pytest.importorskip("peft")
 from runtime.lora_addmm import apply_lora_addmm  # noqa: E402
 
 
-def lora_model(seed: int = 0, **lora):
+def lora_model(small_llama, **lora):
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=97, max_position_embeddings=128, use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float()
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", **lora))
+    model = get_peft_model(small_llama(), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", **lora))
     with torch.no_grad():  # lora_B starts at zero: give it values so the update is really added
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -39,8 +32,8 @@ def loss_and_grads(model):
     return out.logits.detach(), grads
 
 
-def test_addmm_forward_gives_peft_s_logits_and_gradients() -> None:
-    plain, fused = lora_model(), lora_model()
+def test_addmm_forward_gives_peft_s_logits_and_gradients(small_llama) -> None:
+    plain, fused = lora_model(small_llama), lora_model(small_llama)
     assert apply_lora_addmm(fused) == 2 * 7  # q k v o gate up down in each of the two layers
     (a, ga), (b, gb) = loss_and_grads(plain), loss_and_grads(fused)
     assert (a - b).abs().max().item() < 1e-5
@@ -54,8 +47,8 @@ def test_addmm_forward_gives_peft_s_logits_and_gradients() -> None:
     assert (base - b).abs().max().item() > 1e-3  # and the adapters did change the logits
 
 
-def test_dora_keeps_peft_s_forward() -> None:
-    plain, fused = lora_model(use_dora=True), lora_model(use_dora=True)
+def test_dora_keeps_peft_s_forward(small_llama) -> None:
+    plain, fused = lora_model(small_llama, use_dora=True), lora_model(small_llama, use_dora=True)
     apply_lora_addmm(fused)  # patched, but every call takes peft's own DoRA branch
     (a, ga), (b, gb) = loss_and_grads(plain), loss_and_grads(fused)
     assert (a - b).abs().max().item() == 0.0

@@ -99,7 +99,9 @@ LEVERS = {
     "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
     "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
     "plus_fused_rms_norm": {"fused_rms_norm": True},  # opt-in: torch's F.rms_norm (runtime/fused_rms_norm.py)
-    "plus_fused_lora": {"fused_lora": True},  # opt-in, LoRA: scale-and-add inside one addmm
+    "no_fused_lora": {
+        "fused_lora": False
+    },  # LoRA on CPU: peft's own LoRA forward (runtime/lora_addmm.py off)
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel
     "plus_compile": {"torch_compile": True},  # torch.compile on top (off by default)
@@ -824,12 +826,23 @@ def summarise(runs: list[dict]) -> list[dict]:
         base = {v["variant"]: v["tokens_per_s"] for v in rows if v["mode"] == r["mode"]}
         for ref in ("padded", "flat_flex", "lf_default", "lf_best"):
             r[f"ratio_vs_{ref}"] = round(r["tokens_per_s"] / base[ref], 3) if base.get(ref) else None
+        for ref in ("lf_default", "lf_best"):  # each repeat against the peer of the same repeat
+            paired = paired_ratios(runs, r["mode"], r["variant"], ref)
+            r[f"ratio_vs_{ref}_by_repeat"] = paired or None
+            r[f"paired_median_vs_{ref}"] = round(statistics.median(paired), 3) if paired else None
         for parent in ("runtime", "runtime_tokens"):  # a lever's effect: against its parent with every lever
             if r["variant"].startswith(parent + "-"):
                 r[f"ratio_vs_{parent}"] = (
                     round(r["tokens_per_s"] / base[parent], 3) if base.get(parent) else None
                 )
     return rows
+
+
+def paired_ratios(runs: list[dict], mode: str, variant: str, ref: str) -> list[float]:
+    """tokens/s of `variant` over `ref`'s in the same repeat, for every repeat that ran both."""
+    speed = {(r["variant"], r["repeat"]): r["tokens_per_s"] for r in runs if r["mode"] == mode}
+    repeats = sorted({rep for v, rep in speed if v == variant})
+    return [round(speed[variant, rep] / speed[ref, rep], 3) for rep in repeats if speed.get((ref, rep))]
 
 
 def write_results(path: str, runs: list[dict], context: dict) -> list[dict]:
@@ -983,8 +996,13 @@ def main() -> int:
         )
         eval_rows = rows[:EVAL_EXAMPLES]
         tokens_per_step = EXAMPLES_PER_STEP * float(np.mean(args.example_lengths))
+        # Odd repeats run the variants in reverse (A B, B A, ...): a machine that speeds up or slows down
+        # over a repeat then favours no variant in the median, and neighbours in time are compared.
         plan = [
-            (rep, mode, v) for rep in range(args.repeats) for mode in args.modes.split(",") for v in variants
+            (rep, mode, v)
+            for rep in range(args.repeats)
+            for mode in args.modes.split(",")
+            for v in (variants if rep % 2 == 0 else variants[::-1])
         ]
         estimates = {v: estimate_wall_s(v, tokens_per_step, args) for v in variants}
         print(

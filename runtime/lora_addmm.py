@@ -1,15 +1,20 @@
-"""`fused_lora`: a LoRA layer's update added inside one `torch.addmm` (opt-in, LoRA).
+"""`fused_lora`: a LoRA layer's base product and its update in one autograd node (LoRA; perf auto on CPU).
 
-peft's LoRA Linear computes `result + lora_B(lora_A(dropout(x))) * scaling`: the [tokens, out] product,
-then a multiply and an add over it, each a pass over memory and a node in the backward. `torch.addmm(result,
-a, B.T, alpha=scaling)` is the same sum in one BLAS call (beta=1 accumulates into `result`), and its
-backward scales the two small gradients instead of the large one. On the issue-17 CPU shape (hidden 256,
-4 layers, rank 16 on every linear layer, a 4 k-token packed micro-batch) forward + backward ran at 4205
-instead of 3815 tokens/s; the end-to-end bench (bench/sft_throughput.py, `no_fused_lora` rows) measured
-no effect above its noise, so perf auto does not turn it on; the key does.
+peft's LoRA Linear computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: besides the two low-rank
+products, a multiply and an add over the [tokens, out] result, a node for each in the backward, which scales
+the large gradient and adds the two [tokens, in] input gradients as separate passes over memory. With the
+base weight frozen (LoRA) the whole layer is one small function (`FrozenBaseLora`):
 
-Only peft's plain LoRA path is replaced, per call: DoRA and other variants, merged or disabled adapters
-and mixed-adapter batches run peft's own forward. peft offers no switch for this, hence this module.
+    forward   y  = x W^T (+ b);  h = x A^T;  y += s h B^T          (addmm_ in place: no extra tensor)
+    backward  gB = s g^T h;  gh = s g B;  gA = gh^T x;  gx = g W + gh A   (addmm_ in place)
+
+the same sums as peft's autograd graph, scaled on the rank-r side (tests/runtime/test_lora_addmm.py: logits
+and adapter gradients within 1e-5). Layers or calls where that does not hold take `torch.addmm(result, h,
+B^T, alpha=s)` after peft's own base and A products (a trained base or bias, LoRA dropout, autocast, mixed
+dtypes, ZeRO-3's partitioned weights, which its module hooks gather), and DoRA and other variants, merged or
+disabled adapters and mixed-adapter batches run peft's forward. peft has no switch for any of this, hence
+this module. Measured on the issue-17 CPU shape with bench/lever_ab.py (steps of both kinds interleaved in
+one process): see bench/README.md.
 """
 
 from __future__ import annotations
@@ -24,13 +29,71 @@ log = logging.getLogger("xgen-runtime")
 
 
 def _plain(module: Any, kwargs: dict) -> bool:
-    """True when peft would take its vanilla LoRA branch for this call."""
+    """True when peft would take its vanilla LoRA branch for this call and every weight is whole (ZeRO-3
+    keeps partitioned parameters, tagged `ds_id`, that only its hooks on each module's call gather)."""
     return not (
         module.disable_adapters
         or module.merged
         or kwargs.get("adapter_names") is not None
         or any(name in module.lora_variant for name in module.active_adapters)
+        or hasattr(module.base_layer.weight, "ds_id")
     )
+
+
+class _FrozenBaseLora:
+    """`FrozenBaseLora.apply(x, weight, bias, lora_a, lora_b, scaling)`: x [..., in], weight [out, in]
+    (frozen), bias [out] or None (frozen), lora_a [r, in], lora_b [out, r] -> [..., out]. Built on first use
+    so importing this module does not import torch."""
+
+    fn: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls.fn is None:
+            import torch
+
+            class FrozenBaseLora(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # type: ignore[override]
+                    flat = x.reshape(-1, x.shape[-1])
+                    low_rank = flat @ lora_a.t()  # [tokens, r]
+                    out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+                    out.addmm_(low_rank, lora_b.t(), alpha=scaling)
+                    ctx.save_for_backward(flat, weight, lora_a, lora_b, low_rank)
+                    ctx.scaling, ctx.x_shape = scaling, x.shape
+                    return out.view(*x.shape[:-1], out.shape[-1])
+
+                @staticmethod
+                def backward(ctx, grad):  # type: ignore[override]
+                    flat, weight, lora_a, lora_b, low_rank = ctx.saved_tensors
+                    g = grad.reshape(-1, grad.shape[-1])  # [tokens, out]
+                    grad_low = (g @ lora_b).mul_(ctx.scaling)  # [tokens, r]
+                    grad_b = (g.t() @ low_rank).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None
+                    grad_a = grad_low.t() @ flat if ctx.needs_input_grad[3] else None
+                    grad_x = None
+                    if ctx.needs_input_grad[0]:
+                        grad_x = (g @ weight).addmm_(grad_low, lora_a).view(ctx.x_shape)
+                    return grad_x, None, None, grad_a, grad_b, None
+
+            cls.fn = FrozenBaseLora
+        return cls.fn
+
+
+def _one_node(self: Any, x: Any) -> bool:
+    """True when this call can be FrozenBaseLora: one adapter without dropout on a frozen nn.Linear, one
+    dtype, no autocast (the function's matmuls would not be cast)."""
+    import torch
+
+    base, names = self.base_layer, [n for n in self.active_adapters if n in self.lora_A]
+    if type(base) is not nn.Linear or len(names) != 1 or base.weight.requires_grad:
+        return False
+    if base.bias is not None and base.bias.requires_grad:
+        return False
+    name = names[0]
+    if not isinstance(self.lora_dropout[name], nn.Identity) or torch.is_autocast_enabled(x.device.type):
+        return False
+    dtype = base.weight.dtype
+    return x.dtype == dtype and self.lora_A[name].weight.dtype == dtype
 
 
 def _addmm_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -38,6 +101,12 @@ def _addmm_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 
     if not _plain(self, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
+    if not args and not kwargs and _one_node(self, x):
+        name = next(n for n in self.active_adapters if n in self.lora_A)
+        base = self.base_layer
+        return _FrozenBaseLora.get().apply(
+            x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+        )
     result = self.base_layer(x, *args, **kwargs)
     for name in self.active_adapters:
         if name not in self.lora_A:
@@ -55,7 +124,7 @@ def _addmm_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 
 def apply_lora_addmm(model: nn.Module) -> int:
     """Give every peft LoRA Linear whose adapters are plain (no lora_B bias, same dtype as its base layer)
-    the addmm forward; returns how many layers were patched."""
+    the fused forward; returns how many layers were patched."""
     from peft.tuners.lora.layer import Linear
 
     patched = 0

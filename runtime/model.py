@@ -407,7 +407,7 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
         if cfg.fused_lora and cfg.finetuning_type == "lora":
             from runtime.lora_addmm import apply_lora_addmm
 
-            log.info("fused_lora: %d LoRA layers add their update inside addmm", apply_lora_addmm(model))
+            log.info("fused_lora: %d LoRA layers fused with their base layer", apply_lora_addmm(model))
     if cfg.gradient_checkpointing:
         model = enable_gradient_checkpointing(model, cfg)
     return model

@@ -20,8 +20,9 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
   fused RMSNorm `fused_rms_norm` (opt-in): torch's F.rms_norm kernel where it reproduces the model's norm
               (probed per class, runtime/fused_rms_norm.py); no effect above the CPU bench's noise.
-  fused LoRA  `fused_lora` (opt-in, LoRA): the adapter's scale-and-add inside one addmm
-              (runtime/lora_addmm.py); no effect above the CPU bench's noise.
+  fused LoRA  `fused_lora` (LoRA; perf auto on CPU): each LoRA layer as one autograd node, frozen base
+              product and update together (runtime/lora_addmm.py): +16 % on the CPU shape, steps on
+              and off interleaved (bench/lever_ab.py). Not measured on a GPU: off there unless set.
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -147,6 +148,14 @@ def resolve_label_logits(cfg: TrainConfig, liger: bool) -> bool:
     return bool(cfg.label_logits_only)
 
 
+def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
+    """Unset: on for plain LoRA (not DoRA) pt/sft on CPU under perf auto, where bench/lever_ab.py measured
+    it; elsewhere what the key says (the config rules refuse it outside plain LoRA)."""
+    if auto_chooses(cfg, "fused_lora"):
+        return device == "cpu" and cfg.finetuning_type == "lora" and not cfg.use_dora
+    return bool(cfg.fused_lora)
+
+
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
     """Packed rows need a variable-length attention to cost linear in the row: on CUDA fa2 if installed,
     else flex; on CPU sdpa per example (sdpa_varlen, runtime/attention_varlen.py). Only an unset
@@ -211,10 +220,10 @@ def resolve_perf(
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
-        # opt-in keys, never chosen by perf auto (no effect above the CPU bench's noise, bench/README.md):
-        # in the plan only so the start line shows them
+        # opt-in, never chosen by perf auto (no effect above the noise, bench/README.md): in the plan
+        # only so the start line shows it
         fused_rms_norm=cfg.fused_rms_norm,
-        fused_lora=cfg.fused_lora,
+        fused_lora=resolve_fused_lora(cfg, device),
     )
     if liger_note:
         plan.notes.append(liger_note)
@@ -241,4 +250,5 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.torch_compile = plan.torch_compile
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.label_logits_only = plan.label_logits_only
+    cfg.fused_lora = plan.fused_lora
     cfg.notes.extend(plan.notes)

@@ -54,12 +54,11 @@ def smoke(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, lis
 
 
 def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
-    # flat_flex is left out: on CPU it is sdpa over one flattened row, not the GPU path it stands for,
-    # and each variant costs a process start (the suite's slowest test with it: 73 s).
-    proc, rows = smoke(tmp_path, "--variants", "padded,runtime")
-    assert [(r["mode"], r["variant"]) for r in rows] == [
-        (mode, variant) for mode in ("full", "lora") for variant in ("padded", "runtime")
-    ]
+    # Each variant costs a process start (imports): the suite's slowest test was 73 s with flat_flex (on
+    # CPU sdpa over one flattened row, not the GPU path it stands for) and 84 s in CI with both modes. LoRA
+    # runs here: the same bench code as full plus peft; full training is covered by tests/runtime.
+    proc, rows = smoke(tmp_path, "--modes", "lora", "--variants", "padded,runtime")
+    assert [(r["mode"], r["variant"]) for r in rows] == [("lora", "padded"), ("lora", "runtime")]
     for row in rows:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert row["tokens_per_s"] > 0 and math.isfinite(row["final_loss"]) and row["peak_mem_gib"] >= 0
@@ -69,7 +68,7 @@ def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
         assert row["first_step_s"] > 0 and row["repeats"] == 1 and len(row["runs"]) == 1
         assert row["ratio_vs_lf_default"] is None  # no LLaMA-Factory variant in this run
     by = {(r["mode"], r["variant"]): r for r in rows}
-    for mode in ("full", "lora"):
+    for mode in ("lora",):
         padded, runtime = (by[mode, v] for v in ("padded", "runtime"))
         assert padded["ratio_vs_padded"] == 1.0 and runtime["ratio_vs_flat_flex"] is None
         expected = round(runtime["tokens_per_s"] / padded["tokens_per_s"], 3)
@@ -78,7 +77,7 @@ def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
         # Same weights, same data, same examples per step, a few steps at a small learning rate:
         # the three variants end at nearly the same loss, so a variant training on other data shows.
         assert abs(runtime["final_loss"] - padded["final_loss"]) < 0.05
-    assert "== full SFT" in proc.stdout and "== lora SFT" in proc.stdout
+    assert "== lora SFT" in proc.stdout and "== full SFT" not in proc.stdout
 
 
 @pytest.mark.skipif(

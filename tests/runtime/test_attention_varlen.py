@@ -51,6 +51,17 @@ def test_sequence_starts_and_single_token_runs() -> None:
     assert attention_varlen.runs_of_single_tokens([0, 1, 4]) == [(0, 1, True), (1, 4, False)]
 
 
+def test_starts_are_computed_once_per_position_ids_and_again_after_a_write() -> None:
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    first = attention_varlen.starts_once_per_forward(pos)
+    assert first == [[0, 3, 5]] and attention_varlen.starts_once_per_forward(pos) is first  # next layer
+    assert attention_varlen.starts_once_per_forward(torch.tensor([[0, 1, 2, 0, 1]])) == [[0, 3, 5]]
+    pos[0, 1] = 0  # written in place: the version changed, the offsets are computed again
+    assert attention_varlen.starts_once_per_forward(pos) == [[0, 1, 3, 5]]
+    other = torch.tensor([[0, 0, 1, 2, 3]])  # a new forward's tensor
+    assert attention_varlen.starts_once_per_forward(other) == [[0, 1, 5]]
+
+
 def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> None:
     """One packed row (with pad tokens at the end, as neat rows have) against each example run alone with
     plain sdpa: logits, and the gradient of a loss over the real tokens, within 1e-5."""

@@ -53,7 +53,7 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     assert p.line() == (
         "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
         "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off fused_rms_norm=off "
-        "fused_lora=off"
+        "fused_lora=on"
     )
     apply_perf(cfg, p)
     assert cfg.padding_free and cfg.label_logits_only and not cfg.packing and cfg.flash_attn == "sdpa_varlen"
@@ -62,9 +62,13 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     assert plan("cpu", neat_packing=True)[0].flash_attn == "sdpa_varlen"  # neat rows: examples kept apart
     assert plan("cpu", packing=True)[0].flash_attn == "auto"  # LLaMA-Factory's packing: examples meet
     assert plan("cpu", stage="pt")[0].flash_attn == "auto"  # pt blocks: likewise
-    # opt-in levers (no effect above the CPU bench's noise): off unless written, on when written
-    assert not cfg.fused_rms_norm and not cfg.fused_lora
-    assert plan("cpu", fused_rms_norm=True)[0].fused_rms_norm and plan("cpu", fused_lora=True)[0].fused_lora
+    # fused_rms_norm (no effect measured): off unless written; fused_lora: plain LoRA pt/sft on CPU only
+    assert not cfg.fused_rms_norm and cfg.fused_lora
+    assert plan("cpu", fused_rms_norm=True)[0].fused_rms_norm
+    for keys in ({"finetuning_type": "full"}, {"use_dora": True}, {"fused_lora": False}, {"perf": "off"}):
+        assert not plan("cpu", **keys)[0].fused_lora, keys
+    assert not plan("cpu", stage="dpo", dataset="p")[0].fused_lora  # measured on sft steps only
+    assert not plan("cuda")[0].fused_lora and plan("cuda", fused_lora=True)[0].fused_lora  # unmeasured there
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
     assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 

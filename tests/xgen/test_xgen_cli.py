@@ -108,10 +108,11 @@ def test_help_shows_an_example(command):
 
 
 def test_slurm_is_fast():
-    """`xgen slurm CFG` end to end in under 0.3 s of CPU (best of 5 runs, through the console entry point).
+    """`xgen slurm CFG` end to end in under 0.4 s of CPU (best of 5 runs, through the console entry point).
 
     CPU time (user + system of the child), not wall time: the suite runs two pytest workers on two cores,
-    and a neighbour's training would otherwise decide this test."""
+    and a neighbour's training would otherwise decide this test. Measured: 0.19 s on a quiet 2-core
+    machine, up to 0.32 s best-of-5 inside a full suite run; importing torch alone is 1.5 s."""
     command = [sys.executable, "-c", "from xgen.cli import main; main()", "slurm", str(TINY)]
     best = float("inf")
     for _ in range(5):
@@ -120,7 +121,7 @@ def test_slurm_is_fast():
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         best = min(best, cpu)
-    assert best < 0.3, f"xgen slurm took {best:.3f} s of CPU"
+    assert best < 0.4, f"xgen slurm took {best:.3f} s of CPU"
 
 
 HEAVY = ("torch", "transformers", "deepspeed", "accelerate", "peft", "datasets", "numpy")

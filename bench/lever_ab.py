@@ -1,0 +1,213 @@
+"""One lever on and off in the SAME process, step by step: its effect alone, measured above the noise.
+
+    python bench/lever_ab.py                          # CPU shape: fused_lora (LoRA), fused_rms_norm (both)
+    python bench/lever_ab.py --modes lora --levers fused_lora --pairs 40
+
+Why not sft_throughput.py's lever rows: there each row is its own process, minutes apart, and on a shared
+2-core machine two runs of the same variant differ by up to ±12 % (bench/README.md), more than the levers
+measured here are worth. Here one model trains; before each step the lever is put on or taken off (the same
+runtime functions that `fused_lora`/`fused_rms_norm` call), the two arms alternate A B, B A, ... over the SAME
+packed micro-batches, so both see the same machine. Printed: tokens/s of each arm over all timed pairs, the
+ratio on/off, and the ratio over each quarter of the pairs (its spread).
+
+The step is the runtime's CPU sft step under perf auto: ONE padding-free row of `--tokens` real tokens
+(examples of the bench's log-normal lengths, position ids restarting per example) through the
+`sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`), backward, AdamW.
+Both arms compute the same sums (tests/runtime/test_lora_addmm.py, test_fused_rms_norm.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from sft_throughput import PROMPT_FRACTION, SHAPES, Shape  # noqa: E402
+
+sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # as `xgen-runtime train` does (unused_imports)
+
+# lever -> (the modes it applies to, the runtime function that puts it on a model; returns modules patched)
+LEVERS = {
+    "fused_lora": ("lora",),
+    "fused_rms_norm": ("full", "lora"),
+}
+
+
+def apply_lever(name: str, model: torch.nn.Module) -> int:
+    if name == "fused_lora":
+        from runtime.lora_addmm import apply_lora_addmm
+
+        return apply_lora_addmm(model)
+    from runtime.fused_rms_norm import apply_fused_rms_norm
+
+    return apply_fused_rms_norm(model)
+
+
+def build(shape: Shape, mode: str) -> torch.nn.Module:
+    """The bench's random-weight Llama of `shape` (fp32) on sdpa_varlen; LoRA r16 on every linear layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from runtime import attention_varlen
+
+    attention_varlen.register()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=shape.hidden,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        vocab_size=shape.vocab,
+        max_position_embeddings=max(4096, shape.max_len * 2),
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
+    model = LlamaForCausalLM(config).float()
+    model.config._attn_implementation = attention_varlen.NAME
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        with torch.no_grad():  # lora_B starts at zero; trained adapters are not
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+    return model.train()
+
+
+def packed_rows(shape: Shape, tokens: int, count: int, seed: int = 0) -> list[tuple]:
+    """`count` rows of whole examples (log-normal lengths as sft_throughput.generate_examples draws them)
+    filled up to `tokens`: (input_ids [1, n], position_ids [1, n], labels [1, n]), prompt labels -100."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        lengths: list[int] = []
+        while True:
+            n = int(np.clip(rng.lognormal(math.log(shape.median_len), 0.6), 16, shape.max_len - 16))
+            if sum(lengths) + n > tokens:
+                break
+            lengths.append(n)
+        ids = torch.from_numpy(rng.integers(9, shape.vocab, size=sum(lengths)))[None]
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        labels, start = ids.clone(), 0
+        for n in lengths:
+            labels[0, start : start + max(1, int(n * PROMPT_FRACTION))] = -100
+            start += n
+        rows.append((ids, positions, labels))
+    return rows
+
+
+def train_step(model, optimizer, ids, positions, labels) -> None:
+    """Forward, the lm_head at the trained positions only (runtime label_logits_only), backward, AdamW."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.model(input_ids=ids, position_ids=positions).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = causal_lm.lm_head(hidden[:, :-1][keep])
+    F.cross_entropy(logits, target[keep]).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def patched_modules(model) -> set[int]:
+    return {id(m) for m in model.modules() if "forward" in vars(m)}
+
+
+def toggle(model, lever: str):
+    """-> (on(), off()): put the lever on the model / take it off (each module's class forward again)."""
+    before = patched_modules(model)
+    count = apply_lever(lever, model)
+    ours = [m for m in model.modules() if "forward" in vars(m) and id(m) not in before]
+    if not count or len(ours) != count:
+        raise SystemExit(f"{lever}: patched {count} modules, {len(ours)} found; nothing to compare")
+    forwards = {id(m): vars(m)["forward"] for m in ours}
+
+    def on() -> None:
+        for m in ours:
+            m.forward = forwards[id(m)]
+
+    def off() -> None:
+        for m in ours:
+            vars(m).pop("forward", None)
+
+    return on, off, count
+
+
+def measure(shape: Shape, mode: str, lever: str, args) -> dict:
+    model = build(shape, mode)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    on, off, patched = toggle(model, lever)
+    rows = packed_rows(shape, args.tokens, 8)
+    seconds = {"on": [], "off": []}
+    tokens = []
+    for i in range(args.warmup + args.pairs):
+        row = rows[i % len(rows)]
+        for arm in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            (on if arm == "on" else off)()
+            start = time.perf_counter()
+            train_step(model, optimizer, *row)
+            if i >= args.warmup:
+                seconds[arm].append(time.perf_counter() - start)
+        if i >= args.warmup:
+            tokens.append(row[0].shape[1])
+    rate = {arm: sum(tokens) / sum(seconds[arm]) for arm in seconds}
+    quarter = max(1, args.pairs // 4)
+    spread = [
+        round(sum(seconds["off"][q : q + quarter]) / sum(seconds["on"][q : q + quarter]), 3)
+        for q in range(0, args.pairs - quarter + 1, quarter)
+    ]
+    return {
+        "mode": mode,
+        "lever": lever,
+        "modules_patched": patched,
+        "pairs": args.pairs,
+        "tokens_per_step": round(statistics.mean(tokens)),
+        "tokens_per_s_on": round(rate["on"]),
+        "tokens_per_s_off": round(rate["off"]),
+        "ratio_on_vs_off": round(rate["on"] / rate["off"], 3),
+        "ratio_by_quarter": spread,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu")
+    parser.add_argument("--modes", default="lora,full")
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    parser.add_argument("--tokens", type=int, default=4096, help="real tokens per micro-batch (one row)")
+    parser.add_argument("--pairs", type=int, default=24, help="timed steps per arm")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    shape = SHAPES[args.shape]
+    results = []
+    print(f"shape {args.shape}, {args.tokens} tokens per step, {args.pairs} timed steps per arm, threads "
+          f"{torch.get_num_threads()}, torch {torch.__version__}")  # fmt: skip
+    print(f"{'mode':5} {'lever':15} {'tok/s on':>9} {'tok/s off':>9} {'on/off':>7}  by quarter")
+    for mode in args.modes.split(","):
+        for lever in args.levers.split(","):
+            if mode not in LEVERS[lever]:
+                continue
+            row = measure(shape, mode, lever, args)
+            results.append(row)
+            print(f"{mode:5} {lever:15} {row['tokens_per_s_on']:9} {row['tokens_per_s_off']:9} "
+                  f"{row['ratio_on_vs_off']:7.3f}  {row['ratio_by_quarter']}", flush=True)  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps({"shape": args.shape, "rows": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,6 +88,8 @@ def starts_once_per_forward(position_ids: Any) -> list[list[int]]:
     the last answer is kept with that tensor (held, so its identity cannot be reused) and its version (an
     in-place write invalidates it). One host sync per forward instead of one per layer."""
     global _last_starts
+    if position_ids.is_inference():  # inference_mode tensors keep no version counter: no cache
+        return sequence_starts(position_ids)
     last = _last_starts
     if last is not None and last[0] is position_ids and last[1] == position_ids._version:
         return last[2]

@@ -60,6 +60,9 @@ def test_starts_are_computed_once_per_position_ids_and_again_after_a_write() -> 
     assert attention_varlen.starts_once_per_forward(pos) == [[0, 1, 3, 5]]
     other = torch.tensor([[0, 0, 1, 2, 3]])  # a new forward's tensor
     assert attention_varlen.starts_once_per_forward(other) == [[0, 1, 5]]
+    with torch.inference_mode():  # no version counter there: computed each time
+        frozen = torch.tensor([[0, 1, 0]])
+        assert attention_varlen.starts_once_per_forward(frozen) == [[0, 2, 3]]
 
 
 def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> None:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from sft_throughput import PROMPT_FRACTION, SHAPES, Shape  # noqa: E402
+from sft_throughput import PROMPT_FRACTION, SHAPES, Shape, llama_sizes, lora_config  # noqa: E402
 
 sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # as `xgen-runtime train` does (unused_imports)
 
@@ -56,30 +56,21 @@ def apply_lever(name: str, model: torch.nn.Module) -> int:
 
 
 def build(shape: Shape, mode: str) -> torch.nn.Module:
-    """The bench's random-weight Llama of `shape` (fp32) on sdpa_varlen; LoRA r16 on every linear layer."""
+    """The bench's random-weight Llama of `shape` (fp32) on sdpa_varlen; LoRA as sft_throughput's (r16, every
+    linear layer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from runtime import attention_varlen
 
     attention_varlen.register()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=shape.hidden,
-        intermediate_size=shape.mlp,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        vocab_size=shape.vocab,
-        max_position_embeddings=max(4096, shape.max_len * 2),
-        tie_word_embeddings=True,
-        use_cache=False,
-    )
+    config = LlamaConfig(vocab_size=shape.vocab, use_cache=False, **llama_sizes(shape))
     model = LlamaForCausalLM(config).float()
     model.config._attn_implementation = attention_varlen.NAME
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        model = get_peft_model(model, lora_config())
         with torch.no_grad():  # lora_B starts at zero; trained adapters are not
             for name, param in model.named_parameters():
                 if "lora_B" in name:

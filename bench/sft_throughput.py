@@ -145,23 +145,26 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
+def llama_sizes(shape: Shape) -> dict:
+    """LlamaConfig keys of `shape` (the vocabulary comes from the tokenizer or the caller)."""
+    return {
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.mlp,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "max_position_embeddings": max(4096, shape.max_len * 2),
+        "tie_word_embeddings": True,
+    }
+
+
 def build_model_dir(shape: Shape, dest: Path) -> Path:
     """Random-weight Llama of `shape` (runtime.tiny's builder) plus the tokenizer, saved as a model dir.
     The saved dtype is the run's (fp32 on CPU): LLaMA-Factory loads a checkpoint in its saved dtype."""
     from runtime.tiny import build_model
 
     tokenizer = build_tokenizer(shape.vocab)
-    model = build_model(
-        tokenizer,
-        0,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.mlp,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=max(4096, shape.max_len * 2),
-        tie_word_embeddings=True,
-    ).to(torch_dtype(shape.dtype))
+    model = build_model(tokenizer, 0, **llama_sizes(shape)).to(torch_dtype(shape.dtype))
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest

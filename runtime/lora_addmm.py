@@ -79,21 +79,21 @@ class _FrozenBaseLora:
         return cls.fn
 
 
-def _one_node(self: Any, x: Any) -> bool:
-    """True when this call can be FrozenBaseLora: one adapter without dropout on a frozen nn.Linear, one
-    dtype, no autocast (the function's matmuls would not be cast)."""
+def _one_node_adapter(self: Any, x: Any) -> str | None:
+    """The adapter's name when this call can be FrozenBaseLora: one adapter without dropout on a frozen
+    nn.Linear, one dtype, no autocast (the function's matmuls would not be cast); else None."""
     import torch
 
     base, names = self.base_layer, [n for n in self.active_adapters if n in self.lora_A]
     if type(base) is not nn.Linear or len(names) != 1 or base.weight.requires_grad:
-        return False
+        return None
     if base.bias is not None and base.bias.requires_grad:
-        return False
+        return None
     name = names[0]
     if not isinstance(self.lora_dropout[name], nn.Identity) or torch.is_autocast_enabled(x.device.type):
-        return False
+        return None
     dtype = base.weight.dtype
-    return x.dtype == dtype and self.lora_A[name].weight.dtype == dtype
+    return name if x.dtype == dtype and self.lora_A[name].weight.dtype == dtype else None
 
 
 def _addmm_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,8 +101,8 @@ def _addmm_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 
     if not _plain(self, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
-    if not args and not kwargs and _one_node(self, x):
-        name = next(n for n in self.active_adapters if n in self.lora_A)
+    name = None if args or kwargs else _one_node_adapter(self, x)
+    if name is not None:
         base = self.base_layer
         return _FrozenBaseLora.get().apply(
             x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]

@@ -1,19 +1,21 @@
 """One lever on and off in the SAME process, step by step: its effect alone, measured above the noise.
 
-    python bench/lever_ab.py                          # CPU shape: fused_lora (LoRA), fused_rms_norm (both)
-    python bench/lever_ab.py --modes lora --levers fused_lora --pairs 40
+    python bench/lever_ab.py                          # CPU shape: every lever of LEVERS in each mode
+    python bench/lever_ab.py --modes full --levers fused_cross_entropy,fused_adamw --pairs 40
 
 Why not sft_throughput.py's lever rows: there each row is its own process, minutes apart, and on a shared
 2-core machine two runs of the same variant differ by up to ±12 % (bench/README.md), more than the levers
 measured here are worth. Here one model trains; before each step the lever is put on or taken off (the same
-runtime functions that `fused_lora`/`fused_rms_norm` call), the two arms alternate A B, B A, ... over the SAME
-packed micro-batches, so both see the same machine. Printed: tokens/s of each arm over all timed pairs, the
-ratio on/off, and the ratio over each quarter of the pairs (its spread).
+runtime functions that `fused_lora`/`fused_rms_norm` call; the runtime's cross-entropy or torch's; fused or
+foreach AdamW, each arm its own optimizer state over the same weights), the two arms alternate A B, B A, ...
+over the SAME packed micro-batches, so both see the same machine. Printed: tokens/s of each arm over all
+timed pairs, the ratio on/off, and the ratio over each quarter of the pairs (its spread).
 
 The step is the runtime's CPU sft step under perf auto: ONE padding-free row of `--tokens` real tokens
 (examples of the bench's log-normal lengths, position ids restarting per example) through the
-`sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`), backward, AdamW.
-Both arms compute the same sums (tests/runtime/test_lora_addmm.py, test_fused_rms_norm.py).
+`sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`) and its fused
+cross-entropy, backward, fused AdamW. Both arms compute the same sums (tests/runtime/test_lora_addmm.py,
+test_fused_rms_norm.py, test_cross_entropy.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,11 +41,19 @@ from sft_throughput import PROMPT_FRACTION, SHAPES, Shape, llama_sizes, lora_con
 
 sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # as `xgen-runtime train` does (unused_imports)
 
-# lever -> (the modes it applies to, the runtime function that puts it on a model; returns modules patched)
+# lever -> the modes it applies to. Model levers are the runtime functions that put them on a model
+# (apply_lever); step levers swap the loss or the optimizer of the step (step_levers).
 LEVERS = {
     "fused_lora": ("lora",),
     "fused_rms_norm": ("full", "lora"),
+    "fused_cross_entropy": ("full", "lora"),
+    "fused_adamw": ("full",),
+    "cpu_allocator_cache": ("full", "lora"),
 }
+STEP_LEVERS = ("fused_cross_entropy", "fused_adamw")
+# Process-wide state that one arm would leave to the other (the allocator's heap): each arm runs in its own
+# process, arms alternating A B / B A (`--process-pairs`), every process the same steps over the same rows.
+PROCESS_LEVERS = ("cpu_allocator_cache",)
 
 
 def apply_lever(name: str, model: torch.nn.Module) -> int:
@@ -53,6 +64,22 @@ def apply_lever(name: str, model: torch.nn.Module) -> int:
     from runtime.fused_rms_norm import apply_fused_rms_norm
 
     return apply_fused_rms_norm(model)
+
+
+def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+def fused_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    from runtime.cross_entropy import cross_entropy_sum
+
+    return cross_entropy_sum(logits, targets) / targets.numel()
+
+
+def adamw(model: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
+    """What Trainer builds for `adamw_torch` (foreach) / `adamw_torch_fused`."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trained, lr=1e-5, **({"fused": True} if fused else {"foreach": True}))
 
 
 def build(shape: Shape, mode: str) -> torch.nn.Module:
@@ -100,24 +127,33 @@ def packed_rows(shape: Shape, tokens: int, count: int, seed: int = 0) -> list[tu
     return rows
 
 
-def train_step(model, optimizer, ids, positions, labels) -> None:
-    """Forward, the lm_head at the trained positions only (runtime label_logits_only), backward, AdamW."""
+def train_step(model, step: dict, ids, positions, labels) -> None:
+    """Forward, the lm_head at the trained positions only (runtime label_logits_only), backward, AdamW;
+    step["loss"] and step["optimizer"] are the arm's."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=ids, position_ids=positions).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = causal_lm.lm_head(hidden[:, :-1][keep])
-    F.cross_entropy(logits, target[keep]).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    step["loss"](logits, target[keep]).backward()
+    step["optimizer"].step()
+    step["optimizer"].zero_grad(set_to_none=True)
 
 
 def patched_modules(model) -> set[int]:
     return {id(m) for m in model.modules() if "forward" in vars(m)}
 
 
-def toggle(model, lever: str):
-    """-> (on(), off()): put the lever on the model / take it off (each module's class forward again)."""
+def toggle(model, lever: str, step: dict):
+    """-> (on(), off(), modules patched): put the lever on / take it off: the step's loss or optimizer,
+    or the model's modules (each module's class forward again)."""
+    if lever in STEP_LEVERS:
+        key, arms = (
+            ("loss", (fused_loss, plain_loss))
+            if lever == "fused_cross_entropy"
+            else ("optimizer", (adamw(model, fused=True), adamw(model, fused=False)))
+        )
+        return (lambda: step.update({key: arms[0]})), (lambda: step.update({key: arms[1]})), 0
     before = patched_modules(model)
     count = apply_lever(lever, model)
     ours = [m for m in model.modules() if "forward" in vars(m) and id(m) not in before]
@@ -136,10 +172,64 @@ def toggle(model, lever: str):
     return on, off, count
 
 
+def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
+    """A process lever's arm (`--one-arm`): the lever as the runtime sets it at start, or not at all,
+    then warm-up and timed steps. -> {"tokens": real tokens timed, "seconds": their wall time}."""
+    if on:
+        from runtime.host_memory import keep_freed_blocks
+
+        assert keep_freed_blocks(), "glibc's mallopt refused"
+    model = build(shape, mode)
+    if mode == "lora":
+        from runtime.lora_addmm import apply_lora_addmm
+
+        apply_lora_addmm(model)  # perf auto's CPU LoRA step
+    step = {"loss": fused_loss, "optimizer": adamw(model, fused=True)}
+    rows = packed_rows(shape, args.tokens, 8)
+    tokens, seconds = 0, 0.0
+    for i in range(args.warmup + args.pairs):
+        row = rows[i % len(rows)]
+        start = time.perf_counter()
+        train_step(model, step, *row)
+        if i >= args.warmup:
+            seconds += time.perf_counter() - start
+            tokens += row[0].shape[1]
+    return {"tokens": tokens, "seconds": seconds}
+
+
+def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
+    """A process lever on and off, each arm its own process, A B / B A for `--process-pairs` pairs."""
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for i in range(args.process_pairs):
+        for arm in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            command = [sys.executable, __file__, "--one-arm", arm, "--shape", shape_name, "--modes", mode,
+                       "--levers", lever, "--tokens", str(args.tokens), "--pairs", str(args.pairs),
+                       "--warmup", str(args.warmup)]  # fmt: skip
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            runs[arm].append(json.loads(out.strip().splitlines()[-1]))
+    rate = {arm: sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs) for arm, rs in runs.items()}
+    by_pair = [
+        round((on["tokens"] / on["seconds"]) / (off["tokens"] / off["seconds"]), 3)
+        for on, off in zip(runs["on"], runs["off"], strict=True)
+    ]
+    return {
+        "mode": mode,
+        "lever": lever,
+        "modules_patched": 0,
+        "pairs": args.pairs,
+        "processes_per_arm": args.process_pairs,
+        "tokens_per_step": round(runs["on"][0]["tokens"] / args.pairs),
+        "tokens_per_s_on": round(rate["on"]),
+        "tokens_per_s_off": round(rate["off"]),
+        "ratio_on_vs_off": round(rate["on"] / rate["off"], 3),
+        "ratio_by_pair": by_pair,
+    }
+
+
 def measure(shape: Shape, mode: str, lever: str, args) -> dict:
     model = build(shape, mode)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    on, off, patched = toggle(model, lever)
+    step = {"loss": fused_loss, "optimizer": adamw(model, fused=True)}  # perf auto's CPU step
+    on, off, patched = toggle(model, lever, step)
     rows = packed_rows(shape, args.tokens, 8)
     seconds = {"on": [], "off": []}
     tokens = []
@@ -148,7 +238,7 @@ def measure(shape: Shape, mode: str, lever: str, args) -> dict:
         for arm in ("on", "off") if i % 2 == 0 else ("off", "on"):
             (on if arm == "on" else off)()
             start = time.perf_counter()
-            train_step(model, optimizer, *row)
+            train_step(model, step, *row)
             if i >= args.warmup:
                 seconds[arm].append(time.perf_counter() - start)
         if i >= args.warmup:
@@ -180,21 +270,33 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=4096, help="real tokens per micro-batch (one row)")
     parser.add_argument("--pairs", type=int, default=24, help="timed steps per arm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
+    parser.add_argument("--process-pairs", type=int, default=4, help="process levers: process pairs")
+    parser.add_argument("--one-arm", choices=("on", "off"), help=argparse.SUPPRESS)  # a process lever's arm
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     shape = SHAPES[args.shape]
+    if args.one_arm:
+        print(json.dumps(one_arm(shape, args.modes, args.levers, args.one_arm == "on", args)))
+        return 0
+    from runtime.host_memory import keep_freed_blocks
+
+    keep_freed_blocks()  # in-process levers: the runtime's CPU process under perf auto
     results = []
     print(f"shape {args.shape}, {args.tokens} tokens per step, {args.pairs} timed steps per arm, threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}")  # fmt: skip
-    print(f"{'mode':5} {'lever':15} {'tok/s on':>9} {'tok/s off':>9} {'on/off':>7}  by quarter")
+    print(f"{'mode':5} {'lever':15} {'tok/s on':>9} {'tok/s off':>9} {'on/off':>7}  by quarter (or pair)")
     for mode in args.modes.split(","):
         for lever in args.levers.split(","):
             if mode not in LEVERS[lever]:
                 continue
-            row = measure(shape, mode, lever, args)
+            if lever in PROCESS_LEVERS:
+                row = measure_processes(args.shape, mode, lever, args)
+            else:
+                row = measure(shape, mode, lever, args)
             results.append(row)
+            spread = row.get("ratio_by_quarter") or row["ratio_by_pair"]
             print(f"{mode:5} {lever:15} {row['tokens_per_s_on']:9} {row['tokens_per_s_off']:9} "
-                  f"{row['ratio_on_vs_off']:7.3f}  {row['ratio_by_quarter']}", flush=True)  # fmt: skip
+                  f"{row['ratio_on_vs_off']:7.3f}  {spread}", flush=True)  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps({"shape": args.shape, "rows": results}, indent=1) + "\n")
     return 0

@@ -130,6 +130,10 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     check_world(cfg, world()[2])
     plan = resolve_perf(cfg, device)
     apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys
+    if cfg.cpu_allocator_cache:
+        from runtime.host_memory import keep_freed_blocks
+
+        keep_freed_blocks()
     if device == "npu":
         importlib.import_module("torch_npu")
     if cfg.deepspeed_config is not None:

@@ -50,7 +50,9 @@ from runtime.host_memory import glibc
 TUNED_STAGES = ("pt", "sft")
 # Devices where perf auto turns padding-free on: CUDA (varlen/flex) and CPU (sdpa, rows <= cutoff_len).
 PACKING_DEVICES = ("cuda", "cpu")
-FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused", "cpu": "adamw_torch_fused"}
+# Not CPU: there bench/lever_ab.py measured fused against foreach at 1.005 on full SFT (the update is ~2 %
+# of a step), and the update's rounding moves off the trajectories the CPU tests were tuned on.
+FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused"}
 PLAIN_ADAMW = "adamw_torch"
 
 

@@ -48,11 +48,11 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
         "sdpa_varlen",
         False,
         True,
-        "adamw_torch_fused",  # as LLaMA-Factory (transformers' default optim with torch >= 2.8)
+        "adamw_torch",  # fused measured 1.005 on CPU (bench/README.md): not worth moving the trajectory
     )
     assert p.line() == (
         "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
-        "label_logits_only=on optim=adamw_torch_fused compile=off activation_checkpointing=off "
+        "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off "
         "fused_rms_norm=off fused_lora=on fused_cross_entropy=on cpu_allocator_cache=on"
     )
     apply_perf(cfg, p)
@@ -70,7 +70,6 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     assert not plan("cpu", stage="dpo", dataset="p")[0].fused_lora  # measured on sft steps only
     assert not plan("cuda")[0].fused_lora and plan("cuda", fused_lora=True)[0].fused_lora  # unmeasured there
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
-    assert plan("cpu", optim="adamw_torch")[0].optim == "adamw_torch"  # the key written wins
 
 
 def test_cpu_loss_and_allocator_levers() -> None:
@@ -234,7 +233,7 @@ def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, 
     out = capsys.readouterr().out
     assert (
         "xgen-runtime: perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen "
-        "liger=off label_logits_only=on optim=adamw_torch_fused" in out
+        "liger=off label_logits_only=on optim=adamw_torch" in out
     )
     assert "perf: auto (cpu) packing=off rows=- micro_batch_tokens=off" in out
 

@@ -1,21 +1,23 @@
 """One lever on and off in the SAME process, step by step: its effect alone, measured above the noise.
 
     python bench/lever_ab.py                          # CPU shape: every lever of LEVERS in each mode
-    python bench/lever_ab.py --modes full --levers fused_cross_entropy,fused_adamw --pairs 40
+    python bench/lever_ab.py --modes full --levers cpu_allocator_cache,fused_adamw --pairs 40
 
 Why not sft_throughput.py's lever rows: there each row is its own process, minutes apart, and on a shared
 2-core machine two runs of the same variant differ by up to ±12 % (bench/README.md), more than the levers
 measured here are worth. Here one model trains; before each step the lever is put on or taken off (the same
-runtime functions that `fused_lora`/`fused_rms_norm` call; the runtime's cross-entropy or torch's; fused or
-foreach AdamW, each arm its own optimizer state over the same weights), the two arms alternate A B, B A, ...
-over the SAME packed micro-batches, so both see the same machine. Printed: tokens/s of each arm over all
-timed pairs, the ratio on/off, and the ratio over each quarter of the pairs (its spread).
+runtime functions that `fused_lora`/`fused_rms_norm` call; fused or foreach AdamW, each arm its own
+optimizer state over the same weights), the two arms alternate A B, B A, ... over the SAME packed
+micro-batches, so both see the same machine. Printed: tokens/s of each arm over all timed pairs, the ratio
+on/off, and the ratio over each quarter of the pairs (its spread). A lever whose state is process-wide
+(`cpu_allocator_cache`: one arm would leave its heap to the other) runs each arm in its own process instead,
+A B / B A for `--process-pairs` pairs, and prints the ratio of each pair.
 
 The step is the runtime's CPU sft step under perf auto: ONE padding-free row of `--tokens` real tokens
 (examples of the bench's log-normal lengths, position ids restarting per example) through the
-`sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`) and its fused
-cross-entropy, backward, fused AdamW. Both arms compute the same sums (tests/runtime/test_lora_addmm.py,
-test_fused_rms_norm.py, test_cross_entropy.py).
+`sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`), backward,
+AdamW (foreach), with glibc malloc keeping freed blocks (`cpu_allocator_cache`) except in that lever's own
+off arm. Both arms compute the same sums (tests/runtime/test_lora_addmm.py, test_fused_rms_norm.py).
 """
 
 from __future__ import annotations
@@ -46,11 +48,9 @@ sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # as `xgen-runti
 LEVERS = {
     "fused_lora": ("lora",),
     "fused_rms_norm": ("full", "lora"),
-    "fused_cross_entropy": ("full", "lora"),
     "fused_adamw": ("full",),
     "cpu_allocator_cache": ("full", "lora"),
 }
-STEP_LEVERS = ("fused_cross_entropy", "fused_adamw")
 # Process-wide state that one arm would leave to the other (the allocator's heap): each arm runs in its own
 # process, arms alternating A B / B A (`--process-pairs`), every process the same steps over the same rows.
 PROCESS_LEVERS = ("cpu_allocator_cache",)
@@ -64,16 +64,6 @@ def apply_lever(name: str, model: torch.nn.Module) -> int:
     from runtime.fused_rms_norm import apply_fused_rms_norm
 
     return apply_fused_rms_norm(model)
-
-
-def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, targets)
-
-
-def fused_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    from runtime.cross_entropy import cross_entropy_sum
-
-    return cross_entropy_sum(logits, targets) / targets.numel()
 
 
 def adamw(model: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -129,13 +119,13 @@ def packed_rows(shape: Shape, tokens: int, count: int, seed: int = 0) -> list[tu
 
 def train_step(model, step: dict, ids, positions, labels) -> None:
     """Forward, the lm_head at the trained positions only (runtime label_logits_only), backward, AdamW;
-    step["loss"] and step["optimizer"] are the arm's."""
+    step["optimizer"] is the arm's."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=ids, position_ids=positions).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = causal_lm.lm_head(hidden[:, :-1][keep])
-    step["loss"](logits, target[keep]).backward()
+    F.cross_entropy(logits, target[keep]).backward()
     step["optimizer"].step()
     step["optimizer"].zero_grad(set_to_none=True)
 
@@ -145,15 +135,11 @@ def patched_modules(model) -> set[int]:
 
 
 def toggle(model, lever: str, step: dict):
-    """-> (on(), off(), modules patched): put the lever on / take it off: the step's loss or optimizer,
-    or the model's modules (each module's class forward again)."""
-    if lever in STEP_LEVERS:
-        key, arms = (
-            ("loss", (fused_loss, plain_loss))
-            if lever == "fused_cross_entropy"
-            else ("optimizer", (adamw(model, fused=True), adamw(model, fused=False)))
-        )
-        return (lambda: step.update({key: arms[0]})), (lambda: step.update({key: arms[1]})), 0
+    """-> (on(), off(), modules patched): put the lever on / take it off: the step's optimizer, or the
+    model's modules (each module's class forward again)."""
+    if lever == "fused_adamw":  # each arm its own optimizer state over the same weights
+        fused, foreach = adamw(model, fused=True), adamw(model, fused=False)
+        return (lambda: step.update(optimizer=fused)), (lambda: step.update(optimizer=foreach)), 0
     before = patched_modules(model)
     count = apply_lever(lever, model)
     ours = [m for m in model.modules() if "forward" in vars(m) and id(m) not in before]
@@ -184,7 +170,7 @@ def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
         from runtime.lora_addmm import apply_lora_addmm
 
         apply_lora_addmm(model)  # perf auto's CPU LoRA step
-    step = {"loss": fused_loss, "optimizer": adamw(model, fused=True)}
+    step = {"optimizer": adamw(model, fused=False)}  # perf auto's CPU optimizer: adamw_torch (foreach)
     rows = packed_rows(shape, args.tokens, 8)
     tokens, seconds = 0, 0.0
     for i in range(args.warmup + args.pairs):
@@ -228,7 +214,7 @@ def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
 
 def measure(shape: Shape, mode: str, lever: str, args) -> dict:
     model = build(shape, mode)
-    step = {"loss": fused_loss, "optimizer": adamw(model, fused=True)}  # perf auto's CPU step
+    step = {"optimizer": adamw(model, fused=False)}  # perf auto's CPU step: adamw_torch (foreach)
     on, off, patched = toggle(model, lever, step)
     rows = packed_rows(shape, args.tokens, 8)
     seconds = {"on": [], "off": []}

@@ -100,7 +100,6 @@ LEVERS = {
     "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
     "plus_fused_rms_norm": {"fused_rms_norm": True},  # opt-in: torch's F.rms_norm (runtime/fused_rms_norm.py)
     "no_fused_lora": {"fused_lora": False},  # LoRA on CPU: peft's own forward (lora_addmm.py off)
-    "no_fused_ce": {"fused_cross_entropy": False},  # CPU: torch's cross-entropy on the trained positions
     "no_allocator_cache": {"cpu_allocator_cache": False},  # CPU: glibc's default malloc (unmaps big blocks)
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
     "no_fused_adamw": {"optim": "adamw_torch"},  # foreach AdamW instead of the fused kernel

@@ -23,9 +23,6 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
   fused LoRA  `fused_lora` (LoRA; perf auto on CPU): each LoRA layer as one autograd node, frozen base
               product and update together (runtime/lora_addmm.py): +16 % on the CPU shape, steps on
               and off interleaved (bench/lever_ab.py). Not measured on a GPU: off there unless set.
-  fused CE    `fused_cross_entropy` (sft with label_logits_only; perf auto on CPU): the trained positions'
-              cross-entropy with one softmax pass, its probabilities turned into the gradient in place
-              (runtime/cross_entropy.py). Not measured on a GPU: off there unless set.
   allocator   `cpu_allocator_cache` (CPU, any stage; perf auto): glibc malloc keeps freed blocks instead of
               unmapping and page-faulting every step's large tensors again (runtime/host_memory.py).
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
@@ -73,7 +70,6 @@ class PerfPlan:
     label_logits_only: bool = False
     fused_rms_norm: bool = False
     fused_lora: bool = False
-    fused_cross_entropy: bool = False
     cpu_allocator_cache: bool = False
     notes: list[str] = field(default_factory=list)
     npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
@@ -92,7 +88,6 @@ class PerfPlan:
             f" npu_kernels={','.join(self.npu_kernels) or 'off'}"
             if self.device == "npu"
             else f" fused_rms_norm={onoff[self.fused_rms_norm]} fused_lora={onoff[self.fused_lora]} "
-            f"fused_cross_entropy={onoff[self.fused_cross_entropy]} "
             f"cpu_allocator_cache={onoff[self.cpu_allocator_cache]}"
             if self.device == "cpu"
             else ""
@@ -168,16 +163,6 @@ def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
     return bool(cfg.fused_lora)
 
 
-def resolve_fused_cross_entropy(cfg: TrainConfig, device: str, label_logits: bool) -> tuple[bool, str | None]:
-    """(on, note). It is label_logits_only's loss, so never without it. Unset: on on CPU under perf auto,
-    where bench/lever_ab.py measured it; elsewhere what the key says."""
-    if auto_chooses(cfg, "fused_cross_entropy"):
-        return label_logits and device == "cpu", None
-    if cfg.fused_cross_entropy and not label_logits:
-        return False, "fused_cross_entropy: it is the loss of label_logits_only (sft), which is off here; off"
-    return bool(cfg.fused_cross_entropy), None
-
-
 def resolve_allocator_cache(cfg: TrainConfig, device: str) -> tuple[bool, str | None]:
     """(on, note). Unset: on on CPU under perf auto, any stage (glibc only). Set where it cannot act
     (another device: the tensors are not in malloc's heap; another C library): off with one note."""
@@ -241,8 +226,6 @@ def resolve_perf(
         fa2_available = has_module("flash_attn")
     packing = resolve_packing(cfg, device)
     liger, liger_note = resolve_liger(cfg, device, available=liger_available)
-    label_logits = resolve_label_logits(cfg, liger)
-    fused_ce, fused_ce_note = resolve_fused_cross_entropy(cfg, device, label_logits)
     allocator_cache, allocator_note = resolve_allocator_cache(cfg, device)
     attention = resolve_attention(cfg, device, packing, fa2=fa2_available)
     rows = resolve_rows(cfg, device, packing, attention)
@@ -257,15 +240,14 @@ def resolve_perf(
         torch_compile=cfg.torch_compile,
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
-        label_logits_only=label_logits,
+        label_logits_only=resolve_label_logits(cfg, liger),
         # opt-in, never chosen by perf auto (no effect above the noise, bench/README.md): in the plan
         # only so the start line shows it
         fused_rms_norm=cfg.fused_rms_norm,
         fused_lora=resolve_fused_lora(cfg, device),
-        fused_cross_entropy=fused_ce,
         cpu_allocator_cache=allocator_cache,
     )
-    plan.notes.extend(note for note in (liger_note, fused_ce_note, allocator_note) if note)
+    plan.notes.extend(note for note in (liger_note, allocator_note) if note)
     if device == "npu":  # packing with the varlen fused attention, fused kernels, fused AdamW
         from runtime import perf_npu
 
@@ -290,6 +272,5 @@ def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     cfg.use_v1_kernels, cfg.npu_kernels = bool(plan.npu_kernels), plan.npu_kernels
     cfg.label_logits_only = plan.label_logits_only
     cfg.fused_lora = plan.fused_lora
-    cfg.fused_cross_entropy = plan.fused_cross_entropy
     cfg.cpu_allocator_cache = plan.cpu_allocator_cache
     cfg.notes.extend(plan.notes)

@@ -429,11 +429,6 @@ class TrainConfig:
         "LoRA: each LoRA layer as one autograd node (frozen base product and adapter update; same sums). "
         "Unset: on for plain LoRA pt/sft on CPU under perf auto (+16 % measured, bench/lever_ab.py).",
     )
-    fused_cross_entropy: bool = _f(
-        False,
-        "sft with label_logits_only: the cross-entropy as one softmax pass whose probabilities become the "
-        "gradient in place (same loss and gradient). Unset: on on CPU under perf auto.",
-    )
     cpu_allocator_cache: bool = _f(
         False,
         "CPU: glibc malloc keeps freed blocks for the next step instead of unmapping them (no page faults "

@@ -19,7 +19,6 @@ work, so skipping them for prompt tokens saves that share. Same loss (Trainer's 
 optimizer step through compute_loss_func; test_perf.py checks loss and grads against the plain path).
 transformers' `logits_to_keep` takes one index list for all rows; padding-free rows each need their own,
 hence a forward pre-hook on the output embedding that selects the hidden states of those positions.
-With `fused_cross_entropy` (perf auto on CPU) that loss is runtime/cross_entropy.py's one-softmax sum.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from runtime.cross_entropy import cross_entropy_sum
 from runtime.data import attention_of, build_collator
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
@@ -94,9 +92,8 @@ class LabelLogits:
     are [1, N, vocab] in row-major order of the mask. The hook runs inside the (DDP/FSDP/DeepSpeed-wrapped)
     model's own forward, so gradient sync and parameter gathering are untouched."""
 
-    def __init__(self, model: Any, *, fused: bool = False) -> None:
+    def __init__(self, model: Any) -> None:
         self.keep: torch.Tensor | None = None
-        self.fused = fused
         self.handle = model.get_output_embeddings().register_forward_pre_hook(self._select)
 
     def _select(self, module: Any, args: tuple) -> tuple | None:
@@ -126,15 +123,11 @@ class LabelLogits:
         else:
             logits = logits[0]
         logits, targets = logits.float(), targets[trained]
-        if self.fused:
-            total = cross_entropy_sum(logits, targets)
-        else:
-            total = F.cross_entropy(logits, targets, reduction="sum")
         if num_items_in_batch is None:
-            return total / targets.numel()
+            return F.cross_entropy(logits, targets)
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(logits.device)
-        return total / num_items_in_batch
+        return F.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
 
 
 def _from_outputs(loss_fn: Any) -> Any:
@@ -155,14 +148,13 @@ class SFTTrainer(ReferenceMixin, XgenTrainer):
         ref_model: Any = None,
         asft_alpha: float | None = None,
         label_logits_only: bool = False,
-        fused_cross_entropy: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.asft_alpha = asft_alpha
         # A model without an output embedding to hook (none of the causal LMs we load) keeps full logits.
         head = self.model.get_output_embeddings() if label_logits_only else None
-        self.label_logits = LabelLogits(self.model, fused=fused_cross_entropy) if head is not None else None
+        self.label_logits = LabelLogits(self.model) if head is not None else None
         if self.label_logits is not None:
             self.compute_loss_func = self.label_logits.loss
         self.setup_reference(ref_model, needed=asft_alpha is not None)
@@ -192,7 +184,7 @@ def loss_options(cfg: Any) -> dict[str, Any]:
     if cfg.use_asft_loss:
         return {"asft_alpha": cfg.asft_alpha}
     if cfg.label_logits_only and not cfg.enable_liger_kernel:  # runtime.perf decides; Liger fuses the CE
-        return {"label_logits_only": True, "fused_cross_entropy": cfg.fused_cross_entropy}
+        return {"label_logits_only": True}
     return {}
 
 

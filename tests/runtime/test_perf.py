@@ -48,12 +48,12 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
         "sdpa_varlen",
         False,
         True,
-        "adamw_torch",  # fused measured 1.005 on CPU (bench/README.md): not worth moving the trajectory
+        "adamw_torch",
     )
     assert p.line() == (
         "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
         "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off "
-        "fused_rms_norm=off fused_lora=on fused_cross_entropy=on cpu_allocator_cache=on"
+        "fused_rms_norm=off fused_lora=on cpu_allocator_cache=on"
     )
     apply_perf(cfg, p)
     assert cfg.padding_free and cfg.label_logits_only and not cfg.packing and cfg.flash_attn == "sdpa_varlen"
@@ -70,20 +70,11 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     assert not plan("cpu", stage="dpo", dataset="p")[0].fused_lora  # measured on sft steps only
     assert not plan("cuda")[0].fused_lora and plan("cuda", fused_lora=True)[0].fused_lora  # unmeasured there
     assert plan("cuda", flash_attn="sdpa")[0].rows == "<=2048"  # sdpa on CUDA too: capped rows
+    assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 
 
-def test_cpu_loss_and_allocator_levers() -> None:
-    """fused_cross_entropy: label_logits_only's loss, on CPU under auto; cpu_allocator_cache: CPU only, any
-    stage; each written where it cannot act: off with one note naming the key."""
-    assert plan("cpu", finetuning_type="full")[0].fused_cross_entropy
-    for keys in ({"label_logits_only": False}, {"perf": "off"}, {"fused_cross_entropy": False}):
-        assert not plan("cpu", **keys)[0].fused_cross_entropy, keys
-    assert not plan("cuda", liger=False)[0].fused_cross_entropy  # unmeasured there
-    assert plan("cuda", liger=False, fused_cross_entropy=True)[0].fused_cross_entropy
-    p, _ = plan("cpu", stage="pt", fused_cross_entropy=True)
-    assert not p.fused_cross_entropy and p.notes == [
-        "fused_cross_entropy: it is the loss of label_logits_only (sft), which is off here; off"
-    ]
+def test_cpu_allocator_cache_on_cpu_only() -> None:
+    """cpu_allocator_cache: CPU only, any stage; written where it cannot act: off with one note naming it."""
     assert plan("cpu")[0].cpu_allocator_cache and plan("cpu", stage="dpo", dataset="p")[0].cpu_allocator_cache
     for keys in ({"perf": "off"}, {"cpu_allocator_cache": False}):
         assert not plan("cpu", **keys)[0].cpu_allocator_cache, keys
@@ -91,7 +82,6 @@ def test_cpu_loss_and_allocator_levers() -> None:
     p, _ = plan("cuda", cpu_allocator_cache=True)
     assert not p.cpu_allocator_cache
     assert p.notes == ["cpu_allocator_cache: the tensors are in cuda memory, not malloc's; off"]
-    assert plan("cpu", stage="pt")[0].rows == "-"  # pt: LLaMA-Factory's blocks (its packing default)
 
 
 def test_levers_switch_off_with_the_keys_the_user_wrote() -> None:
@@ -291,16 +281,15 @@ def alpaca_rows(_tiny_tokenizer_loaded, tiny_dir: Path, tmp_path_factory):
     return rows
 
 
-def _loss_and_grads(model, batch: dict, *, label_logits: bool = False, fused: bool = False):
-    """Trainer's per-token loss over the batch (num_items_in_batch), then its gradients; label_logits with
-    `fused`: runtime/cross_entropy.py's loss."""
+def _loss_and_grads(model, batch: dict, *, label_logits: bool = False):
+    """Trainer's per-token loss over the batch (num_items_in_batch), then its gradients."""
     from runtime.stages.sft import LabelLogits
 
     model.zero_grad()
     labels = batch["labels"]
     count = (labels[:, 1:] != -100).sum()
     if label_logits:
-        head = LabelLogits(model, fused=fused)
+        head = LabelLogits(model)
         with head.only_trained(labels):
             out = model(**{k: v for k, v in batch.items() if k != "labels"})
         head.handle.remove()
@@ -318,7 +307,7 @@ def _grad_diff(a: dict, b: dict) -> float:
 
 def test_padding_free_rows_give_the_padded_loss_and_grads(tiny_dir: Path, alpaca_rows) -> None:
     """sdpa on CPU: padded batch vs padding-free rows (<= cutoff_len, restarting positions, no mask) vs the
-    same rows with label_logits_only (torch's cross-entropy and the fused one): loss within 1e-5 relative, every gradient within 1e-5 of its scale."""
+    same rows with label_logits_only: loss within 1e-5 relative, every gradient within 1e-5 of its scale."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -333,10 +322,10 @@ def test_padding_free_rows_give_the_padded_loss_and_grads(tiny_dir: Path, alpaca
     assert set(rows) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
     assert 1 < rows["input_ids"].shape[0] < len(alpaca_rows) and rows["input_ids"].shape[1] <= 64
     loss, grads = _loss_and_grads(model, padded)
-    for label_logits, fused in ((False, False), (True, False), (True, True)):
-        other, other_grads = _loss_and_grads(model, rows, label_logits=label_logits, fused=fused)
-        assert abs(other - loss) <= FP32_RTOL * abs(loss), (label_logits, fused, loss, other)
-        assert _grad_diff(grads, other_grads) <= FP32_RTOL, (label_logits, fused)
+    for label_logits in (False, True):
+        other, other_grads = _loss_and_grads(model, rows, label_logits=label_logits)
+        assert abs(other - loss) <= FP32_RTOL * abs(loss), (label_logits, loss, other)
+        assert _grad_diff(grads, other_grads) <= FP32_RTOL, label_logits
     # Control (the check can fail): the same rows with positions that do not restart let examples mix.
     leaky = dict(rows, position_ids=torch.arange(rows["input_ids"].shape[1]).expand_as(rows["input_ids"]))
     assert abs(_loss_and_grads(model, leaky)[0] - loss) > 1e-3

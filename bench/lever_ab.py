@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import statistics
 import subprocess
 import sys
@@ -160,7 +161,8 @@ def toggle(model, lever: str, step: dict):
 
 def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
     """A process lever's arm (`--one-arm`): the lever as the runtime sets it at start, or not at all,
-    then warm-up and timed steps. -> {"tokens": real tokens timed, "seconds": their wall time}."""
+    then warm-up and timed steps. -> {"tokens": real tokens timed, "seconds": their wall time,
+    "max_rss_mb": the process's peak resident memory}."""
     if on:
         from runtime.host_memory import keep_freed_blocks
 
@@ -180,7 +182,8 @@ def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
         if i >= args.warmup:
             seconds += time.perf_counter() - start
             tokens += row[0].shape[1]
-    return {"tokens": tokens, "seconds": seconds}
+    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux: KiB
+    return {"tokens": tokens, "seconds": seconds, "max_rss_mb": max_rss_mb}
 
 
 def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
@@ -209,6 +212,8 @@ def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
         "tokens_per_s_off": round(rate["off"]),
         "ratio_on_vs_off": round(rate["on"] / rate["off"], 3),
         "ratio_by_pair": by_pair,
+        "max_rss_mb_on": max(r["max_rss_mb"] for r in runs["on"]),
+        "max_rss_mb_off": max(r["max_rss_mb"] for r in runs["off"]),
     }
 
 

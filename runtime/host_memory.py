@@ -4,9 +4,11 @@ glibc serves every block above its mmap threshold (128 KiB, rising to at most 32
 gives it back with munmap when freed. A CPU training step allocates and frees tensors far larger than that
 (the issue-17 CPU shape: [2850, 8192] fp32 logits, 93 MB, a few per step), so every step the kernel maps
 and zero-fills them again: ~55 k page faults per 4 k-token step. With mmap off and the heap's top never
-trimmed, freed blocks are reused as CUDA's caching allocator reuses device memory (3 k faults per step;
-about 7–10 % of the step, two pairs of runs). The cost is the same as there: the process keeps its
-peak heap instead of returning it to the OS between steps.
+trimmed, freed blocks are reused as CUDA's caching allocator reuses device memory (~2–3 k faults per step;
+1.11× full SFT and 1.13× LoRA tokens/s, bench/lever_ab.py, each arm its own process). The cost is the same
+as there: the process keeps its peak heap (+8–15 % there) instead of returning it to the OS between steps.
+No library offers this for a CPU training process without preloading another malloc (jemalloc, tcmalloc),
+which a launch on someone's cluster cannot assume is installed; hence these few lines.
 
 The switches are glibc's `mallopt(3)` parameters (values from <malloc.h>); other C libraries, or a
 jemalloc/tcmalloc preloaded in glibc's place, ignore them or are not touched.

@@ -44,8 +44,8 @@ from sft_throughput import PROMPT_FRACTION, SHAPES, Shape, llama_sizes, lora_con
 
 sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # as `xgen-runtime train` does (unused_imports)
 
-# lever -> the modes it applies to. Model levers are the runtime functions that put them on a model
-# (apply_lever); step levers swap the loss or the optimizer of the step (step_levers).
+# lever -> the modes it applies to. fused_lora/fused_rms_norm: the runtime functions that put them on a
+# model (apply_lever); fused_adamw: the step's optimizer (toggle); cpu_allocator_cache: see PROCESS_LEVERS.
 LEVERS = {
     "fused_lora": ("lora",),
     "fused_rms_norm": ("full", "lora"),

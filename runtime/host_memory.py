@@ -20,13 +20,8 @@ import ctypes
 import os
 
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # mallopt takes a C int: keep up to 2 GiB of free heap top
-# glibc's own steady state for a process that frees large blocks: the dynamic mmap threshold at its
-# ceiling (DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB on 64-bit), trim at twice that; bench/lever_ab.py's off arm.
-GLIBC_MMAP_MAX = 65536
-GLIBC_MMAP_THRESHOLD_CEILING = 32 * 1024 * 1024
 
 
 def glibc() -> bool:
@@ -45,13 +40,3 @@ def keep_freed_blocks() -> bool:
     """Serve large blocks from the heap and never trim it: freed tensors are reused by later steps.
     Returns False (nothing changed) where the C library is not glibc."""
     return glibc() and _mallopt(M_MMAP_MAX, 0) and _mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
-
-
-def return_freed_blocks() -> bool:
-    """glibc's behaviour for a process that frees large blocks: mmap above 32 MiB, trim above 64 MiB."""
-    return (
-        glibc()
-        and _mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-        and _mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_CEILING)
-        and _mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_CEILING)
-    )

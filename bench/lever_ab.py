@@ -162,7 +162,7 @@ def toggle(model, lever: str, step: dict):
 def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
     """A process lever's arm (`--one-arm`): the lever as the runtime sets it at start, or not at all,
     then warm-up and timed steps. -> {"tokens": real tokens timed, "seconds": their wall time,
-    "max_rss_mb": the process's peak resident memory}."""
+    "faults_per_step": minor page faults per timed step, "max_rss_mb": the process's peak resident memory}."""
     if on:
         from runtime.host_memory import keep_freed_blocks
 
@@ -174,20 +174,29 @@ def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
         apply_lora_addmm(model)  # perf auto's CPU LoRA step
     step = {"optimizer": adamw(model, fused=False)}  # perf auto's CPU optimizer: adamw_torch (foreach)
     rows = packed_rows(shape, args.tokens, 8)
-    tokens, seconds = 0, 0.0
+    tokens, seconds, faults = 0, 0.0, 0
     for i in range(args.warmup + args.pairs):
         row = rows[i % len(rows)]
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         train_step(model, step, *row)
         if i >= args.warmup:
             seconds += time.perf_counter() - start
             tokens += row[0].shape[1]
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux: KiB
-    return {"tokens": tokens, "seconds": seconds, "max_rss_mb": max_rss_mb}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "faults_per_step": faults // args.pairs,
+        "max_rss_mb": max_rss_mb,
+    }
 
 
 def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
-    """A process lever on and off, each arm its own process, A B / B A for `--process-pairs` pairs."""
+    """A process lever on and off, each arm its own process, A B / B A for `--process-pairs` pairs. The
+    headline is the ratio of the arms' totals; the median of the pairs' ratios sits beside it, since one
+    disturbed process moves a total."""
     runs: dict[str, list[dict]] = {"on": [], "off": []}
     for i in range(args.process_pairs):
         for arm in ("on", "off") if i % 2 == 0 else ("off", "on"):
@@ -205,13 +214,16 @@ def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
         "mode": mode,
         "lever": lever,
         "modules_patched": 0,
-        "pairs": args.pairs,
+        "timed_steps_per_process": args.pairs,
         "processes_per_arm": args.process_pairs,
         "tokens_per_step": round(runs["on"][0]["tokens"] / args.pairs),
         "tokens_per_s_on": round(rate["on"]),
         "tokens_per_s_off": round(rate["off"]),
         "ratio_on_vs_off": round(rate["on"] / rate["off"], 3),
         "ratio_by_pair": by_pair,
+        "median_of_pairs": statistics.median(by_pair),
+        "faults_per_step_on": max(r["faults_per_step"] for r in runs["on"]),
+        "faults_per_step_off": min(r["faults_per_step"] for r in runs["off"]),
         "max_rss_mb_on": max(r["max_rss_mb"] for r in runs["on"]),
         "max_rss_mb_off": max(r["max_rss_mb"] for r in runs["off"]),
     }
@@ -285,7 +297,7 @@ def main() -> int:
             else:
                 row = measure(shape, mode, lever, args)
             results.append(row)
-            spread = row.get("ratio_by_quarter") or row["ratio_by_pair"]
+            spread = row.get("ratio_by_quarter") or f"{row['ratio_by_pair']} median {row['median_of_pairs']}"
             print(f"{mode:5} {lever:15} {row['tokens_per_s_on']:9} {row['tokens_per_s_off']:9} "
                   f"{row['ratio_on_vs_off']:7.3f}  {spread}", flush=True)  # fmt: skip
     if args.out:

@@ -133,7 +133,9 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     if cfg.cpu_allocator_cache:
         from runtime.host_memory import keep_freed_blocks
 
-        keep_freed_blocks()
+        if not keep_freed_blocks():  # perf checked glibc; mallopt itself refused
+            plan.cpu_allocator_cache = cfg.cpu_allocator_cache = False
+            cfg.notes.append("cpu_allocator_cache: glibc's mallopt refused the settings; off")
     if device == "npu":
         importlib.import_module("torch_npu")
     if cfg.deepspeed_config is not None:

@@ -84,6 +84,17 @@ def test_cpu_allocator_cache_on_cpu_only() -> None:
     assert p.notes == ["cpu_allocator_cache: the tensors are in cuda memory, not malloc's; off"]
 
 
+def test_cpu_allocator_cache_needs_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """musl and the like: unset, quietly off; written, off with one note."""
+    import runtime.perf
+
+    monkeypatch.setattr(runtime.perf, "glibc", lambda: False)
+    assert plan("cpu")[0].cpu_allocator_cache is False and plan("cpu")[0].notes == []
+    p, _ = plan("cpu", cpu_allocator_cache=True)
+    assert not p.cpu_allocator_cache
+    assert p.notes == ["cpu_allocator_cache: the C library is not glibc (mallopt); off"]
+
+
 def test_levers_switch_off_with_the_keys_the_user_wrote() -> None:
     p, _ = plan("cpu", packing=False, label_logits_only=False)
     assert (p.packing, p.rows, p.label_logits_only) == (False, "-", False)
@@ -198,11 +209,23 @@ def _run(tiny_dir: Path, out: Path, **keys):
     return result, [e["loss"] for e in history if "loss" in e]
 
 
-def test_cpu_defaults_train_like_padded_batches(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cpu_defaults_train_like_padded_batches(
+    tiny_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same batches, same seed: perf auto on CPU (padding-free rows <= cutoff_len under sdpa, lm_head only
-    at trained positions) vs padded batches with full logits (both levers switched off by their keys)."""
-    padded, padded_losses = _run(tiny_dir, tmp_path / "padded", packing=False, label_logits_only=False)
+    at trained positions) vs padded batches with full logits (both levers switched off by their keys).
+    cpu_allocator_cache: the run calls host_memory.keep_freed_blocks (recorded here, not applied), unless
+    the key says false."""
+    import runtime.host_memory
+
+    kept: list[bool] = []
+    monkeypatch.setattr(runtime.host_memory, "keep_freed_blocks", lambda: kept.append(True) or True)
+    padded, padded_losses = _run(
+        tiny_dir, tmp_path / "padded", packing=False, label_logits_only=False, cpu_allocator_cache=False
+    )
+    assert kept == []
     packed, packed_losses = _run(tiny_dir, tmp_path / "packed")
+    assert kept == [True] and packed.perf.cpu_allocator_cache
     assert packed.trainer.data_collator.__class__.__name__ == "PackingCollator"
     assert packed.trainer.data_collator.max_row is None  # sdpa per example: one row per micro-batch
     assert packed.trainer.label_logits is not None and padded.trainer.label_logits is None

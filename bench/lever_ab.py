@@ -221,7 +221,7 @@ def measure_processes(shape_name: str, mode: str, lever: str, args) -> dict:
         "tokens_per_s_off": round(rate["off"]),
         "ratio_on_vs_off": round(rate["on"] / rate["off"], 3),
         "ratio_by_pair": by_pair,
-        "median_of_pairs": statistics.median(by_pair),
+        "median_of_pairs": round(statistics.median(by_pair), 3),
         "faults_per_step_on": max(r["faults_per_step"] for r in runs["on"]),
         "faults_per_step_off": min(r["faults_per_step"] for r in runs["off"]),
         "max_rss_mb_on": max(r["max_rss_mb"] for r in runs["on"]),

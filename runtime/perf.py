@@ -166,9 +166,10 @@ def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
 def resolve_allocator_cache(cfg: TrainConfig, device: str) -> tuple[bool, str | None]:
     """(on, note). Unset: on on CPU under perf auto, any stage (glibc only). Set where it cannot act
     (another device: the tensors are not in malloc's heap; another C library): off with one note."""
-    auto = cfg.perf == "auto" and not is_set(cfg, "cpu_allocator_cache")
-    if auto or not cfg.cpu_allocator_cache:
-        return auto and device == "cpu" and glibc(), None
+    if cfg.perf == "auto" and not is_set(cfg, "cpu_allocator_cache"):  # any stage: not auto_chooses
+        return device == "cpu" and glibc(), None
+    if not cfg.cpu_allocator_cache:
+        return False, None
     if device != "cpu":
         return False, f"cpu_allocator_cache: the tensors are in {device} memory, not malloc's; off"
     if not glibc():
@@ -241,8 +242,8 @@ def resolve_perf(
         activation_checkpointing=cfg.gradient_checkpointing,
         micro_batch_tokens=cfg.micro_batch_tokens,
         label_logits_only=resolve_label_logits(cfg, liger),
-        # opt-in, never chosen by perf auto (no effect above the noise, bench/README.md): in the plan
-        # only so the start line shows it
+        # fused_rms_norm is opt-in, never chosen by perf auto (no effect above the noise,
+        # bench/README.md): in the plan only so the start line shows it
         fused_rms_norm=cfg.fused_rms_norm,
         fused_lora=resolve_fused_lora(cfg, device),
         cpu_allocator_cache=allocator_cache,

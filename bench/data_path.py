@@ -6,7 +6,8 @@
 What it does, all in one run:
 * writes a deterministic alpaca json (`--rows`, default 50,000; log-normal reply lengths, a few rows
   longer than the cutoff) and a dataset_info.json naming it `bench_alpaca`;
-* writes the tiny Llama (runtime.tiny's BPE tokenizer and model builders, positions up to 2048) that both
+* writes the tiny Llama (runtime.commands.make_tiny's BPE tokenizer and model builders, positions up to
+  2048) that both
   tools load;
 * starts each variant as its own process, `rounds` times, interleaved (the machine is shared):
   - `runtime_cold`: `xgen-runtime train` with an empty `cache_dir`;
@@ -54,7 +55,7 @@ MARK = sys.argv.pop(1)
 TOOL = sys.argv.pop(1)
 if TOOL == "runtime":  # what `xgen-runtime train` does before anything imports peft (runtime/cli.py)
     from runtime.config import load_config
-    from runtime.unused_imports import hide_unused_bitsandbytes
+    from runtime.perf.lean_imports import hide_unused_bitsandbytes
 
     hide_unused_bitsandbytes(load_config(sys.argv[2]))
 from transformers import TrainerCallback
@@ -94,7 +95,8 @@ else:
     sys.exit(main(sys.argv[1:]))
 """
 
-WORDS = None  # runtime.tiny.WORDS, imported lazily (the module imports nothing heavy, but keep main fast)
+# runtime.commands.make_tiny.WORDS, imported lazily (the module imports nothing heavy, but keep main fast)
+WORDS = None
 
 
 def generate_alpaca(path: Path, rows: int, seed: int = 0) -> dict:
@@ -102,8 +104,8 @@ def generate_alpaca(path: Path, rows: int, seed: int = 0) -> dict:
 
     Replies are log-normal (median ~160 words), prompts 4-30 words, an `input` on 40 % of the rows;
     about 2 % of the rows are longer than 1024 tokens, so truncation runs too."""
-    from runtime.tiny import TASKS
-    from runtime.tiny import WORDS as words
+    from runtime.commands.make_tiny import TASKS
+    from runtime.commands.make_tiny import WORDS as words
 
     rng = random.Random(seed)
 
@@ -131,10 +133,11 @@ def generate_alpaca(path: Path, rows: int, seed: int = 0) -> dict:
 
 
 def build_model_dir(dest: Path) -> Path:
-    """runtime.tiny's BPE tokenizer and Llama builder, with positions (and model_max_length) for 1024."""
+    """runtime.commands.make_tiny's BPE tokenizer and Llama builder, with positions (and
+    model_max_length) for 1024."""
     from transformers import AutoTokenizer
 
-    from runtime.tiny import build_model, build_tiny
+    from runtime.commands.make_tiny import build_model, build_tiny
 
     tiny = build_tiny(dest / "tiny")
     tokenizer = AutoTokenizer.from_pretrained(tiny.model)

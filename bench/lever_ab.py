@@ -59,10 +59,10 @@ PROCESS_LEVERS = ("cpu_allocator_cache",)
 
 def apply_lever(name: str, model: torch.nn.Module) -> int:
     if name == "fused_lora":
-        from runtime.lora_addmm import apply_lora_addmm
+        from runtime.levers.fused_lora import apply_lora_addmm
 
         return apply_lora_addmm(model)
-    from runtime.fused_rms_norm import apply_fused_rms_norm
+    from runtime.levers.fused_rms_norm import apply_fused_rms_norm
 
     return apply_fused_rms_norm(model)
 
@@ -78,13 +78,13 @@ def build(shape: Shape, mode: str) -> torch.nn.Module:
     linear layer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from runtime import attention_varlen
+    from runtime.levers import sdpa_varlen
 
-    attention_varlen.register()
+    sdpa_varlen.register()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=shape.vocab, use_cache=False, **llama_sizes(shape))
     model = LlamaForCausalLM(config).float()
-    model.config._attn_implementation = attention_varlen.NAME
+    model.config._attn_implementation = sdpa_varlen.NAME
     if mode == "lora":
         from peft import get_peft_model
 
@@ -164,12 +164,12 @@ def one_arm(shape: Shape, mode: str, lever: str, on: bool, args) -> dict:
     then warm-up and timed steps. -> {"tokens": real tokens timed, "seconds": their wall time,
     "faults_per_step": minor page faults per timed step, "max_rss_mb": the process's peak resident memory}."""
     if on:
-        from runtime.host_memory import keep_freed_blocks
+        from runtime.levers.cpu_allocator_cache import keep_freed_blocks
 
         assert keep_freed_blocks(), "glibc's mallopt refused"
     model = build(shape, mode)
     if mode == "lora":
-        from runtime.lora_addmm import apply_lora_addmm
+        from runtime.levers.fused_lora import apply_lora_addmm
 
         apply_lora_addmm(model)  # perf auto's CPU LoRA step
     step = {"optimizer": adamw(model, fused=False)}  # perf auto's CPU optimizer: adamw_torch (foreach)
@@ -281,7 +281,7 @@ def main() -> int:
     if args.one_arm:
         print(json.dumps(one_arm(shape, args.modes, args.levers, args.one_arm == "on", args)))
         return 0
-    from runtime.host_memory import keep_freed_blocks
+    from runtime.levers.cpu_allocator_cache import keep_freed_blocks
 
     keep_freed_blocks()  # in-process levers: the runtime's CPU process under perf auto
     results = []

@@ -42,7 +42,7 @@ MEDIAN, CUTOFF, PROMPT_FRACTION = 160, 512, 0.3
 def build(workdir: Path, examples: int) -> tuple[Path, Path]:
     import torch
 
-    from runtime.tiny import build_model, word_tokenizer
+    from runtime.commands.make_tiny import build_model, word_tokenizer
 
     tokenizer = word_tokenizer(VOCAB)
     model = build_model(

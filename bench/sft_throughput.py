@@ -11,7 +11,7 @@ precision and 8 examples per optimizer step (LLaMA-Factory's packed variant: 8 r
   padded          plain transformers.Trainer, dynamic padding, sdpa        (the engine under LLaMA-Factory)
   flat_flex       plain transformers.Trainer, DataCollatorWithFlattening + flex_attention (sdpa on CPU)
   runtime         xgen's runtime trainer through its normal config path (a `train:` section), with its
-                  default throughput levers (runtime/perf.py); `runtime-<lever>` rows (--levers) switch
+                  default throughput levers (runtime/perf/plan.py); `runtime-<lever>` rows (--levers) switch
                   one off
   runtime_tokens  the runtime at LLaMA-Factory's packed tokens per step (~4 k): the keys in --tokens-keys
   lf_default      LLaMA-Factory 0.9.5 (`llamafactory-cli train cfg.yaml` from its own venv) with its defaults,
@@ -98,7 +98,9 @@ LEVERS = {
     "no_packing": {"packing": False},  # padded batches (attention back to sdpa)
     "no_label_logits": {"label_logits_only": False},  # lm_head over every position (CPU: the prompt too)
     "sdpa_rows": {"flash_attn": "sdpa"},  # CPU: masked sdpa over rows of <= cutoff_len, not sdpa per example
-    "plus_fused_rms_norm": {"fused_rms_norm": True},  # opt-in: torch's F.rms_norm (runtime/fused_rms_norm.py)
+    "plus_fused_rms_norm": {
+        "fused_rms_norm": True
+    },  # opt-in: torch's F.rms_norm (runtime/levers/fused_rms_norm.py)
     "no_fused_lora": {"fused_lora": False},  # LoRA on CPU: peft's own forward (lora_addmm.py off)
     "no_allocator_cache": {"cpu_allocator_cache": False},  # CPU: glibc's default malloc (unmaps big blocks)
     "no_liger": {"enable_liger_kernel": False},  # logits materialised, HF RMSNorm/SwiGLU/RoPE
@@ -134,8 +136,9 @@ SMOKE_VARIANTS = "padded,flat_flex,runtime"  # + the LF variants by --variants w
 
 
 def build_tokenizer(vocab: int):
-    """runtime.tiny's word-level tokenizer: generated `w<i>` text round-trips to exact token ids."""
-    from runtime.tiny import word_tokenizer
+    """runtime.commands.make_tiny's word-level tokenizer: generated `w<i>` text round-trips to exact
+    token ids."""
+    from runtime.commands.make_tiny import word_tokenizer
 
     return word_tokenizer(vocab)
 
@@ -158,9 +161,10 @@ def llama_sizes(shape: Shape) -> dict:
 
 
 def build_model_dir(shape: Shape, dest: Path) -> Path:
-    """Random-weight Llama of `shape` (runtime.tiny's builder) plus the tokenizer, saved as a model dir.
+    """Random-weight Llama of `shape` (runtime.commands.make_tiny's builder) plus the tokenizer, saved as a
+    model dir.
     The saved dtype is the run's (fp32 on CPU): LLaMA-Factory loads a checkpoint in its saved dtype."""
-    from runtime.tiny import build_model
+    from runtime.commands.make_tiny import build_model
 
     tokenizer = build_tokenizer(shape.vocab)
     model = build_model(tokenizer, 0, **llama_sizes(shape)).to(torch_dtype(shape.dtype))
@@ -504,8 +508,8 @@ def runtime_overrides(variant: str, tokens_keys: dict) -> tuple[dict, list[str],
 def child_runtime(spec: dict, clock: StepClock) -> dict:
     """The runtime trainer through its normal config path: a `train:` mapping validated like a user's YAML."""
     from runtime.config import parse_train_config
+    from runtime.perf.lean_imports import hide_unused_bitsandbytes
     from runtime.train import run_training
-    from runtime.unused_imports import hide_unused_bitsandbytes
 
     variant = spec["variant"]
     overrides, dropped, padding_free = runtime_overrides(variant, spec["tokens_keys"])

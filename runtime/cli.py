@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.check import error_lines
+from runtime.commands.check import error_lines
 from runtime.config import ConfigError, load_config
+from runtime.contract.secrets import load_secret_env_file, redact
 from runtime.scaffolding.testing import check_test_assert_env
-from runtime.secrets import load_secret_env_file, redact
 
 EXIT_CONFIG = 2
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "make-tiny":
-            from runtime.tiny import build_tiny
+            from runtime.commands.make_tiny import build_tiny
 
             if not sys.stdout.isatty():
                 import transformers
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"xgen-runtime: wrote {paths.model} and {paths.data}")
             return 0
         if args.command == "llama-pro":
-            from runtime.llama_pro import expand_blocks
+            from runtime.commands.llama_pro import expand_blocks
 
             out = expand_blocks(args.src, args.dst, args.num_expand)
             print(
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(cfg, args.config, args.visible_only)
         if args.command == "export":
-            from runtime.export import export
+            from runtime.commands.export import export
 
             print(f"xgen-runtime: exported model to {export(cfg)}")
             return 0
@@ -87,7 +87,7 @@ def _train_recorded(cfg) -> int:
     """Train under torch.distributed.elastic's `record`: an exception on any rank is written to the
     error file torch.distributed.run gives each worker, so its summary shows the first failing rank's
     real traceback instead of "To enable traceback see …" (imported here: check/export stay torch-free)."""
-    from runtime.unused_imports import hide_unused_bitsandbytes
+    from runtime.perf.lean_imports import hide_unused_bitsandbytes
 
     hide_unused_bitsandbytes(cfg)  # before torch: nothing may have imported it yet
     from torch.distributed.elastic.multiprocessing.errors import record
@@ -103,7 +103,7 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def _check(cfg, path: str, visible_only: bool) -> int:
-    from runtime.check import check
+    from runtime.commands.check import check
     from runtime.config.files import read_yaml
 
     prefix = "train." if "train" in read_yaml(path) else ""

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime import attention_varlen
 from runtime.config import ConfigError, TrainConfig
 from runtime.data.packing import check_packing_support
+from runtime.levers import sdpa_varlen
 
 log = logging.getLogger("xgen-runtime")
 
@@ -50,8 +50,8 @@ def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
         return "eager", None
     if flash_attn in ("auto", "sdpa"):
         return "sdpa", None
-    if flash_attn == "sdpa_varlen":  # any device; perf auto picks it on CPU (runtime/attention_varlen.py)
-        return attention_varlen.NAME, None
+    if flash_attn == "sdpa_varlen":  # any device; perf auto picks it on CPU (runtime/levers/sdpa_varlen.py)
+        return sdpa_varlen.NAME, None
     if flash_attn == "flex":  # block-mask attention for packed rows; torch has no flex backward off CUDA
         if device == "cuda":
             return "flex_attention", None
@@ -90,7 +90,7 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     config = model_config(cfg, path)
     if config is not None:
         kwargs["config"] = config
-    if attn == attention_varlen.NAME:
+    if attn == sdpa_varlen.NAME:
         attn = varlen_or_sdpa(cfg, path, config)
     if stage == "rm":
         set_seed(cfg.seed)  # the score head is new: every rank must initialise it the same way
@@ -111,18 +111,18 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
 
 
 def varlen_or_sdpa(cfg: TrainConfig, path: str, config: Any) -> str:
-    """attention_varlen.NAME, registered, when the model's attention is plain causal; else sdpa and one
-    warning naming why (a sliding window, soft-capping, sinks: runtime/attention_varlen.why_not)."""
+    """sdpa_varlen.NAME, registered, when the model's attention is plain causal; else sdpa and one
+    warning naming why (a sliding window, soft-capping, sinks: runtime/sdpa_varlen.why_not)."""
     if config is None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    why = attention_varlen.why_not(config)
+    why = sdpa_varlen.why_not(config)
     if why:
         log.warning("flash_attn: sdpa_varlen: %s; using sdpa (packed rows of at most cutoff_len)", why)
         return "sdpa"
-    attention_varlen.register()
-    return attention_varlen.NAME
+    sdpa_varlen.register()
+    return sdpa_varlen.NAME
 
 
 def model_config(cfg: TrainConfig, path: str) -> Any:
@@ -393,11 +393,11 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
         set_pad_token(model, tokenizer)
     apply_upcasts(model, cfg)
     if cfg.fused_rms_norm:
-        from runtime.fused_rms_norm import apply_fused_rms_norm
+        from runtime.levers.fused_rms_norm import apply_fused_rms_norm
 
         log.info("fused_rms_norm: %d RMSNorm modules on torch's fused kernel", apply_fused_rms_norm(model))
     if cfg.use_v1_kernels and device == "npu":
-        from runtime.npu_kernels import apply_npu_kernels
+        from runtime.levers.use_v1_kernels import apply_npu_kernels
 
         apply_npu_kernels(model, cfg.npu_kernels or None)  # perf's choice; None (set in code): all three
     if cfg.finetuning_type == "freeze":
@@ -405,7 +405,7 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     elif cfg.finetuning_type in ("lora", "oft"):
         model = apply_lora(model, cfg, stage=stage)
         if cfg.fused_lora and cfg.finetuning_type == "lora":
-            from runtime.lora_addmm import apply_lora_addmm
+            from runtime.levers.fused_lora import apply_lora_addmm
 
             log.info("fused_lora: %d LoRA layers fused with their base layer", apply_lora_addmm(model))
     if cfg.gradient_checkpointing:

@@ -18,6 +18,8 @@ from typing import Any
 
 from runtime.config import TrainConfig
 from runtime.config.rules import check_at_start
+from runtime.contract.secrets import redact
+from runtime.contract.slurm import EXIT_PREEMPTED, write_exit_status, write_pid_file
 from runtime.distributed import (
     deepspeed_for_device,
     detect_device,
@@ -29,8 +31,6 @@ from runtime.distributed import (
     world,
 )
 from runtime.scaffolding.cpu import patch_deepspeed_shm_build, patch_trainer_fsdp_on_cpu
-from runtime.secrets import redact
-from runtime.slurm_contract import EXIT_PREEMPTED, write_exit_status, write_pid_file
 
 
 def quiet_libraries(tty: bool) -> None:
@@ -81,7 +81,7 @@ class TrainResult:
 
     code: int
     trainer: Any = None  # the stage's Trainer; None if the stage built none
-    perf: Any = None  # runtime.perf.PerfPlan: which throughput levers ran
+    perf: Any = None  # runtime.perf.plan.PerfPlan: which throughput levers ran
 
     @property
     def model(self) -> Any:
@@ -96,7 +96,7 @@ def train(cfg: TrainConfig) -> int:
 def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """The one entry point behind `xgen-runtime train` and in-process callers such as
     bench/sft_throughput.py: same config path, plus optional TrainerCallbacks (e.g. a throughput meter)."""
-    from runtime.preemption import PreemptCallback
+    from runtime.fit.preemption import PreemptCallback
 
     preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
     try:
@@ -109,10 +109,10 @@ def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> Tr
 
 
 def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
-    from runtime.checkpoints import finished_run
-    from runtime.optimizers import check_method_packages, check_world
-    from runtime.perf import apply_perf, resolve_perf
-    from runtime.progress import ProgressCallback
+    from runtime.fit.checkpoints import finished_run
+    from runtime.fit.optimizers import check_method_packages, check_world
+    from runtime.fit.progress import ProgressCallback
+    from runtime.perf.plan import apply_perf, resolve_perf
     from runtime.stages.recipe import RunContext, build_training_args, say
 
     write_pid_file()
@@ -131,7 +131,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     plan = resolve_perf(cfg, device)
     apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys
     if cfg.cpu_allocator_cache:
-        from runtime.host_memory import keep_freed_blocks
+        from runtime.levers.cpu_allocator_cache import keep_freed_blocks
 
         if not keep_freed_blocks():  # perf checked glibc; mallopt itself refused
             plan.cpu_allocator_cache = cfg.cpu_allocator_cache = False
@@ -154,7 +154,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()
     info = gather_start_info(device, cfg.strategy)
-    from runtime.world import EXIT_WRONG_WORLD, world_problem
+    from runtime.contract.expected_world import EXIT_WRONG_WORLD, world_problem
 
     problem = world_problem(info.world_size, info.hosts)
     if problem:  # every rank saw the same world, so every rank stops here
@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
     if is_rank0():
         print(redact(info.line()), flush=True)
     if is_rank0():
-        from runtime.outputs import write_resolved_config
+        from runtime.fit.outputs import write_resolved_config
 
         say(f"resolved config: {write_resolved_config(cfg, cfg.output_dir)}")
     say(plan.line())

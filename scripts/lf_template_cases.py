@@ -2,7 +2,7 @@
 
 Run with LLaMA-Factory's Python (it cannot share the project's environment), on the tiny tokenizer:
 
-    .venv/bin/python -m runtime.tiny /tmp/tiny
+    .venv/bin/python -m runtime.commands.make_tiny /tmp/tiny
     LF=/work/lfvenv/bin/python
     $LF scripts/lf_template_cases.py /tmp/tiny/model tests/runtime/lf_templates/cases.jsonl
 

@@ -27,7 +27,7 @@ def _restore_environment():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with model/ (tiny Llama + tokenizer) and data/ (datasets + dataset_info.json)."""
-    from runtime.tiny import build_tiny
+    from runtime.commands.make_tiny import build_tiny
 
     dest = tmp_path_factory.mktemp("tiny")
     build_tiny(dest)

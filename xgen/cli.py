@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from runtime.zero import NAMED_STAGES, zero_config
+from runtime.contract.zero import NAMED_STAGES, zero_config
 from xgen.config import Config
 from xgen.errors import XgenError
 from xgen.load import load_config

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime.config import TrainConfig
-from runtime.secrets import is_credential_name
+from runtime.contract.secrets import is_credential_name
 
 Device = Literal["auto", "cuda", "npu", "cpu"]
 Launcher = Literal["torchrun", "deepspeed", "accelerate"]

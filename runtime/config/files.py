@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config.schema import ConfigError, TrainConfig
-from runtime.zero import NAMED_STAGES, zero_config
+from runtime.contract.zero import NAMED_STAGES, zero_config
 
 
 def resolve(path: str, base_dir: str | os.PathLike[str] | None) -> str:

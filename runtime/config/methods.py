@@ -5,7 +5,7 @@ They follow LLaMA-Factory's hparams checks (finetuning_args.py, parser.py) and a
 it lets through but that cannot give the method's result: an optimizer that looks at whole weight
 matrices (GaLore/APOLLO's projections, Muon's orthogonalisation) sees only a flat shard under
 DeepSpeed ZeRO or FSDP. Torch-free; the checks that need the world size or installed packages run
-at train start (runtime/optimizers.py).
+at train start (runtime/fit/optimizers.py).
 """
 
 from __future__ import annotations

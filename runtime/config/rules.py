@@ -75,7 +75,7 @@ def _normalise_data(cfg: TrainConfig, p: str) -> None:
         if cfg.packing is False:
             raise ConfigError(p + "packing", "false contradicts neat_packing: true; drop one")
         cfg.packing = True
-        cfg.explicit = cfg.explicit | {"packing"}  # runtime.perf never overrides it
+        cfg.explicit = cfg.explicit | {"packing"}  # runtime.perf.plan never overrides it
     if cfg.packing is None:
         cfg.packing = cfg.stage == "pt"  # LLaMA-Factory's default
     for key in ("train_on_prompt", "mask_history"):
@@ -129,7 +129,7 @@ def _normalise_data(cfg: TrainConfig, p: str) -> None:
 
 
 def _check_fused_lora(cfg: TrainConfig, p: str) -> None:
-    """fused_lora replaces peft's plain LoRA forward only (runtime/lora_addmm.py)."""
+    """fused_lora replaces peft's plain LoRA forward only (runtime/levers/fused_lora.py)."""
     if not cfg.fused_lora:
         return
     if cfg.finetuning_type != "lora":
@@ -141,7 +141,7 @@ def _check_fused_lora(cfg: TrainConfig, p: str) -> None:
 
 
 def _check_token_budget(cfg: TrainConfig, p: str) -> None:
-    """micro_batch_tokens groups whole examples for the padding-free path (runtime/perf.py) only."""
+    """micro_batch_tokens groups whole examples for the padding-free path (runtime/perf/plan.py) only."""
     budget, key = cfg.micro_batch_tokens, p + "micro_batch_tokens"
     if budget is None:
         return

@@ -141,7 +141,7 @@ class TrainConfig:
     )
     perf: str = _f(
         "auto",
-        "auto: keys you did not set get the device's throughput defaults (runtime/perf.py); off: none.",
+        "auto: keys you did not set get the device's throughput defaults (runtime/perf/plan.py); off: none.",
         choices=PERF_MODES,
     )
     # --- method ---
@@ -291,7 +291,7 @@ class TrainConfig:
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_epsilon: float = _f(1e-8, "Adam epsilon.")
-    # --- optimizers (LLaMA-Factory's custom ones; runtime/optimizers.py) ---
+    # --- optimizers (LLaMA-Factory's custom ones; runtime/fit/optimizers.py) ---
     use_galore: bool = _f(
         False, "GaLore: low-rank projected Adam states (full/freeze; pip install 'xgen[galore]')."
     )
@@ -405,11 +405,11 @@ class TrainConfig:
     export_dir: str | None = _f(None, "export: where the merged (or re-saved) standalone model goes.")
     export_size: int = _f(5, "export: max shard size in GB.")
     export_legacy_format: bool = _f(False, "export: true writes pytorch_model*.bin instead of safetensors.")
-    # --- export keys (runtime/export.py) ---
+    # --- export keys (runtime/commands/export.py) ---
     export_device: str = _f(
         "cpu", "export: cpu, or auto (the accelerator, when there is one).", choices=("cpu", "auto")
     )
-    # --- padding-free keys (runtime/perf.py) ---
+    # --- padding-free keys (runtime/perf/plan.py) ---
     micro_batch_tokens: int | None = _f(
         None,
         "pt/sft padding-free: each micro-batch takes whole examples up to this many tokens per device "
@@ -437,16 +437,16 @@ class TrainConfig:
 
     # Not keys: filled by parse_train_config.
     notes: list[str] = field(default_factory=list, metadata={"internal": True})
-    # Keys the config wrote (after renames): runtime.perf never overrides these.
+    # Keys the config wrote (after renames): runtime.perf.plan never overrides these.
     explicit: frozenset[str] = field(default_factory=frozenset, metadata={"internal": True})
     deepspeed_config: dict | None = field(default=None, metadata={"internal": True})
     # transformers.TrainingArguments keys that are not fields here (lr_scheduler_kwargs, neftune_noise_alpha,
     # …): passed to TrainingArguments as written; transformers validates them (runtime/config/refusals.py).
     training_args: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
-    # runtime.perf's padding-free lever: each micro-batch flattened into one row (not LLaMA-Factory's
+    # runtime.perf.plan's padding-free lever: each micro-batch flattened into one row (not LLaMA-Factory's
     # packing, which the `packing`/`neat_packing` keys mean).
     padding_free: bool = field(default=False, metadata={"internal": True})
-    # --- npu kernels (runtime/perf_npu.py) ---
+    # --- npu kernels (runtime/perf/npu.py) ---
     # Which torch_npu fused kernels build_model patches in (rms_norm, swiglu, rotary); perf decides them.
     npu_kernels: tuple[str, ...] = field(default=(), metadata={"internal": True})
 

@@ -73,7 +73,7 @@ def worker_count(requested: int | None) -> int | None:
 
 
 def packing_mode(cfg: TrainConfig, stage: str) -> str:
-    """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf's lever:
+    """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf.plan's lever:
     flattened rows, see packing.py).
 
     LLaMA-Factory: packing unset means on for pt, off otherwise; for pt, packing means documents

@@ -5,10 +5,10 @@ most cutoff_len tokens offline (greedy knapsack, as LLaMA-Factory does); the bat
 Plain `packing` lets the examples of a row attend to each other (LLaMA-Factory's choice); `neat_packing`
 keeps them apart with restarting position_ids and no attention_mask (below).
 
-runtime.perf's padding-free lever (`padding_free`, not a key): a micro-batch of whole examples flattened,
+runtime.perf.plan's padding-free lever (`padding_free`, not a key): a micro-batch of whole examples flattened,
 position_ids restarting at 0 for every example, like transformers' DataCollatorWithFlattening. With a
 variable-length attention (VARLEN_ATTENTION: flash attention's varlen kernels, flex with a block mask, sdpa
-per example: runtime/attention_varlen.py) the
+per example: runtime/levers/sdpa_varlen.py) the
 whole micro-batch is one row: its cost is linear in the row. With sdpa/eager the attention cost is the square
 of the row (22 examples: 1489 tok/s as one 3870-token row, 3585 tok/s as rows of <= 512, measured on CPU),
 so `pack_micro_batch` splits the micro-batch into rows of at most cutoff_len tokens (first-fit by length),
@@ -30,7 +30,7 @@ from runtime.config import ConfigError
 
 IGNORE_INDEX = -100
 # Implementations whose transformers code path isolates packed sequences given position_ids only.
-# xgen_sdpa_varlen is runtime/attention_varlen.py (`flash_attn: sdpa_varlen`, perf auto's choice on CPU).
+# xgen_sdpa_varlen is runtime/levers/sdpa_varlen.py (`flash_attn: sdpa_varlen`, perf auto's choice on CPU).
 PACKING_ATTENTION = (
     "eager",
     "sdpa",

@@ -457,7 +457,8 @@ def spec_jinja(
 
 
 def chat_template(name: str) -> str:
-    """A named template as a Jinja chat template, for a tokenizer built in code (runtime/tiny.py, bench/).
+    """A named template as a Jinja chat template, for a tokenizer built in code
+    (runtime/commands/make_tiny.py, bench/).
     Only for templates that name no BOS/EOS token (chatml): those need the tokenizer's own tokens."""
     return spec_jinja(NAMED_TEMPLATES[name])
 

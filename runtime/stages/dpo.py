@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from runtime.config.schema import REFERENCE_FREE_LOSSES
 from runtime.data import build_collator
+from runtime.fit.trainer import PairwisePredictionMixin, XgenTrainer
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
 from runtime.stages.reference import ReferenceMixin, load_reference, sequence_logps
-from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
 STAGE = "dpo"
 AVERAGED_LOSSES = ("ipo", "orpo", "simpo")  # on per-token average log-probabilities

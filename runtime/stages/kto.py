@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from runtime.data import build_collator
+from runtime.fit.trainer import PairwisePredictionMixin, XgenTrainer
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
 from runtime.stages.reference import ReferenceMixin, load_reference, sequence_logps
-from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
 STAGE = "kto"
 

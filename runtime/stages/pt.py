@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from runtime.fit.trainer import XgenTrainer
 from runtime.stages.recipe import RunContext, run_recipe
-from runtime.trainer import XgenTrainer
 
 STAGE = "pt"
 

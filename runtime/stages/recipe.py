@@ -14,12 +14,12 @@ from typing import Any
 from transformers import TrainerCallback
 
 from runtime.config import ConfigError, TrainConfig
+from runtime.contract.secrets import redact
 from runtime.data import attention_of, build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
+from runtime.fit.optimizers import add_badam_hooks, method_optimizer
+from runtime.fit.trainer import PissaConvertCallback
 from runtime.model import build_model, load_tokenizer
-from runtime.optimizers import add_badam_hooks, method_optimizer
-from runtime.secrets import redact
-from runtime.trainer import PissaConvertCallback
 
 
 @dataclass
@@ -31,8 +31,8 @@ class RunContext:
     args: Any  # transformers.TrainingArguments
     info: StartInfo
     callbacks: list[Any] = field(default_factory=list)
-    preempt: Any = None  # runtime.preemption.PreemptCallback
-    progress: Any = None  # runtime.progress.ProgressCallback
+    preempt: Any = None  # runtime.fit.preemption.PreemptCallback
+    progress: Any = None  # runtime.fit.progress.ProgressCallback
     trainer: Any = None  # set by make_trainer: in-process callers (run_training) read the model from it
 
     @property
@@ -64,7 +64,7 @@ def build_training_args(cfg: TrainConfig, device: str) -> Any:
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim or "adamw_torch",  # runtime.perf resolves null before this
+        optim=cfg.optim or "adamw_torch",  # runtime.perf.plan resolves null before this
         use_liger_kernel=bool(cfg.enable_liger_kernel),  # Trainer patches the model at train()
         torch_compile=cfg.torch_compile,
         adam_beta1=cfg.adam_beta1,
@@ -92,7 +92,7 @@ def build_training_args(cfg: TrainConfig, device: str) -> Any:
         remove_unused_columns=False,  # our collators read columns Trainer does not know
         include_num_input_tokens_seen="non_padding",
         label_names=["labels"],
-        disable_tqdm=True,  # runtime.progress draws the bar
+        disable_tqdm=True,  # runtime.fit.progress draws the bar
         log_level="warning" if is_rank0() else "error",
         log_level_replica="error",
     )
@@ -169,7 +169,7 @@ def make_trainer(
         callbacks=list(ctx.callbacks),
         **extra,
     )
-    trainer.micro_batch_tokens = ctx.cfg.micro_batch_tokens  # runtime.perf checked it applies
+    trainer.micro_batch_tokens = ctx.cfg.micro_batch_tokens  # runtime.perf.plan checked it applies
     factory = method_optimizer(ctx.cfg, ctx.args)
     if factory is not None:  # LoRA+, GaLore, APOLLO, BAdam, Adam-mini, Muon: Trainer calls it with the model
         trainer.optimizer_cls_and_kwargs = (factory, {})
@@ -196,7 +196,7 @@ class _WrapCheck(TrainerCallback):
 
 def fit(trainer: Any, ctx: RunContext) -> dict[str, Any]:
     """Train (resuming from the newest complete checkpoint unless told otherwise); {} if not training."""
-    from runtime.checkpoints import resolve_resume
+    from runtime.fit.checkpoints import resolve_resume
 
     if not ctx.cfg.do_train:
         return {}
@@ -218,7 +218,7 @@ def fit(trainer: Any, ctx: RunContext) -> dict[str, Any]:
 
 def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: dict[str, Any]) -> None:
     """Final weights (or adapter) + tokenizer, trainer state, results JSON, loss plot, final eval."""
-    from runtime import outputs
+    from runtime.fit import outputs
 
     cfg, out = ctx.cfg, Path(ctx.cfg.output_dir)
     if cfg.do_train:
@@ -265,7 +265,7 @@ def _consolidate_zero3(out: Path, why: str) -> str | None:
     into model.safetensors with DeepSpeed's own zero_to_fp32 (rank 0, after the save). fp32 weights."""
     from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
 
-    from runtime import outputs
+    from runtime.fit import outputs
 
     if not (out / "latest").is_file():
         return why

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from runtime.fit.trainer import PairwisePredictionMixin, XgenTrainer
 from runtime.stages.recipe import RunContext, run_recipe
-from runtime.trainer import PairwisePredictionMixin, XgenTrainer
 
 STAGE = "rm"
 

@@ -12,7 +12,8 @@ them; p_t = p_θ(y_t | y_<t, x) for each response token t, N response tokens, sg
 DFT and EAFT go through Trainer's `compute_loss_func`, so their token sums are divided by the tokens
 of the whole accumulated batch on every rank, as cross-entropy is.
 
-`label_logits_only` (runtime/perf.py turns it on under perf auto): plain cross-entropy with the lm_head run
+`label_logits_only` (runtime/perf/plan.py turns it on under perf auto): plain cross-entropy with the
+lm_head run
 only at the positions whose next token is trained. Prompt tokens are masked (-100), and at a small hidden
 size the [tokens, hidden] x [hidden, vocab] projection and the softmax over the vocabulary are most of the
 work, so skipping them for prompt tokens saves that share. Same loss (Trainer's per-token mean over the
@@ -32,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from runtime.data import attention_of, build_collator
+from runtime.fit.trainer import XgenTrainer
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
 from runtime.stages.reference import ReferenceMixin, load_reference
-from runtime.trainer import XgenTrainer
 
 STAGE = "sft"
 IGNORE_INDEX = -100
@@ -183,7 +184,7 @@ def loss_options(cfg: Any) -> dict[str, Any]:
         return {"compute_loss_func": _from_outputs(partial(eaft_loss, alpha=cfg.eaft_alpha))}
     if cfg.use_asft_loss:
         return {"asft_alpha": cfg.asft_alpha}
-    if cfg.label_logits_only and not cfg.enable_liger_kernel:  # runtime.perf decides; Liger fuses the CE
+    if cfg.label_logits_only and not cfg.enable_liger_kernel:  # runtime.perf.plan decides; Liger fuses the CE
         return {"label_logits_only": True}
     return {}
 

@@ -21,7 +21,7 @@ import harness
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 PROBE = {"XGEN_CT_PROBE": "in the 'container' $HOME"}  # container.env: set inside only
-HOOK = {"XGEN_TEST_ASSERT_ENV": "XGEN_CT_PROBE"}  # runtime test scaffolding, see runtime/secrets.py
+HOOK = {"XGEN_TEST_ASSERT_ENV": "XGEN_CT_PROBE"}  # runtime test scaffolding, see runtime/contract/secrets.py
 
 
 def _submit(cluster: harness.Cluster, tiny: Path, shared: Path, runtime: str) -> tuple[int, Path, Path]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import e2e
 import harness
 
-# Runtime test scaffolding (runtime/secrets.py): every rank checks these are set and prints their names.
+# Runtime test scaffolding (runtime/scaffolding/testing.py): every rank checks these are set and prints
+# their names.
 # Each node's shell exports them (communication section, cluster.env), never the submitting shell.
 NODE_ENV = "NCCL_SOCKET_IFNAME,GLOO_SOCKET_IFNAME,NCCL_DEBUG,OMP_NUM_THREADS,XGT_FROM_CLUSTER_ENV"
 

@@ -1,4 +1,4 @@
-"""`flash_attn: sdpa_varlen` (runtime/attention_varlen.py): sdpa once per packed example must give each
+"""`flash_attn: sdpa_varlen` (runtime/levers/sdpa_varlen.py): sdpa once per packed example must give each
 example the logits and gradients it gets alone, on CPU, for a GQA Llama; padded batches must be plain sdpa;
 models whose attention is not plain causal must be refused before loading."""
 
@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime import attention_varlen  # noqa: E402
+from runtime.levers import sdpa_varlen  # noqa: E402
 
 TOL = 1e-5
 
@@ -19,7 +19,7 @@ def llama(small_llama):
     the attention implementation `attn` (NAME registered first)."""
 
     def make(attn: str, dropout: float = 0.0):
-        attention_varlen.register()
+        sdpa_varlen.register()
         model = small_llama(attention_dropout=dropout)
         model.config._attn_implementation = attn
         return model
@@ -42,27 +42,27 @@ def packed_row(seqs: list[torch.Tensor], pads: int = 0) -> tuple[torch.Tensor, t
 
 def test_sequence_starts_and_single_token_runs() -> None:
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 0], [3, 4, 0, 1, 2, 3, 0, 1]])
-    assert attention_varlen.sequence_starts(pos) == [[0, 3, 5, 6, 7, 8], [0, 2, 6, 8]]
-    assert attention_varlen.runs_of_single_tokens([0, 3, 5, 6, 7, 8]) == [
+    assert sdpa_varlen.sequence_starts(pos) == [[0, 3, 5, 6, 7, 8], [0, 2, 6, 8]]
+    assert sdpa_varlen.runs_of_single_tokens([0, 3, 5, 6, 7, 8]) == [
         (0, 3, False),
         (3, 5, False),
         (5, 8, True),  # three one-token sequences: one span, no kernel
     ]
-    assert attention_varlen.runs_of_single_tokens([0, 1, 4]) == [(0, 1, True), (1, 4, False)]
+    assert sdpa_varlen.runs_of_single_tokens([0, 1, 4]) == [(0, 1, True), (1, 4, False)]
 
 
 def test_starts_are_computed_once_per_position_ids_and_again_after_a_write() -> None:
     pos = torch.tensor([[0, 1, 2, 0, 1]])
-    first = attention_varlen.starts_once_per_forward(pos)
-    assert first == [[0, 3, 5]] and attention_varlen.starts_once_per_forward(pos) is first  # next layer
-    assert attention_varlen.starts_once_per_forward(torch.tensor([[0, 1, 2, 0, 1]])) == [[0, 3, 5]]
+    first = sdpa_varlen.starts_once_per_forward(pos)
+    assert first == [[0, 3, 5]] and sdpa_varlen.starts_once_per_forward(pos) is first  # next layer
+    assert sdpa_varlen.starts_once_per_forward(torch.tensor([[0, 1, 2, 0, 1]])) == [[0, 3, 5]]
     pos[0, 1] = 0  # written in place: the version changed, the offsets are computed again
-    assert attention_varlen.starts_once_per_forward(pos) == [[0, 1, 3, 5]]
+    assert sdpa_varlen.starts_once_per_forward(pos) == [[0, 1, 3, 5]]
     other = torch.tensor([[0, 0, 1, 2, 3]])  # a new forward's tensor
-    assert attention_varlen.starts_once_per_forward(other) == [[0, 1, 5]]
+    assert sdpa_varlen.starts_once_per_forward(other) == [[0, 1, 5]]
     with torch.inference_mode():  # no version counter there: computed each time
         frozen = torch.tensor([[0, 1, 0]])
-        assert attention_varlen.starts_once_per_forward(frozen) == [[0, 2, 3]]
+        assert sdpa_varlen.starts_once_per_forward(frozen) == [[0, 2, 3]]
 
 
 def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> None:
@@ -70,7 +70,7 @@ def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> No
     plain sdpa: logits, and the gradient of a loss over the real tokens, within 1e-5."""
     lengths = [7, 1, 19, 3, 1, 1, 12]  # one-token examples inside and at the end too
     seqs = examples(lengths)
-    varlen, plain = llama(attention_varlen.NAME), llama("sdpa")
+    varlen, plain = llama(sdpa_varlen.NAME), llama("sdpa")
     ids, pos = packed_row(seqs, pads=5)
     packed = varlen(input_ids=ids, position_ids=pos).logits[0]
     real = sum(lengths)
@@ -96,7 +96,7 @@ def test_packed_row_equals_each_example_alone_forward_and_gradients(llama) -> No
 def test_several_rows_and_the_model_level_mask_path(llama) -> None:
     """Two packed rows in one batch, and a padded batch with an attention_mask (evaluation): the latter must
     be exactly sdpa's result, masks and all."""
-    varlen, plain = llama(attention_varlen.NAME), llama("sdpa")
+    varlen, plain = llama(sdpa_varlen.NAME), llama("sdpa")
     a, b = examples([5, 9, 2], seed=3), examples([11, 4], seed=4)
     (ids_a, pos_a), (ids_b, pos_b) = packed_row(a, pads=1), packed_row(b, pads=2)
     ids, pos = torch.cat([ids_a, ids_b]), torch.cat([pos_a, pos_b])
@@ -117,7 +117,7 @@ def test_several_rows_and_the_model_level_mask_path(llama) -> None:
 
 def test_dropout_runs_every_sequence_through_sdpa(llama) -> None:
     """With attention dropout in training no one-token shortcut is taken (dropout applies there too)."""
-    model = llama(attention_varlen.NAME, dropout=0.5).train()
+    model = llama(sdpa_varlen.NAME, dropout=0.5).train()
     ids, pos = packed_row(examples([4, 1, 1, 6]), pads=0)
     calls = []
     from transformers.integrations import sdpa_attention
@@ -139,12 +139,12 @@ def test_dropout_runs_every_sequence_through_sdpa(llama) -> None:
 def test_models_whose_attention_is_not_plain_causal_are_refused() -> None:
     from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    assert attention_varlen.why_not(LlamaConfig()) is None
-    assert attention_varlen.why_not(MistralConfig(sliding_window=None)) is None
-    assert "sliding window of 4096" in attention_varlen.why_not(MistralConfig(sliding_window=4096))
-    assert attention_varlen.why_not(Qwen2Config(use_sliding_window=False)) is None
-    assert attention_varlen.why_not(Qwen2Config(use_sliding_window=True, sliding_window=1024))
-    assert attention_varlen.why_not(Gemma2Config())  # sliding layers and soft-capping
+    assert sdpa_varlen.why_not(LlamaConfig()) is None
+    assert sdpa_varlen.why_not(MistralConfig(sliding_window=None)) is None
+    assert "sliding window of 4096" in sdpa_varlen.why_not(MistralConfig(sliding_window=4096))
+    assert sdpa_varlen.why_not(Qwen2Config(use_sliding_window=False)) is None
+    assert sdpa_varlen.why_not(Qwen2Config(use_sliding_window=True, sliding_window=1024))
+    assert sdpa_varlen.why_not(Gemma2Config())  # sliding layers and soft-capping
 
 
 def test_load_model_falls_back_to_sdpa_for_a_sliding_window_model(tmp_path, caplog, llama) -> None:
@@ -164,6 +164,6 @@ def test_load_model_falls_back_to_sdpa_for_a_sliding_window_model(tmp_path, capl
         model = load_model(cfg, stage="sft", device="cpu")
     assert model.config._attn_implementation == "sdpa"
     assert "sdpa_varlen: the model uses a sliding window of 16 tokens; using sdpa" in caplog.text
-    llama(attention_varlen.NAME).save_pretrained(tmp_path / "llama")
+    llama(sdpa_varlen.NAME).save_pretrained(tmp_path / "llama")
     cfg = TrainConfig(model_name_or_path=str(tmp_path / "llama"), flash_attn="sdpa_varlen")
-    assert load_model(cfg, stage="sft", device="cpu").config._attn_implementation == attention_varlen.NAME
+    assert load_model(cfg, stage="sft", device="cpu").config._attn_implementation == sdpa_varlen.NAME

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from runtime.config import ConfigError, TrainConfig, load_config, parse_train_config
-from runtime.zero import zero_config
+from runtime.contract.zero import zero_config
 
 BASE = {"model_name_or_path": "m", "dataset": "d"}
 
@@ -123,7 +123,7 @@ def test_load_config_xgen_and_flat(tmp_path: Path) -> None:
 
 
 def test_config_module_is_torch_free() -> None:
-    code = "import sys, runtime.config, runtime.zero; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, runtime.config, runtime.contract.zero; assert 'torch' not in sys.modules, 'torch in'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""Padding-free packing (runtime.perf's lever): one flattened row must give each example exactly its own
+"""Padding-free packing (runtime.perf.plan's lever): one flattened row must give each example exactly its own
 logits. LLaMA-Factory's packing/neat_packing: tests/runtime/test_data_keys.py."""
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def sft_rows(_tiny_tokenizer_loaded, tiny_dir: Path, tmp_path_factory):
 def _model(tiny_dir: Path, attn: str):
     from transformers import AutoModelForCausalLM
 
-    from runtime import attention_varlen
+    from runtime.levers import sdpa_varlen
 
-    attention_varlen.register()
+    sdpa_varlen.register()
     model = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", attn_implementation=attn)
     assert model.config._attn_implementation == attn
     check_packing_support(model)  # what the trainer calls; also turns the KV cache off

@@ -88,7 +88,7 @@ def test_start_line_format() -> None:
 def test_progress_without_tty_prints_plain_lines(capsys) -> None:
     from transformers import TrainerControl, TrainerState
 
-    from runtime.progress import ProgressCallback
+    from runtime.fit.progress import ProgressCallback
 
     cb = ProgressCallback(enabled=True, tty=False)
     state = TrainerState(max_steps=10, global_step=0)
@@ -107,8 +107,8 @@ def test_progress_file_phase_at_train_end(tmp_path, stopped: bool, phase: str) -
     """After a checkpoint-and-stop (exit 75) the progress file must not claim the run is done."""
     from transformers import TrainerControl, TrainerState
 
-    from runtime.progress import ProgressCallback
-    from runtime.slurm_contract import PROGRESS_FILE
+    from runtime.contract.slurm import PROGRESS_FILE
+    from runtime.fit.progress import ProgressCallback
 
     args = types.SimpleNamespace(output_dir=str(tmp_path))
     cb = ProgressCallback(enabled=True, tty=False, preempt=types.SimpleNamespace(stopped=stopped))

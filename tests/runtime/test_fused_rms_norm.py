@@ -1,4 +1,4 @@
-"""`fused_rms_norm` (runtime/fused_rms_norm.py): torch's F.rms_norm where it reproduces the model's own
+"""`fused_rms_norm` (runtime/levers/fused_rms_norm.py): torch's F.rms_norm where it reproduces the model's own
 RMSNorm, checked by logits and gradients; norms that compute something else are left alone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime.fused_rms_norm import apply_fused_rms_norm, probe  # noqa: E402
+from runtime.levers.fused_rms_norm import apply_fused_rms_norm, probe  # noqa: E402
 
 
 def with_norm_weights(model):
@@ -51,11 +51,12 @@ def test_norms_that_compute_something_else_are_kept(small_llama) -> None:
 
 
 def test_npu_kernels_patch_only_norms_npu_rms_norm_reproduces(small_llama) -> None:
-    """use_v1_kernels on Ascend (runtime/npu_kernels.py) probes each RMSNorm class the same way: Gemma's
+    """use_v1_kernels on Ascend (runtime/levers/use_v1_kernels.py) probes each RMSNorm class the same way:
+    Gemma's
     `1 + weight` norm keeps its forward (npu_rms_norm computes x / rms * weight)."""
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 
-    from runtime.npu_kernels import apply_npu_kernels
+    from runtime.levers.use_v1_kernels import apply_npu_kernels
 
     gemma = GemmaRMSNorm(16)
     assert apply_npu_kernels(torch.nn.Sequential(gemma), ["rms_norm"]) == []

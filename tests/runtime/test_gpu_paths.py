@@ -183,7 +183,7 @@ def wide_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     while offloaded FSDP2 holds one gathered layer at a time."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from runtime.tiny import llama_config
+    from runtime.commands.make_tiny import llama_config
 
     root = tmp_path_factory.mktemp("wide")
     shutil.copytree(tiny_dir / "data", root / "data")

@@ -1,4 +1,5 @@
-"""`cpu_allocator_cache` (runtime/host_memory.py): freed large tensors are reused, not page-faulted again.
+"""`cpu_allocator_cache` (runtime/levers/cpu_allocator_cache.py): freed large tensors are reused, not
+page-faulted again.
 
 Each case runs in its own process: glibc's malloc settings are process-wide and would stay with pytest."""
 
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from runtime.host_memory import glibc
+from runtime.levers.cpu_allocator_cache import glibc
 
 pytestmark = pytest.mark.skipif(not glibc(), reason="mallopt's parameters are glibc's")
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.skipif(not glibc(), reason="mallopt's parameters are gl
 # page faults of any round after the first (a fragmented heap may still grow in an odd round).
 FAULTS = """
 import resource, sys, torch
-from runtime.host_memory import keep_freed_blocks
+from runtime.levers.cpu_allocator_cache import keep_freed_blocks
 if sys.argv[1] == "keep":
     assert keep_freed_blocks()
 faults = []

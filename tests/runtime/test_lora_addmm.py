@@ -1,4 +1,5 @@
-"""`fused_lora` (runtime/lora_addmm.py): a LoRA layer as one autograd node (frozen base + adapter) or, where
+"""`fused_lora` (runtime/levers/fused_lora.py): a LoRA layer as one autograd node (frozen base + adapter) or,
+where
 that cannot hold, the adapter's update inside one addmm, gives peft's logits and adapter gradients; DoRA,
 disabled and merged adapters keep peft's own forward."""
 
@@ -9,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from runtime.lora_addmm import apply_lora_addmm  # noqa: E402
+from runtime.levers.fused_lora import apply_lora_addmm  # noqa: E402
 
 
 def lora_model(small_llama, r=8, lora_alpha=16, model_config=None, **lora):

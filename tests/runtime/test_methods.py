@@ -189,7 +189,7 @@ def test_llama_pro_trains_the_expanded_blocks_only(tiny_dir, tmp_path, pro_model
 
 # --- optimizers ----------------------------------------------------------------------------
 def test_muon_orthogonalises_hidden_matrices_adamw_the_rest(tiny_dir, tmp_path) -> None:
-    from runtime.optimizers import MuonWithAdamW
+    from runtime.fit.optimizers import MuonWithAdamW
 
     result, snap, _ = train(tiny_dir, tmp_path, use_muon=True)
     optimizer = result.trainer.optimizer.optimizer  # accelerate's wrapper holds ours
@@ -325,7 +325,7 @@ def test_missing_package_is_refused_before_the_model_loads(tiny_dir, tmp_path, m
 
 
 def test_layerwise_and_badam_refuse_several_processes() -> None:
-    from runtime.optimizers import check_world
+    from runtime.fit.optimizers import check_world
 
     cfg = parse_train_config(
         {**BASE, "finetuning_type": "full", "use_galore": True, "galore_layerwise": True}

@@ -124,7 +124,7 @@ def test_npu_kernels_match_the_modules_they_replace(tiny_dir: Path, monkeypatch:
     from transformers import AutoModelForCausalLM
     from transformers.models.llama import modeling_llama
 
-    from runtime.npu_kernels import apply_npu_kernels
+    from runtime.levers.use_v1_kernels import apply_npu_kernels
 
     monkeypatch.setitem(sys.modules, "torch_npu", _fake_torch_npu())
     monkeypatch.setattr(
@@ -137,12 +137,12 @@ def test_npu_kernels_match_the_modules_they_replace(tiny_dir: Path, monkeypatch:
         done = apply_npu_kernels(model)
         after = model(input_ids=ids).logits
     assert sorted(done) == ["rms_norm x5", "rotary x1", "swiglu x2"], done
-    assert modeling_llama.apply_rotary_pos_emb.__module__ == "runtime.npu_kernels"
+    assert modeling_llama.apply_rotary_pos_emb.__module__ == "runtime.levers.use_v1_kernels"
     assert (before - after).abs().max() < 1e-5
 
 
 def test_saved_dir_without_weights_is_caught(tiny_dir: Path, tmp_path: Path) -> None:
-    from runtime.outputs import missing_weights
+    from runtime.fit.outputs import missing_weights
 
     assert missing_weights(tiny_dir / "model", "model") is None
     empty = tmp_path / "empty"

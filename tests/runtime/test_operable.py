@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from trainer_harness import base_config, run_inprocess, run_torchrun, write_config
 
-from runtime.outputs import RESOLVED_CONFIG, redact_keys
+from runtime.fit.outputs import RESOLVED_CONFIG, redact_keys
 
 
 def test_redact_masks_credential_keys_only() -> None:
@@ -55,7 +55,7 @@ def test_failing_rank_traceback_reaches_the_launcher_summary(tiny_dir: Path, tmp
 
 
 def test_world_problem_names_what_differs() -> None:
-    from runtime.world import world_problem
+    from runtime.contract.expected_world import world_problem
 
     env = {"XGEN_EXPECT_NNODES": "2", "XGEN_EXPECT_WORLD_SIZE": "4"}
     assert world_problem(4, ["a", "a", "b", "b"], env) is None

@@ -1,4 +1,4 @@
-"""runtime.perf: the throughput levers each device gets; the packed path trains like the padded one.
+"""runtime.perf.plan: the throughput levers each device gets; the packed path trains like the padded one.
 
 The CPU equivalence test is the fp32 half of issue 7's correctness check (the bf16 GPU half is in
 test_perf_gpu.py): same data, same seed, packing on vs off, per-step losses within 1e-5 relative.
@@ -12,7 +12,7 @@ import pytest
 from trainer_harness import base_config
 
 from runtime.config import ConfigError, TrainConfig, parse_train_config
-from runtime.perf import apply_perf, resolve_perf
+from runtime.perf.plan import apply_perf, resolve_perf
 
 BASE = {"model_name_or_path": "m", "dataset": "d", "stage": "sft"}
 # fp32 on CPU: the packed row sees the same numbers in another order of summation (block-diagonal mask
@@ -86,9 +86,9 @@ def test_cpu_allocator_cache_on_cpu_only() -> None:
 
 def test_cpu_allocator_cache_needs_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     """musl and the like: unset, quietly off; written, off with one note."""
-    import runtime.perf
+    import runtime.perf.plan
 
-    monkeypatch.setattr(runtime.perf, "glibc", lambda: False)
+    monkeypatch.setattr(runtime.perf.plan, "glibc", lambda: False)
     assert plan("cpu")[0].cpu_allocator_cache is False and plan("cpu")[0].notes == []
     p, _ = plan("cpu", cpu_allocator_cache=True)
     assert not p.cpu_allocator_cache
@@ -216,10 +216,12 @@ def test_cpu_defaults_train_like_padded_batches(
     at trained positions) vs padded batches with full logits (both levers switched off by their keys).
     cpu_allocator_cache: the run calls host_memory.keep_freed_blocks (recorded here, not applied), unless
     the key says false."""
-    import runtime.host_memory
+    import runtime.levers.cpu_allocator_cache
 
     kept: list[bool] = []
-    monkeypatch.setattr(runtime.host_memory, "keep_freed_blocks", lambda: kept.append(True) or True)
+    monkeypatch.setattr(
+        runtime.levers.cpu_allocator_cache, "keep_freed_blocks", lambda: kept.append(True) or True
+    )
     padded, padded_losses = _run(
         tiny_dir, tmp_path / "padded", packing=False, label_logits_only=False, cpu_allocator_cache=False
     )

@@ -1,4 +1,4 @@
-"""runtime.perf_npu: what `perf: auto` turns on on Ascend NPU, and that the model really calls torch_npu.
+"""runtime.perf.npu: what `perf: auto` turns on on Ascend NPU, and that the model really calls torch_npu.
 
 No NPU here: the wiring runs on CPU against tests/runtime/fakes/torch_npu, whose functions check their
 arguments and compute the reference result in plain torch, and record each call. For the fused attention,
@@ -19,8 +19,8 @@ import torch
 from trainer_harness import base_config
 
 from runtime.config import parse_train_config
-from runtime.perf import apply_perf, resolve_perf
-from runtime.perf_npu import NPU_OPS, npu_ops
+from runtime.perf.npu import NPU_OPS, npu_ops
+from runtime.perf.plan import apply_perf, resolve_perf
 
 FAKES = Path(__file__).parent / "fakes"
 ALL_OPS = frozenset(NPU_OPS.values())

@@ -24,9 +24,9 @@ from trainer_harness import (
     write_config,
 )
 
-from runtime import checkpoints
 from runtime.config import ConfigError, parse_train_config
-from runtime.slurm_contract import PROGRESS_FILE
+from runtime.contract.slurm import PROGRESS_FILE
+from runtime.fit import checkpoints
 
 STEPS = 6
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from trainer_harness import base_config, max_diff, run_torchrun, step_losses, weights, write_config
 
-from runtime import checkpoints
+from runtime.fit import checkpoints
 
 pytestmark = pytest.mark.slow
 STEPS = 6

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from trainer_harness import base_config, run_cli, write_config
 
-from runtime import secrets
+from runtime.contract import secrets
 from runtime.scaffolding import testing
 
 TOKEN = "hf_Runtime7Secret0Value"
@@ -62,7 +62,7 @@ def test_redact_masks_named_and_listed_values(monkeypatch):
 
 
 def test_outputs_json_and_say_are_redacted(monkeypatch, tmp_path, capsys):
-    from runtime import outputs
+    from runtime.fit import outputs
     from runtime.stages.recipe import say
 
     monkeypatch.setenv("WANDB_API_KEY", WANDB)

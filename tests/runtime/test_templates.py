@@ -227,8 +227,8 @@ def test_training_saves_the_template_it_used(tiny_dir: Path, tmp_path: Path, fin
     if finetuning_type == "lora":  # export grows the base's embeddings before merging the adapter
         import dataclasses
 
+        from runtime.commands.export import export
         from runtime.config import TrainConfig
-        from runtime.export import export
 
         merged = tmp_path / "merged"
         fields = dict(model_name_or_path=str(tiny_dir / "model"), adapter_name_or_path=str(out))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.tiny import REVERSE_WORDS, build_tiny, main_make_tiny
+from runtime.commands.make_tiny import REVERSE_WORDS, build_tiny, main_make_tiny
 
 EXPECTED_DATASETS = {
     "tiny_alpaca",

@@ -1,4 +1,4 @@
-"""runtime/unused_imports.py: bitsandbytes stays out of a training process that does not use it, and is
+"""runtime/perf/lean_imports.py: bitsandbytes stays out of a training process that does not use it, and is
 left alone for GaLore/APOLLO and the bitsandbytes optimizers."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from runtime.config import TrainConfig
-from runtime.unused_imports import hide_unused_bitsandbytes, needs_bitsandbytes
+from runtime.perf.lean_imports import hide_unused_bitsandbytes, needs_bitsandbytes
 
 PROBE = """
 import sys
 from runtime.config import TrainConfig
-from runtime.unused_imports import hide_unused_bitsandbytes
+from runtime.perf.lean_imports import hide_unused_bitsandbytes
 hidden = hide_unused_bitsandbytes(TrainConfig(**{keys}))
 import peft  # imports bitsandbytes whenever it looks installed
 from peft.import_utils import is_bnb_available

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xgen_helpers import REPO
 
-from runtime.secrets import is_credential_name, read_secret_env_file
+from runtime.contract.secrets import is_credential_name, read_secret_env_file
 from xgen.cli import main
 
 # A fake interpreter: records the environment and arguments the launcher would get, and the files

@@ -155,7 +155,7 @@ def test_several_runtime_errors_are_one_line_each(tmp_path, monkeypatch):
     import pytest
 
     import runtime.config
-    from runtime.check import error_lines
+    from runtime.commands.check import error_lines
     from runtime.config.schema import ConfigError, ConfigErrors
     from xgen.errors import XgenError
 

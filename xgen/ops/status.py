@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.slurm_contract import PROGRESS_FILE  # the runtime's rank 0 writes it; stdlib-only module
+from runtime.contract.slurm import PROGRESS_FILE  # the runtime's rank 0 writes it; stdlib-only module
 from xgen.errors import XgenError
 
 _NODE_LOG = re.compile(r"(?P<node>.+)\.attempt(?P<attempt>\d+)\.log\Z")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from runtime.config import TrainConfig
-from runtime.secrets import MASK
+from runtime.contract.secrets import MASK
 from xgen.checks import launcher_commands
 from xgen.config import Config
 from xgen.errors import XgenError

@@ -24,7 +24,7 @@ FORWARDED_ENV = (
     "HCCL_EXEC_TIMEOUT",
     "TASK_QUEUE_ENABLE",
     "OMP_NUM_THREADS",
-    "XGEN_EXPECT_NNODES",  # runtime/world.py: every rank checks the world it joined
+    "XGEN_EXPECT_NNODES",  # runtime/contract/expected_world.py: every rank checks the world it joined
     "XGEN_EXPECT_WORLD_SIZE",
 )
 # DeepSpeed writes these into a remote shell command unquoted or inside "…": allow only plain text.

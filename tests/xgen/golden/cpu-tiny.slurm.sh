@@ -94,7 +94,7 @@ xgen_node_log() {
 }
 
 # --- expected world ---
-# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# The runtime refuses to train in any other world than this one (runtime/contract/expected_world.py): a launcher that
 # quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
 XGEN_EXPECT_NNODES=$NNODES
 export XGEN_EXPECT_NNODES
@@ -336,7 +336,7 @@ xgen_check_master
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
-  # (the status files of runtime/slurm_contract.py)
+  # (the status files of runtime/contract/slurm.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do

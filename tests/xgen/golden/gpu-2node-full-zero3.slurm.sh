@@ -121,7 +121,7 @@ xgen_node_log() {
 }
 
 # --- expected world ---
-# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# The runtime refuses to train in any other world than this one (runtime/contract/expected_world.py): a launcher that
 # quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
 XGEN_EXPECT_NNODES=$NNODES
 export XGEN_EXPECT_NNODES
@@ -402,7 +402,7 @@ export XGEN_PID_DIR
 
 xgen_stopped_here() {
   # True when the runtime on this node stopped after a checkpoint: every <host>-<rank>.status says 75.
-  # (the status files of runtime/slurm_contract.py)
+  # (the status files of runtime/contract/slurm.py)
   local file found=1
   [[ -n "${XGEN_PID_DIR:-}" && -d "$XGEN_PID_DIR" ]] || return 1
   for file in "$XGEN_PID_DIR"/*.status; do
@@ -475,7 +475,7 @@ XGEN_STEP_PID=$!
 XGEN_TRAPPED=0
 
 # --- preemption ---
-# The contract with the runtime (pid files, status 75, progress file) is stated in runtime/slurm_contract.py.
+# The contract with the runtime (pid files, status 75, progress file) is stated in runtime/contract/slurm.py.
 # Slurm sends USR1 to this batch shell 300 s before the time limit (--signal=B:USR1@N;
 # `scancel --signal=USR1 --batch JOBID` does the same by hand). torchrun does not forward USR1 to its
 # workers (pytorch #154849) and signalling the whole step would kill torchrun itself, so an overlapping

@@ -98,7 +98,7 @@ xgen_node_log() {
 }
 
 # --- expected world ---
-# The runtime refuses to train in any other world than this one (runtime/world.py): a launcher that
+# The runtime refuses to train in any other world than this one (runtime/contract/expected_world.py): a launcher that
 # quietly started fewer nodes or processes (a DeepSpeed hostfile gone missing) fails at start instead.
 XGEN_EXPECT_NNODES=$NNODES
 export XGEN_EXPECT_NNODES

@@ -58,9 +58,9 @@ ALL_KERNELS = ("rms_norm", "swiglu", "rotary")
 
 
 def apply_npu_kernels(model: nn.Module, kernels: Sequence[str] | None = None) -> list[str]:
-    """Patch the model in place with `kernels` (default: all three, as runtime.perf_npu decides them from
+    """Patch the model in place with `kernels` (default: all three, as runtime.perf.npu decides them from
     what torch_npu has); returns what was patched (also logged once)."""
-    from runtime.fused_rms_norm import probe
+    from runtime.levers.fused_rms_norm import probe
 
     wanted = set(ALL_KERNELS if kernels is None else kernels)
     patched: dict[str, int] = {}

@@ -331,7 +331,7 @@ def _dump_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main_make_tiny(argv: list[str] | None = None) -> int:
-    """`xgen-runtime make-tiny DIR` (also `python -m runtime.tiny DIR`)."""
+    """`xgen-runtime make-tiny DIR` (also `python -m runtime.commands.make_tiny DIR`)."""
     parser = argparse.ArgumentParser(prog="xgen-runtime make-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="writes DIR/model and DIR/data")
     parser.add_argument("--seed", type=int, default=0)

@@ -13,8 +13,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from runtime.secrets import redact
-from runtime.slurm_contract import write_progress
+from runtime.contract.secrets import redact
+from runtime.contract.slurm import write_progress
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -33,7 +33,7 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self, *, enabled: bool, tty: bool | None = None, preempt: Any = None) -> None:
         self.enabled = enabled
-        self.preempt = preempt  # runtime.preemption.PreemptCallback: stopped → phase "preempted"
+        self.preempt = preempt  # runtime.fit.preemption.PreemptCallback: stopped → phase "preempted"
         self.tty = sys.stdout.isatty() if tty is None else tty
         self._bar: Any = None
         self._task: Any = None

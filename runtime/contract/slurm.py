@@ -1,7 +1,8 @@
 """The contract between the generated batch script and the runtime: pid files, status 75, progress file.
 
 Two sides follow it: `templates/slurm.sh.j2` (the batch script) and the runtime (this module,
-`runtime.preemption.PreemptCallback`, `runtime.progress`). Change one side only together with the other.
+`runtime.fit.preemption.PreemptCallback`, `runtime.fit.progress`). Change one side only together with
+the other.
 
 1. The script exports `XGEN_PID_DIR`, a node-local directory per job (`$TMPDIR/xgen-$SLURM_JOB_ID`),
    emptied by each node at the start of every attempt. Without it the runtime writes no pid or status file.

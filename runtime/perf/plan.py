@@ -11,7 +11,7 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
   packing     padding-free rows: instruction data is ~60% padding when batched to the longest example.
               CUDA: flash_attention_2 (varlen) if the flash_attn package is there, else flex_attention
               (block mask): one row per micro-batch. CPU: sdpa run once per example (sdpa_varlen,
-              runtime/attention_varlen.py): one row per micro-batch, no padding, attention cost the sum of
+              runtime/levers/sdpa_varlen.py): one row per micro-batch, no padding, attention cost the sum of
               the examples' squares. Plain sdpa/eager keep the examples apart too, given restarting
               position_ids, in rows of at most cutoff_len (runtime/data/packing.py).
   token budget `micro_batch_tokens`: padding-free micro-batches of whole examples up to N tokens
@@ -19,12 +19,13 @@ Why these levers (bench/README.md has the predicted and measured effect of each)
   label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
   fused RMSNorm `fused_rms_norm` (opt-in): torch's F.rms_norm kernel where it reproduces the model's norm
-              (probed per class, runtime/fused_rms_norm.py); no effect above the CPU bench's noise.
+              (probed per class, runtime/levers/fused_rms_norm.py); no effect above the CPU bench's noise.
   fused LoRA  `fused_lora` (LoRA; perf auto on CPU): each LoRA layer as one autograd node, frozen base
-              product and update together (runtime/lora_addmm.py): +16 % on the CPU shape, steps on
+              product and update together (runtime/levers/fused_lora.py): +16 % on the CPU shape, steps on
               and off interleaved (bench/lever_ab.py). Not measured on a GPU: off there unless set.
   allocator   `cpu_allocator_cache` (CPU, any stage; perf auto): glibc malloc keeps freed blocks instead of
-              unmapping and page-faulting every step's large tensors again (runtime/host_memory.py).
+              unmapping and page-faulting every step's large tensors again
+              (runtime/levers/cpu_allocator_cache.py).
   liger       fused linear+cross-entropy never materialises the [tokens, vocab] fp32 logits; fused
               RMSNorm/SwiGLU/RoPE save activations and memory traffic. Triton kernels: CUDA only.
   fused AdamW one kernel for the whole update instead of a few per parameter group (same maths).
@@ -37,20 +38,17 @@ Everything here is torch-free: the device is passed in, availability is probed w
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 
 from runtime.config import ConfigError, TrainConfig
-from runtime.host_memory import glibc
+from runtime.levers.cpu_allocator_cache import glibc
+from runtime.perf.predicates import PLAIN_ADAMW, auto_chooses, has_module, is_set, tunes
 
-# Stages whose batches are plain token streams with labels: the only ones packing and FLCE apply to.
-TUNED_STAGES = ("pt", "sft")
 # Devices where perf auto turns padding-free on: CUDA (varlen/flex) and CPU (sdpa, rows <= cutoff_len).
 PACKING_DEVICES = ("cuda", "cpu")
 # Not CPU: there bench/lever_ab.py measured fused against foreach at 1.005 on full SFT (the update is ~2 %
 # of a step), and the update's rounding moves off the trajectories the CPU tests were tuned on.
 FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused"}
-PLAIN_ADAMW = "adamw_torch"
 
 
 @dataclass
@@ -72,7 +70,7 @@ class PerfPlan:
     fused_lora: bool = False
     cpu_allocator_cache: bool = False
     notes: list[str] = field(default_factory=list)
-    npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf_npu.py)
+    npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf/npu.py)
 
     def line(self) -> str:
         """The one start line: `perf: auto (cuda) packing=on attention=flex liger=on …`."""
@@ -92,28 +90,6 @@ class PerfPlan:
             if self.device == "cpu"
             else ""
         )
-
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def is_set(cfg: TrainConfig, key: str) -> bool:
-    """A key the user wrote is never overridden: `packing: false` stays false under perf auto."""
-    return key in cfg.explicit
-
-
-def auto_chooses(cfg: TrainConfig, key: str) -> bool:
-    """perf auto may choose this key: it is unset and the stage is pt/sft (runtime/perf_npu.py too)."""
-    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES
-
-
-def tunes(cfg: TrainConfig, key: str, device: str) -> bool:
-    """perf auto may choose this key and the device is CUDA."""
-    return auto_chooses(cfg, key) and device == "cuda"
 
 
 def resolve_packing(cfg: TrainConfig, device: str) -> bool:
@@ -179,7 +155,7 @@ def resolve_allocator_cache(cfg: TrainConfig, device: str) -> tuple[bool, str | 
 
 def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
     """Packed rows need a variable-length attention to cost linear in the row: on CUDA fa2 if installed,
-    else flex; on CPU sdpa per example (sdpa_varlen, runtime/attention_varlen.py). Only an unset
+    else flex; on CPU sdpa per example (sdpa_varlen, runtime/levers/sdpa_varlen.py). Only an unset
     `flash_attn` (auto) changes; sdpa/eager also keep examples apart, in rows of at most cutoff_len."""
     if not packing or cfg.flash_attn != "auto" or not auto_chooses(cfg, "flash_attn"):
         return cfg.flash_attn
@@ -250,7 +226,7 @@ def resolve_perf(
     )
     plan.notes.extend(note for note in (liger_note, allocator_note) if note)
     if device == "npu":  # packing with the varlen fused attention, fused kernels, fused AdamW
-        from runtime import perf_npu
+        from runtime.perf import npu as perf_npu
 
         perf_npu.resolve_npu(cfg, plan, perf_npu.npu_ops() if npu_ops is None else npu_ops)
         plan.rows = resolve_rows(cfg, device, plan.packing, plan.flash_attn)

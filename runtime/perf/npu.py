@@ -5,7 +5,7 @@
                 TND and actual_seq_qlen = the examples' cumulative ends, so each example attends only to
                 itself and the cost grows with each example's length, not the row's.
     kernels     torch_npu.npu_rms_norm, npu_swiglu and npu_rotary_mul patched into the model (pt/sft;
-                runtime/npu_kernels.py; LLaMA-Factory's `use_v1_kernels`).
+                runtime/levers/use_v1_kernels.py; LLaMA-Factory's `use_v1_kernels`).
     optim       adamw_torch_npu_fused: torch_npu.optim.NpuFusedAdamW through transformers (any stage).
 
 Each lever needs one thing from torch_npu. Where the installed torch_npu lacks it, that lever stays off with
@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from runtime.perf import PLAIN_ADAMW, auto_chooses
+from runtime.perf.predicates import PLAIN_ADAMW, auto_chooses
 
 # lever -> what torch_npu must have for it ("optim.X": attribute X of the torch_npu.optim module)
 NPU_OPS = {
@@ -33,7 +33,11 @@ NPU_OPS = {
     "rotary": "npu_rotary_mul",
     "adamw": "optim.NpuFusedAdamW",
 }
-KERNELS = ("rms_norm", "swiglu", "rotary")  # runtime/npu_kernels.py's names, in the order it patches
+KERNELS = (
+    "rms_norm",
+    "swiglu",
+    "rotary",
+)  # runtime/levers/use_v1_kernels.py's names, in the order it patches
 KERNEL_WHAT = {"rms_norm": "RMSNorm", "swiglu": "SwiGLU", "rotary": "rotary embedding"}
 FUSED_ADAMW = "adamw_torch_npu_fused"
 
@@ -63,7 +67,7 @@ def _missing(lever: str, ops: frozenset[str]) -> bool:
 
 
 def resolve_npu(cfg: Any, plan: Any, ops: frozenset[str]) -> None:
-    """Set the NPU levers on runtime.perf's PerfPlan (packing, flash_attn, npu_kernels, optim, notes)."""
+    """Set the NPU levers on runtime.perf.plan's PerfPlan (packing, flash_attn, npu_kernels, optim, notes)."""
     note = plan.notes.append
     no_attention = _missing("attention", ops)
     # attention and packing: padding-free rows only with the variable-length fused attention (with sdpa or
@@ -92,7 +96,7 @@ def resolve_npu(cfg: Any, plan: Any, ops: frozenset[str]) -> None:
             else:
                 kernels.append(kernel)
         plan.npu_kernels = tuple(kernels)
-    # optimizer: runtime.perf.resolve_optim already chose the fused AdamW under auto (or the config did)
+    # optimizer: runtime.perf.plan.resolve_optim already chose the fused AdamW under auto (or the config did)
     if plan.optim == FUSED_ADAMW and _missing("adamw", ops):
         plan.optim = PLAIN_ADAMW
         note(f"optim: torch_npu has no optim.NpuFusedAdamW; using {PLAIN_ADAMW} (the same update, unfused)")

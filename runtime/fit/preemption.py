@@ -1,6 +1,6 @@
 """The runtime's side of preemption: on SIGUSR1/SIGTERM, finish the step, checkpoint, stop, exit 75.
 
-The protocol with the batch script (pid files, status files, exit 75) is `runtime.slurm_contract`.
+The protocol with the batch script (pid files, status files, exit 75) is `runtime.contract.slurm`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from runtime.contract.slurm import PREEMPT_SIGNALS
 from runtime.distributed import world
 from runtime.scaffolding import testing
-from runtime.slurm_contract import PREEMPT_SIGNALS
 
 
 class PreemptCallback(TrainerCallback):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from runtime.secrets import redact
+from runtime.contract.secrets import redact
 
 
 def peak_memory_gib(device: str) -> float:
@@ -118,8 +118,9 @@ RESOLVED_CONFIG = "xgen_config_resolved.yaml"
 
 def redact_keys(value: Any, key: str = "") -> Any:
     """The value with every credential-looking key's value replaced by ***, nested mappings included (an HF
-    token in a config must not end up in a file next to the model). Names judged by runtime.secrets' rule."""
-    from runtime.secrets import is_credential_name
+    token in a config must not end up in a file next to the model). Names judged by runtime.contract.secrets'
+    rule."""
+    from runtime.contract.secrets import is_credential_name
 
     if key and is_credential_name(key) and value not in (None, "", False):
         return "***"
@@ -152,12 +153,12 @@ def write_resolved_config(cfg: Any, output_dir: str | Path) -> Path:
 
     import yaml
 
-    from runtime.secrets import redact as secret_values_redacted
+    from runtime.contract.secrets import redact as secret_values_redacted
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = "# Every training key as this run resolved it (xgen-runtime); credential values are ***.\n"
-    # and any credential value from the environment that a key holds verbatim (runtime.secrets)
+    # and any credential value from the environment that a key holds verbatim (runtime.contract.secrets)
     text += secret_values_redacted(yaml.safe_dump(resolved_config(cfg), sort_keys=False, allow_unicode=True))
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RESOLVED_CONFIG}.")
     try:

@@ -1,7 +1,7 @@
 """The Trainer every stage builds on: atomic checkpoints, metric logging.
 
 Stages subclass `XgenTrainer` only to define their loss (rm, dpo); pt and sft use it as is. The
-preemption stop is `runtime.preemption`, its protocol with the batch script `runtime.slurm_contract`.
+preemption stop is `runtime.fit.preemption`, its protocol with the batch script `runtime.contract.slurm`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from runtime import checkpoints
 from runtime.distributed import barrier, world
+from runtime.fit import checkpoints
 from runtime.scaffolding import testing
 
 

@@ -1,0 +1,1 @@
+"""Entry commands other than training: check, export, llama_pro, make-tiny."""

@@ -1,0 +1,5 @@
+"""Torch-free launch contracts shared by the generator (xgen) and the runtime: the ZeRO JSON (zero),
+the Slurm signal/pid/progress contract (slurm), credentials (secrets), the expected world (expected_world).
+
+Standard library and runtime.config only: `xgen` imports these, and `xgen` never imports torch.
+"""

@@ -1,0 +1,2 @@
+"""The fit loop around transformers' Trainer: the trainer class, optimizers, checkpoints, outputs,
+progress and preemption."""

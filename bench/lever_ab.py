@@ -17,7 +17,7 @@ The step is the runtime's CPU sft step under perf auto: ONE padding-free row of 
 (examples of the bench's log-normal lengths, position ids restarting per example) through the
 `sdpa_varlen` attention, the lm_head only at trained positions (`label_logits_only`), backward,
 AdamW (foreach), with glibc malloc keeping freed blocks (`cpu_allocator_cache`) except in that lever's own
-off arm. Both arms compute the same sums (tests/runtime/test_lora_addmm.py, test_fused_rms_norm.py).
+off arm. Both arms compute the same sums (tests/runtime/levers/test_fused_lora.py, test_fused_rms_norm.py).
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ if [ "$ONLY" != levers ]; then
   fi
 
   if [ "$ONLY" != bench ]; then
-    # --- correctness on the GPU (tests/runtime/test_perf_gpu.py: optimised vs plain path, bf16) ---
+    # --- correctness on the GPU (tests/runtime/perf/test_perf_gpu.py: optimised vs plain path, bf16) ---
     timeout "$(( $(left) < 180 ? $(left) : 180 ))" python3 -m pytest -q -m gpu -p no:cacheprovider \
-      tests/runtime/test_perf_gpu.py 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
+      tests/runtime/perf/test_perf_gpu.py 2>&1 | tee "$OUT/pytest-gpu.log" || status=1
   fi
 
   # --- benchmark: MODES x VARIANTS (each variant in its own process; runs predicted past the deadline

@@ -5,7 +5,7 @@
 
 `lf` needs LLaMA-Factory installed in its own virtualenv (it pins an older transformers; see
 /work/shared/notes/llamafactory-peer.md): `python3 -m venv lfvenv && lfvenv/bin/pip install
-torch==2.13.0 llamafactory==0.9.5`. tests/runtime/test_config_keys.py checks hf_keys.py against the
+torch==2.13.0 llamafactory==0.9.5`. tests/runtime/config/test_config_keys.py checks hf_keys.py against the
 installed transformers; lf_keys.py is generated once per LLaMA-Factory release.
 """
 

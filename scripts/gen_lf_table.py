@@ -4,7 +4,7 @@
 
 The verdicts come from the parser's own tables (runtime/config: schema fields, translate's renames
 and ignored keys, refusals.classify), so the page cannot drift from the code;
-tests/runtime/test_lf_table.py fails when the committed page differs from what this writes.
+tests/runtime/config/test_lf_table.py fails when the committed page differs from what this writes.
 """
 
 from __future__ import annotations

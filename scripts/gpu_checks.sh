@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command for issue 5's GPU checks (docs/gpu-checks.md): carried wheels (+ deepspeed from its sdist)
-# -> tests/runtime/test_gpu_paths.py on one CUDA GPU. Separate from bench/run_gpu.sh (issue 7's benchmark).
+# -> tests/runtime/distributed/test_gpu_paths.py on one CUDA GPU. Separate from bench/run_gpu.sh (issue 7's benchmark).
 #
 #   bash scripts/gpu_checks.sh       # on the GPU machine, from the repo root, with .whl/ carried along
 #
@@ -46,6 +46,6 @@ echo "gpu_checks: setup took ${SECONDS} s"
 export XGEN_GPU_FIGURES="$OUT/gpu-figures.jsonl"
 : > "$XGEN_GPU_FIGURES"
 timeout "$PYTEST_TIMEOUT_S" python3 -m pytest -q -m gpu -p no:cacheprovider -rA \
-  tests/runtime/test_gpu_paths.py 2>&1 | tee "$OUT/pytest-gpu-paths.log" || status=1
+  tests/runtime/distributed/test_gpu_paths.py 2>&1 | tee "$OUT/pytest-gpu-paths.log" || status=1
 echo "gpu_checks: done in ${SECONDS} s, status ${status}; files in $OUT"
 exit "$status"

@@ -11,7 +11,7 @@ LLaMA-Factory's registry instead (done once for 0.9.5; review the diff when redo
 
 One JSON line per (template, settings, conversation): the token ids and labels LLaMA-Factory's supervised
 (or pairwise) processor produces, the same split into decoded runs (prompt / label / other-label), and the
-tokenizer's EOS and added stop words after LLaMA-Factory fixed it. tests/runtime/test_templates.py checks
+tokenizer's EOS and added stop words after LLaMA-Factory fixed it. tests/runtime/data/test_templates.py checks
 the runtime against the committed file always, and against a fresh run of this script when LLaMA-Factory
 is installed. Standalone on purpose: it imports nothing from this repository.
 """

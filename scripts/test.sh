@@ -12,9 +12,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cpu
 if (($#)) || [[ ${XGEN_TEST_SPLIT:-1} == 0 ]]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-# Two files ride with the cluster tests to even out the two queues: in a fresh-clone run (1613 s) the
-# cluster process took 19:42 and the rest 24:52; these two took ~2.5 min of the rest's time there.
-beside_cluster=(tests/bench tests/runtime/test_data_keys.py)
+# The split goes by folder: tests/cluster (real Slurm and namespaces, mostly waiting) and tests/bench (the
+# benchmark's smoke runs, which time whole commands) in one process, everything else in the other.
+beside_cluster=(tests/bench)
 cluster_log=$(mktemp -t xgen-cluster-tests.XXXXXX)
 .venv/bin/python -m pytest tests/cluster "${beside_cluster[@]}" >"$cluster_log" 2>&1 &
 cluster_pid=$!

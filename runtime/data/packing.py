@@ -16,7 +16,7 @@ padded to the longest row.
 
 No attention_mask is passed: transformers then reads packed sequences from position_ids and builds a
 block-diagonal causal mask (eager, sdpa, flex) or uses varlen kernels (flash attention), so examples
-never attend to each other. tests/runtime/test_data_packing.py checks packed logits == per-example
+never attend to each other. tests/runtime/data/test_data_packing.py checks packed logits == per-example
 logits for eager and sdpa on CPU. Any other implementation is refused rather than trusted.
 The model must run without a KV cache (use_cache False): check_packing_support(model) makes sure.
 """

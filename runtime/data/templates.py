@@ -1,7 +1,7 @@
 """Chat formatting: every LLaMA-Factory template name (data/template_table.py), or the tokenizer's own.
 
 A named template turns a conversation into (prompt ids, reply ids) pairs the way LLaMA-Factory 0.9.5 does
-(tests/runtime/test_templates.py compares the two on every template): each slot piece is tokenized on its
+(tests/runtime/data/test_templates.py compares the two on every template): each slot piece is tokenized on its
 own, so the boundary between prompt and reply is exact and the ids equal LLaMA-Factory's. The template is
 also written as a Jinja chat template and saved with the model (`chat_template_for_saving`), so inference
 formats prompts the way training did.

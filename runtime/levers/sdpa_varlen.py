@@ -7,7 +7,7 @@ every restart of position_ids and each example runs sdpa with `is_causal=True` a
 CPU flash kernel), so the cost is the sum of the examples' squares and the whole micro-batch can be ONE row
 without padding. The maths is sdpa's: transformers' own `sdpa_attention_forward` runs each piece (GQA,
 scaling, dropout, causal flag as the model sets them), so a packed row gives the logits of its examples run
-one by one (tests/runtime/test_attention_varlen.py, within 1e-5, forward and gradients).
+one by one (tests/runtime/levers/test_sdpa_varlen.py, within 1e-5, forward and gradients).
 
     register()                 # once per process, before from_pretrained(attn_implementation=NAME)
     why_not(model_config)      # None when the model's attention is plain causal; else the reason

@@ -4,7 +4,7 @@ result on CPU in plain torch (so gradients flow and a model wired to it must mat
 
 It never claims a device: `torch.npu` is not created, so transformers, accelerate and runtime.distributed
 still see a CPU machine; tests that want transformers' NPU attention route patch that in themselves
-(tests/runtime/test_perf_npu.py). Every call is recorded in CALLS, by function name, so a test can tell
+(tests/runtime/perf/test_perf_npu.py). Every call is recorded in CALLS, by function name, so a test can tell
 a kernel that really ran from one that was only patched in. Nothing here measures NPU speed.
 
 Signatures and constraints follow the torch_npu API reference (torch_npu.npu_fusion_attention,

@@ -20,8 +20,8 @@ import pytest
 from runtime.data.templates import NAMED_TEMPLATES, resolve_template
 from runtime.data.tokenize import tokenize_pairwise, tokenize_sft
 
-ROOT = Path(__file__).resolve().parents[2]
-CASES = Path(__file__).parent / "lf_templates" / "cases.jsonl"
+ROOT = Path(__file__).resolve().parents[3]
+CASES = Path(__file__).parents[1] / "lf_templates" / "cases.jsonl"
 IGNORE = -100
 SETTINGS = {
     "defaults": {},

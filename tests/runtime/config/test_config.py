@@ -130,7 +130,7 @@ def test_config_module_is_torch_free() -> None:
 def test_docs_list_every_key() -> None:
     import dataclasses
 
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "runtime.md").read_text()
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "runtime.md").read_text()
     missing = [
         f.name
         for f in dataclasses.fields(TrainConfig)

@@ -368,7 +368,7 @@ def test_two_ranks_equal_single_process(tiny_dir, tmp_path, overrides, tolerance
 
 
 # --- LLaMA-Factory's own examples/extras configs (paths swapped) ----------------------------------
-EXTRAS = Path(__file__).parent / "lf_examples" / "extras"
+EXTRAS = Path(__file__).parents[1] / "lf_examples" / "extras"
 
 
 def _needs(name: str) -> str | None:

@@ -22,7 +22,7 @@ from runtime.config import parse_train_config
 from runtime.perf.npu import NPU_OPS, npu_ops
 from runtime.perf.plan import apply_perf, resolve_perf
 
-FAKES = Path(__file__).parent / "fakes"
+FAKES = Path(__file__).parents[1] / "fakes"
 ALL_OPS = frozenset(NPU_OPS.values())
 BASE = {"model_name_or_path": "m", "dataset": "d", "stage": "sft"}
 FP32_TOL = 1e-5

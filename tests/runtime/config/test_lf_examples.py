@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from trainer_harness import run_cli, run_inprocess
 
-HERE = Path(__file__).parent / "lf_examples"
+HERE = Path(__file__).parents[1] / "lf_examples"
 IN_PROCESS = ["llama3_lora_dpo.yaml", "llama3_freeze_rm.yaml", "llama3_lora_pretrain.yaml"]
 # DeepSpeed cannot run twice in one process (findings E3): these get their own interpreter.
 SUBPROCESS = ["llama3_lora_sft_ds3.yaml", "llama3_full_sft_ds2_fa2.yaml"]

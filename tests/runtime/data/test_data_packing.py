@@ -1,5 +1,5 @@
 """Padding-free packing (runtime.perf.plan's lever): one flattened row must give each example exactly its own
-logits. LLaMA-Factory's packing/neat_packing: tests/runtime/test_data_keys.py."""
+logits. LLaMA-Factory's packing/neat_packing: tests/runtime/data/test_data_keys.py."""
 
 from __future__ import annotations
 

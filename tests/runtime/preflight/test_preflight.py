@@ -21,7 +21,7 @@ from runtime.preflight.findings import Finding
 from runtime.preflight.run import _bounded
 from runtime.preflight.settings import Settings, from_args
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def settings(**kw) -> Settings:

@@ -8,14 +8,13 @@ base weight frozen (LoRA) the whole layer is one small function (`FrozenBaseLora
     forward   y  = x W^T (+ b);  h = x A^T;  y += s h B^T          (addmm_ in place: no extra tensor)
     backward  gB = s g^T h;  gh = s g B;  gA = gh^T x;  gx = g W + gh A   (addmm_ in place)
 
-the same sums as peft's autograd graph, scaled on the rank-r side (tests/runtime/levers/test_fused_lora.py: logits
-and adapter gradients within 1e-5). Layers or calls where that does not hold take `torch.addmm(result, h,
-B^T, alpha=s)` after peft's own base and A products (a trained base or bias, LoRA dropout, autocast, mixed
-dtypes, ZeRO-3's partitioned weights, which its module hooks gather), and DoRA and other variants, merged or
-disabled adapters and mixed-adapter batches run peft's forward. peft has no switch for any of this, hence
-this module. Measured on the issue-17 CPU shape with bench/lever_ab.py (steps of both kinds interleaved in
-one process): see bench/README.md.
-"""
+the same sums as peft's autograd graph, scaled on the rank-r side (tests/runtime/levers/test_fused_lora.py:
+logits and adapter gradients within 1e-5). Layers or calls where that does not hold take
+`torch.addmm(result, h, B^T, alpha=s)` after peft's own base and A products (a trained base or bias, LoRA
+dropout, autocast, mixed dtypes, ZeRO-3's partitioned weights, which its module hooks gather), and DoRA and
+other variants, merged or disabled adapters and mixed-adapter batches run peft's forward. peft has no switch
+for any of this, hence this module. Measured on the issue-17 CPU shape with bench/lever_ab.py (steps of both
+kinds interleaved in one process): see bench/README.md."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --p
 WHEELS=(transformers==5.23.0 peft==0.21.2 datasets==5.2.0 liger-kernel==0.8.5 dill==0.4.0 "multiprocess==0.70.18")
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]}" -d .whl "${WHEELS[@]}"
-# DeepSpeed for scripts/gpu_checks.sh (issue 5): the sdist (~2 MB, built there against the image's torch)
+# DeepSpeed for scripts/gpu_checks.sh: the sdist (~2 MB, built there against the image's torch)
 # and the dependencies the image lacks, in a subfolder so bench/run_gpu.sh's .whl/*.whl leaves them alone.
 mkdir -p .whl/deepspeed
 python3 -m pip download -q --no-deps --no-binary :all: -d .whl/deepspeed deepspeed==0.19.8
@@ -21,7 +21,7 @@ DS_WHEELS=(hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==
   typing-extensions==4.16.0)  # pydantic-core wants typing-extensions>=4.16, newer than the image may have
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]}" -d .whl/deepspeed "${DS_WHEELS[@]}"
-# LLaMA-Factory 0.9.5 for bench/sft_throughput.py's lf_default/lf_best (issue 17), in .whl/lf. bench/run_gpu.sh
+# LLaMA-Factory 0.9.5 for bench/sft_throughput.py's lf_default/lf_best, in .whl/lf. bench/run_gpu.sh
 # installs them offline with bench/lf_venv.sh (--no-deps) into a venv that also sees the image's site-packages
 # (its CUDA torch, numpy, pyarrow, requests, ...). Carried: what LLaMA-Factory's train path imports (traced in
 # the CPU venv: `import llamafactory.train.tuner` and the sft workflow) at the versions LLaMA-Factory pins or

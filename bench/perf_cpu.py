@@ -3,7 +3,7 @@
     .venv/bin/python bench/perf_cpu.py                       # LoRA and full, 3 interleaved repeats
     .venv/bin/python bench/perf_cpu.py --modes full --repeats 1 --steps 6 --variants padded,auto
 
-Shape of the issue-17 CPU comparison with LLaMA-Factory (bench/README.md; sft_throughput.py --shape cpu):
+Shape of the CPU comparison with LLaMA-Factory (bench/README.md; sft_throughput.py --shape cpu):
 Llama hidden 256 / 4 layers / 4 heads (2 kv) / mlp 1024 / vocab 8192, random weights, fp32, log-normal
 example lengths (median ~160 tokens), 30% prompt (masked), cutoff 512, 8 examples per optimizer step
 (or a token budget). Effective (non-padding) tokens/s from the Trainer's own count, after --warmup steps;
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 # name -> the train: keys it writes on top of the common ones (perf: auto decides everything unset)
 VARIANTS = {
-    "padded": {"packing": False, "label_logits_only": False},  # the runtime's CPU path before issue 17
+    "padded": {"packing": False, "label_logits_only": False},  # the CPU path before padding-free rows
     "pf": {"label_logits_only": False},  # padding-free rows <= cutoff_len, full logits
     "auto": {},  # perf auto: padding-free rows + label_logits_only
     "auto_fused": {"optim": "adamw_torch_fused"},  # + torch's fused AdamW (CPU kernel)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine (issues 7, 17): carried wheels -> LLaMA-Factory's venv -> GPU correctness
+# The one command for the GPU machine: carried wheels -> LLaMA-Factory's venv -> GPU correctness
 # tests -> benchmark (padded, flat_flex, runtime, runtime_tokens, lf_default, lf_best).
 #
 #   bash bench/run_gpu.sh            # on the GPU machine, from the repo root, with .whl/ carried along
@@ -19,7 +19,7 @@ OUT="${OUT:-$(mktemp -d)}"
 # ONLY=levers: skip the tests and the main table, run only the lever ablation (a second, later call).
 # ONLY=bench: skip the GPU tests, run the main table only.
 ONLY="${ONLY:-}"
-# MODES: the bench's --modes (full first: the issue's headline). VARIANTS: its --variants (LLaMA-Factory's
+# MODES: the bench's --modes (full first: the headline figure). VARIANTS: its --variants (LLaMA-Factory's
 # two are dropped when its venv cannot be made).
 MODES="${MODES:-full,lora}"
 VARIANTS="${VARIANTS:-padded,flat_flex,runtime,runtime_tokens,lf_default,lf_best}"

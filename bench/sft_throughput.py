@@ -85,7 +85,8 @@ SHAPES = {
     "llama1b": Shape(
         2048, 16, 32, 8, 8192, 128256, median_len=350, max_len=2048, examples=2048, dtype="bf16"
     ),
-    # The CPU shape of issue 17 (../shared/notes/llamafactory-peer.md): minutes on 2 cores, fp32.
+    # The CPU shape of the comparison with LLaMA-Factory (../shared/notes/llamafactory-peer.md): minutes on
+    # 2 cores, fp32.
     "cpu": Shape(256, 4, 4, 2, 1024, 8192, median_len=160, max_len=512, examples=512, dtype="fp32"),
     "smoke": Shape(64, 2, 4, 2, 128, 1024, median_len=40, max_len=128, examples=128, dtype="fp32"),
 }
@@ -115,7 +116,8 @@ LF_VARIANTS = {
     "lf_best": {"neat_packing": True, "disable_gradient_checkpointing": True},
 }
 # PREDICTED effective tokens/s on an H100 for the wall-time estimate printed before the run: padded and
-# flat_flex are issue 7's measurements (torch 2.11, transformers 5.17); runtime is the target (3.5x padded).
+# flat_flex are the reference measurements (torch 2.11, transformers 5.17); runtime is the target (3.5x
+# padded).
 # lf_default: padded with checkpointing (~0.75x padded); lf_best: flat_flex-like. Guesses, for the plan only.
 PREDICTED_TPS = {
     "padded": 12_000,
@@ -518,7 +520,7 @@ def child_runtime(spec: dict, clock: StepClock) -> dict:
     cfg = parse_train_config(runtime_section(spec, overrides))
     hide_unused_bitsandbytes(cfg)  # as `xgen-runtime train` does (runtime/cli.py) before peft loads
     # The padding-free path is not a key (perf: auto decides it per device); the smoke and runtime_tokens
-    # switch it on in code, as bench/tests do, where perf: auto leaves it off (CPU before issue 17).
+    # switch it on in code, as bench/tests do, where perf: auto leaves it off (as it once did on CPU).
     if (spec["smoke"] and "packing" not in overrides) or padding_free:
         cfg.padding_free = True
     result = run_training(cfg, extra_callbacks=[clock.callback])

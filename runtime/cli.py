@@ -12,6 +12,7 @@ import sys
 
 from runtime.commands.check import error_lines
 from runtime.config import ConfigError, load_config
+from runtime.contract.say import note, say
 from runtime.contract.secrets import load_secret_env_file, redact
 from runtime.scaffolding.testing import check_test_assert_env
 
@@ -56,16 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                 transformers.utils.logging.disable_progress_bar()
 
             paths = build_tiny(args.dir, seed=args.seed)
-            print(f"xgen-runtime: wrote {paths.model} and {paths.data}")
+            say(f"wrote {paths.model} and {paths.data}")
             return 0
         if args.command == "llama-pro":
             from runtime.commands.llama_pro import expand_blocks
 
             out = expand_blocks(args.src, args.dst, args.num_expand)
-            print(
-                f"xgen-runtime: wrote {out}; train it with use_llama_pro: true, "
-                f"freeze_trainable_layers: {args.num_expand}"
-            )
+            say(f"wrote {out}; train it with use_llama_pro: true, freeze_trainable_layers: {args.num_expand}")
             return 0
         load_secret_env_file()  # before anything reads the environment (DeepSpeed multi-node only)
         cfg = load_config(args.config)
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from runtime.commands.export import export
 
-            print(f"xgen-runtime: exported model to {export(cfg)}")
+            say(f"exported model to {export(cfg)}")
             return 0
         check_test_assert_env()
         return _train_recorded(cfg)
@@ -108,12 +106,12 @@ def _check(cfg, path: str, visible_only: bool) -> int:
 
     prefix = "train." if "train" in read_yaml(path) else ""
     report = check(cfg, prefix=prefix, visible_only=visible_only)
-    for note in report.notes:
-        print(f"xgen-runtime: note: {note}", flush=True)
+    for message in report.notes:
+        note(message)
     if report.problems:
         _print_errors(report.problems)
         return EXIT_CONFIG
-    print(f"xgen-runtime: check: ok ({report.datasets} datasets read, columns present)", flush=True)
+    say(f"check: ok ({report.datasets} datasets read, columns present)")
     return 0
 
 

@@ -66,7 +66,7 @@ def detect_device(cfg: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def world() -> tuple[int, int, int]:
+def launch_ranks() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the torch.distributed.run environment."""
     return (
         int(os.environ.get("RANK", 0)),
@@ -76,7 +76,7 @@ def world() -> tuple[int, int, int]:
 
 
 def is_rank0() -> bool:
-    return world()[0] == 0
+    return launch_ranks()[0] == 0
 
 
 def ensure_deepspeed_env() -> None:

@@ -44,7 +44,7 @@ def add_tokens(tokenizer: Any, cfg: TrainConfig) -> None:
             tokenizer.add_tokens(tokens, special_tokens=special)
 
 
-def resolve_attention(flash_attn: str, device: str) -> tuple[str, str | None]:
+def attn_implementation(flash_attn: str, device: str) -> tuple[str, str | None]:
     """Map `flash_attn` to an attn_implementation for this device, plus a warning if it fell back."""
     if flash_attn == "eager":
         return "eager", None
@@ -83,7 +83,7 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
     path = path or cfg.model_name_or_path
-    attn, warning = resolve_attention(cfg.flash_attn, device)
+    attn, warning = attn_implementation(cfg.flash_attn, device)
     if warning:
         log.warning(warning)
     kwargs: dict[str, Any] = dict(dtype=model_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code)
@@ -411,13 +411,3 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     if cfg.gradient_checkpointing:
         model = enable_gradient_checkpointing(model, cfg)
     return model
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; ZeRO-3 partitions report their full size via ds_numel."""
-    trainable = total = 0
-    for param in model.parameters():
-        n = getattr(param, "ds_numel", param.numel())
-        total += n
-        trainable += n if param.requires_grad else 0
-    return trainable, total

@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.config import TrainConfig
 from runtime.config.rules import check_at_start
+from runtime.contract.say import note, say
 from runtime.contract.secrets import redact
 from runtime.contract.slurm import EXIT_PREEMPTED, write_exit_status, write_pid_file
 from runtime.distributed import (
@@ -28,7 +29,7 @@ from runtime.distributed import (
     gather_start_info,
     init_deepspeed_distributed,
     is_rank0,
-    world,
+    launch_ranks,
 )
 from runtime.scaffolding.cpu import patch_deepspeed_shm_build, patch_trainer_fsdp_on_cpu
 
@@ -96,11 +97,16 @@ def train(cfg: TrainConfig) -> int:
 def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """The one entry point behind `xgen-runtime train` and in-process callers such as
     bench/sft_throughput.py: same config path, plus optional TrainerCallbacks (e.g. a throughput meter)."""
+    from runtime.fit.disk_full import EXIT_DISK_FULL, DiskFull
     from runtime.fit.preemption import PreemptCallback
 
     preempt = PreemptCallback()  # handlers first: a signal during model load still checkpoints
     try:
-        result = _train(cfg, preempt, list(extra_callbacks))
+        try:
+            result = _train(cfg, preempt, list(extra_callbacks))
+        except DiskFull as full:  # one line instead of the serializer's traceback
+            print(redact(f"xgen-runtime: error: {full}"), file=sys.stderr, flush=True)
+            result = TrainResult(code=EXIT_DISK_FULL)
         write_exit_status(result.code)
         return result
     finally:
@@ -109,25 +115,33 @@ def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> Tr
 
 
 def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
-    from runtime.fit.checkpoints import finished_run
+    from runtime.fit import run_record
     from runtime.fit.optimizers import check_method_packages, check_world
     from runtime.fit.progress import ProgressCallback
     from runtime.perf.plan import apply_perf, resolve_perf
-    from runtime.stages.recipe import RunContext, build_training_args, say
+    from runtime.stages import RUNNERS
+    from runtime.stages.recipe import RunContext, build_training_args
 
     write_pid_file()
     tty = sys.stdout.isatty()
     quiet_libraries(tty)
-    finished = finished_run(cfg)
-    if finished:
-        say(finished)
+    # Whose output_dir this is, before anything loads: resume only this run's checkpoints.
+    decision = run_record.decide(cfg, launch_ranks()[2])
+    if decision.problems:
+        if is_rank0():
+            for line in decision.problems:
+                print(redact(f"xgen-runtime: error: {line}"), file=sys.stderr, flush=True)
+        return TrainResult(code=run_record.EXIT_REFUSED)
+    if decision.finished:
+        say(decision.finished)
         return TrainResult(code=0)
+    cfg.notes.extend(decision.notes)
     device = detect_device(cfg)
     # DeepSpeed (imported by transformers even for DDP) otherwise guesses its accelerator and warns on CPU.
     os.environ.setdefault("DS_ACCELERATOR", device)
     adjust_for_device(cfg, device)
     check_method_packages(cfg)  # before any model loads: one line with the pip command
-    check_world(cfg, world()[2])
+    check_world(cfg, launch_ranks()[2])
     plan = resolve_perf(cfg, device)
     apply_perf(cfg, plan)  # before TrainingArguments, data and model: they read the resolved keys
     if cfg.cpu_allocator_cache:
@@ -149,7 +163,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         # CPU-offloaded FSDP tensors need, only when these are set before the group exists.
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
         os.environ.setdefault("FSDP_OFFLOAD_PARAMS", "true")
-    check_at_start(cfg, world()[2])  # report_to packages, DeepSpeed batch sizes: before any model loads
+    check_at_start(cfg, launch_ranks()[2])  # report_to packages, DeepSpeed batch sizes: before any load
     args = build_training_args(cfg, device)
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()
@@ -168,8 +182,8 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
 
         say(f"resolved config: {write_resolved_config(cfg, cfg.output_dir)}")
     say(plan.line())
-    for note in cfg.notes:
-        say(f"note: {note}")
+    for message in cfg.notes:
+        note(message)
     progress = ProgressCallback(enabled=is_rank0(), tty=tty, preempt=preempt)
     ctx = RunContext(
         cfg,
@@ -179,6 +193,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         callbacks=[preempt, progress, *extra_callbacks],
         preempt=preempt,
         progress=progress,
+        run_record=decision.record,
     )
-    importlib.import_module(f"runtime.stages.{cfg.stage}").run(ctx)
+    RUNNERS[cfg.stage](ctx)
     return TrainResult(EXIT_PREEMPTED if ctx.preempted else 0, trainer=ctx.trainer, perf=plan)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one command for issue 5's GPU checks (docs/gpu-checks.md): carried wheels (+ deepspeed from its sdist)
-# -> tests/runtime/distributed/test_gpu_paths.py on one CUDA GPU. Separate from bench/run_gpu.sh (issue 7's benchmark).
+# The one command for the GPU checks (docs/gpu-checks.md): carried wheels (+ deepspeed from its sdist)
+# -> tests/runtime/distributed/test_gpu_paths.py on one CUDA GPU. Separate from bench/run_gpu.sh (the throughput benchmark).
 #
 #   bash scripts/gpu_checks.sh       # on the GPU machine, from the repo root, with .whl/ carried along
 #

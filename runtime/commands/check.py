@@ -38,6 +38,7 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
     report = Report()
     if not visible_only:
         _check_paths(cfg, prefix, report)
+        report.problems += _resume_problems(cfg)
     if not any(getattr(cfg, key) for key in DATASET_KEYS):
         return report
     found = _check_datasets(cfg, prefix)
@@ -50,6 +51,18 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
     report.problems += found.problems
     report.datasets = found.datasets
     return report
+
+
+def _resume_problems(cfg: TrainConfig) -> list[str]:
+    """What training would refuse at start for output_dir's checkpoints (runtime/fit/run_record.py):
+    said here, on each node before the launcher, as one line per key. The world size is the one the
+    script expects (XGEN_EXPECT_WORLD_SIZE, when cluster.devices_per_node pins it), else the saved run's."""
+    import copy
+
+    from runtime.fit import run_record
+
+    size = os.environ.get("XGEN_EXPECT_WORLD_SIZE", "")
+    return run_record.decide(copy.deepcopy(cfg), int(size) if size.isdigit() else None).problems
 
 
 def _check_paths(cfg: TrainConfig, prefix: str, report: Report) -> None:

@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import ConfigError, TrainConfig
-
-
-def say(line: str) -> None:
-    print(f"xgen-runtime: {line}", flush=True)
+from runtime.contract.say import note, say
 
 
 def export(cfg: TrainConfig) -> Path:
@@ -30,8 +27,8 @@ def export(cfg: TrainConfig) -> Path:
         raise ConfigError(
             "model_name_or_path", f"{cfg.model_name_or_path} has no config.json (a model directory)"
         )
-    for note in cfg.notes:
-        say(f"note: {note}")
+    for message in cfg.notes:
+        note(message)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runtime.model import fit_embeddings
@@ -74,7 +71,7 @@ def _export_device(choice: str) -> str:
         return "cuda"
     if is_npu_available():
         return "npu"
-    say("note: export_device auto: no accelerator here; exporting on cpu")
+    note("export_device auto: no accelerator here; exporting on cpu")
     return "cpu"
 
 

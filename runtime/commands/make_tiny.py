@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.contract.say import say
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
 # The reversal task uses few words so a 124k-parameter model can learn it in a few hundred steps.
@@ -337,7 +339,7 @@ def main_make_tiny(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     paths = build_tiny(args.dir, seed=args.seed)
-    print(f"xgen-runtime: tiny model in {paths.model}, datasets in {paths.data}")
+    say(f"tiny model in {paths.model}, datasets in {paths.data}")
     return 0
 
 

@@ -104,7 +104,7 @@ def parse_train_config(
     return cfg
 
 
-# --- sweep and export jobs (issue 13): train values given over the config's, by the generated script ---
+# --- sweep and export jobs: train values given over the config's, by the generated script ---
 # A JSON object of train keys (a sweep task's values and its output_dir; the export job's adapter and
 # export_dir). JSON, not shell: the script passes one quoted string and nothing evaluates it.
 OVERRIDES_ENV = "XGEN_TRAIN_OVERRIDES"

@@ -92,7 +92,6 @@ REFUSED: dict[str, str] = {
     ),
     "do_predict": "not supported by xgen-runtime (generate with vLLM or transformers)",
     "predict_with_generate": _GEN,
-    "streaming": "streaming datasets are not supported; use local files",
     **dict.fromkeys(
         ("infer_backend", "infer_dtype", "use_kv_cache", "vllm_maxlen", "vllm_gpu_util", "vllm_enforce_eager")
         + ("vllm_max_lora_rank", "vllm_config", "sglang_maxlen", "sglang_mem_fraction", "sglang_tp_size")

@@ -246,7 +246,7 @@ class TrainConfig:
         "counts rows); null: on for pt, off otherwise.",
     )
     overwrite_cache: bool = _f(False, "Re-tokenise instead of reading the datasets cache.")
-    # --- data keys of LLaMA-Factory (issue 14; read by runtime.data) ---
+    # --- data keys of LLaMA-Factory (read by runtime.data) ---
     neat_packing: bool = _f(
         False, "sft: packing with the examples kept apart (positions restart, no cross-attention)."
     )
@@ -272,7 +272,9 @@ class TrainConfig:
     output_dir: str = _f(
         "saves/run", "Where checkpoints and the final model go; must be shared across nodes."
     )
-    overwrite_output_dir: bool = _f(False, "Start fresh: ignore checkpoints already in output_dir.")
+    overwrite_output_dir: bool = _f(
+        False, "Start fresh when output_dir holds another run's checkpoints (this run's own are continued)."
+    )
     per_device_train_batch_size: int = _f(8, "Micro-batch per device.")
     per_device_eval_batch_size: int = _f(8, "Eval batch per device.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
@@ -443,8 +445,9 @@ class TrainConfig:
     # transformers.TrainingArguments keys that are not fields here (lr_scheduler_kwargs, neftune_noise_alpha,
     # …): passed to TrainingArguments as written; transformers validates them (runtime/config/refusals.py).
     training_args: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
-    # runtime.perf.plan's padding-free lever: each micro-batch flattened into one row (not LLaMA-Factory's
-    # packing, which the `packing`/`neat_packing` keys mean).
+    # The padding-free lever (PerfPlan.padding_free, written by runtime.perf.plan.apply_perf; the start line's
+    # `padding_free=`): each micro-batch's examples flattened into rows without padding, kept apart. Not a
+    # key, and not LLaMA-Factory's packing, which the `packing`/`neat_packing` keys mean.
     padding_free: bool = field(default=False, metadata={"internal": True})
     # --- npu kernels (runtime/perf/npu.py) ---
     # Which torch_npu fused kernels build_model patches in (rms_norm, swiglu, rotary); perf decides them.

@@ -34,6 +34,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from runtime.contract.files import write_atomic
+
 PID_DIR_ENV = "XGEN_PID_DIR"
 # Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
 EXIT_PREEMPTED = 75
@@ -79,6 +81,4 @@ def write_progress(output_dir: str, data: dict[str, Any]) -> None:
     """output_dir/xgen_progress.json, replaced whole (a reader never sees half a file)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / PROGRESS_FILE)
+    write_atomic(out / PROGRESS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")

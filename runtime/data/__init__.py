@@ -19,7 +19,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, interleave_datasets
 
-from runtime.config import STAGES, ConfigError, TrainConfig
+from runtime.config import ConfigError, TrainConfig
+from runtime.contract.say import note
 from runtime.data.formats import KTO_STAGE, MULTIMODAL, PAIRWISE_STAGES, check_columns, to_messages
 from runtime.data.loaders import load_raw
 from runtime.data.packing import (
@@ -56,18 +57,13 @@ class DatasetSplits:
     eval: Dataset | None
 
 
-def _note(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
-        print(f"xgen-runtime: note: {message}", flush=True)
-
-
 def worker_count(requested: int | None) -> int | None:
     """preprocessing_num_workers capped at the CPUs this process may use (None/1: no worker processes)."""
     if not requested or requested <= 1:
         return None
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if requested > available:
-        _note(f"preprocessing_num_workers={requested} capped to {available} (CPUs available)")
+        note(f"preprocessing_num_workers={requested} capped to {available} (CPUs available)")
         requested = available
     return requested if requested > 1 else None
 
@@ -76,18 +72,14 @@ def packing_mode(cfg: TrainConfig, stage: str) -> str:
     """off | rows (LLaMA-Factory packing) | neat (neat_packing) | padding_free (runtime.perf.plan's lever:
     flattened rows, see packing.py).
 
-    LLaMA-Factory: packing unset means on for pt, off otherwise; for pt, packing means documents
-    concatenated into cutoff_len blocks. Only pt and sft pack."""
-    packing = cfg.packing if cfg.packing is not None else stage == "pt"
+    Reads the resolved config: `packing`'s default (on for pt, off otherwise) and which stages may pack
+    are the config rules' (runtime/config/rules.py). For pt, packing means documents concatenated into
+    cutoff_len blocks; preference pairs are padded per batch."""
     if stage in PAIRWISE_STAGES or stage == KTO_STAGE:
-        if packing or cfg.neat_packing:
-            raise ConfigError(
-                "packing", f"packing applies to stages pt and sft; {stage} pairs are padded per batch"
-            )
         return "off"
     if stage == "sft" and cfg.neat_packing:
         return "neat"
-    if stage == "sft" and packing:
+    if stage == "sft" and cfg.packing:
         return "rows"
     return "padding_free" if cfg.padding_free else "off"
 
@@ -99,8 +91,6 @@ def build_datasets(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     otherwise they are built and saved there (on several ranks only the builder gets here with the
     folder empty: runtime.data.once).
     """
-    if stage not in STAGES:
-        raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if cfg.tokenized_path and has_tokenized_data(cfg.tokenized_path):
         return load_tokenized(cfg)
     if cfg.tokenized_path and cfg.streaming:
@@ -135,7 +125,7 @@ def save_tokenized(path: str, splits: DatasetSplits) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         if not has_tokenized_data(final):
             raise
-    _note(f"tokenized datasets saved to {path}; later runs with tokenized_path load them")
+    note(f"tokenized datasets saved to {path}; later runs with tokenized_path load them")
 
 
 def load_tokenized(cfg: TrainConfig) -> DatasetSplits:
@@ -147,7 +137,7 @@ def load_tokenized(cfg: TrainConfig) -> DatasetSplits:
         raise ConfigError("tokenized_path", f"{cfg.tokenized_path} holds no saved dataset: {exc}") from exc
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict({"train": loaded})
-    _note(f"loaded tokenized datasets from {cfg.tokenized_path}; dataset keys are not read")
+    note(f"loaded tokenized datasets from {cfg.tokenized_path}; dataset keys are not read")
     train, evaluation = loaded.get("train"), loaded.get("validation")
     if train is None:
         raise ConfigError("tokenized_path", f"{cfg.tokenized_path} has no train split")
@@ -159,8 +149,6 @@ def load_tokenized(cfg: TrainConfig) -> DatasetSplits:
 def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     mode = packing_mode(cfg, stage)
     cutoff_len = cfg.cutoff_len
-    if not isinstance(cutoff_len, int) or cutoff_len < 1:
-        raise ConfigError("cutoff_len", f"must be a positive integer, got {cutoff_len!r}")
     chat = None
     if stage != "pt" or cfg.template:  # pt: a named template still fixes EOS and is saved (LLaMA-Factory)
         chat = resolve_template(
@@ -181,7 +169,7 @@ def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
         # a row here; rows are padded per batch instead.
         "cutoff_len": cutoff_len - 1 if mode in ("rows", "neat") and cutoff_len > 1 else cutoff_len,
         "mode": mode,
-        "pt_packing": cfg.packing if cfg.packing is not None else True,
+        "pt_packing": bool(cfg.packing),
         "train_on_prompt": cfg.train_on_prompt,
         "mask_history": cfg.mask_history,
         "tool_format": cfg.tool_format,
@@ -240,7 +228,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
         )
     if context["stage"] != "pt" and context["mode"] not in ("rows", "neat") and len(tokenized) < len(dataset):
         dropped = len(dataset) - len(tokenized)
-        _note(f"{key}: dropped {dropped} of {len(dataset)} rows (broken turns, or nothing left to learn)")
+        note(f"{key}: dropped {dropped} of {len(dataset)} rows (broken turns, or nothing left to learn)")
     return tokenized
 
 
@@ -329,10 +317,7 @@ def build_collator(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     if stage in PAIRWISE_STAGES or stage == KTO_STAGE:
-        packing_mode(cfg, stage)  # raises if packing was asked for
         return PairwiseCollator(pad_id) if stage in PAIRWISE_STAGES else KTOCollator(pad_id)
-    if stage not in STAGES:
-        raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     mode = packing_mode(cfg, stage)
     if mode == "neat":
         return NeatPackingCollator(pad_id)

@@ -21,7 +21,6 @@ whose timeout a long tokenization exceeds, and its `local=True` makes every node
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime.config import ConfigError, TrainConfig
+from runtime.contract.files import write_atomic
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ def _build(plan: Plan, build: Callable[[], T]) -> T:
     finally:
         stop.set()
         thread.join()
-        _write_atomic(_done_file(plan.markers, plan.token), json.dumps(outcome))
+        write_atomic(_done_file(plan.markers, plan.token), json.dumps(outcome))
         beat.unlink(missing_ok=True)
         _remove_old_markers(plan.markers)
 
@@ -192,12 +192,6 @@ def _mtime(path: Path) -> int | None:
 def _elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _remove_old_markers(markers: Path) -> None:

@@ -154,8 +154,9 @@ class TokenBudgetBatches:
     (as `pack_rows`, within windows of 1000 as LLaMA-Factory packs). With `row` (the collator's row cap
     under sdpa/eager) the examples are first packed into rows of at most `row` tokens and whole rows are
     then grouped up to the budget, so the collator finds nearly full rows again (computed/real tokens
-    ~1.01 on the issue-17 data, against ~1.13 when packing straight to the budget); without it (one row per
-    micro-batch) examples go straight into micro-batches of the budget.
+    ~1.01 on the CPU benchmark's data, bench/sft_throughput.py --shape cpu, against ~1.13 when packing
+    straight to the budget); without it (one row per micro-batch) examples go straight into micro-batches
+    of the budget.
     Each epoch only reorders the micro-batches (seed + epoch), so their number never changes and the
     Trainer's step count holds. The batches are global: accelerate's BatchSamplerShard deals them to the
     ranks in turn (rank r takes r, r + W, ...) and repeats the first ones at the end so every rank runs the

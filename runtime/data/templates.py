@@ -16,23 +16,18 @@ Own code rather than LLaMA-Factory's: it cannot be imported next to this project
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import ConfigError
+from runtime.contract.say import note
 from runtime.data.template_spec import CONTENT, Marker, Piece, Slot, Spec, Tok
 from runtime.data.template_table import TEMPLATES
 
 NAMED_TEMPLATES: dict[str, Spec] = TEMPLATES
 FALLBACK_TEMPLATE = "chatml"  # for a tokenizer that has no chat template of its own
 OBSERVATION_ROLES = ("tool", "observation")
-
-
-def _note(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
-        print(f"xgen-runtime: note: {message}", flush=True)
 
 
 # --- pieces -> text / ids -------------------------------------------------------------------------
@@ -507,7 +502,7 @@ def resolve_template(
     if name is None or name == "":
         if getattr(tokenizer, "chat_template", None):
             return ChatFormat(name="tokenizer's own", spec=None, **options)
-        _note(f"the tokenizer has no chat template; using {FALLBACK_TEMPLATE}")
+        note(f"the tokenizer has no chat template; using {FALLBACK_TEMPLATE}")
         name = FALLBACK_TEMPLATE
     if name not in NAMED_TEMPLATES:
         raise ConfigError("template", f"unknown template {name!r}; {_suggest(name)}")
@@ -515,9 +510,9 @@ def resolve_template(
     chat = ChatFormat(name=name, spec=spec, **options)
     added = fix_tokenizer(spec, tokenizer)
     if added:
-        _note(f"template {name}: added {', '.join(added)} to the tokenizer as special tokens")
+        note(f"template {name}: added {', '.join(added)} to the tokenizer as special tokens")
     if spec.multimodal:
-        _note(f"template {name} is a multimodal template; text conversations only (no images/videos/audio)")
+        note(f"template {name} is a multimodal template; text conversations only (no images/videos/audio)")
     tokenizer.chat_template = chat.chat_template_for_saving(tokenizer)
     return chat
 

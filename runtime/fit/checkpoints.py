@@ -35,7 +35,7 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _requeued() -> bool:
+def requeued() -> bool:
     """True in a Slurm job that was requeued (preempted or timed out, then restarted)."""
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     return restarts.isdigit() and int(restarts) > 0
@@ -50,7 +50,7 @@ def planned_steps(cfg: TrainConfig, state: dict) -> int:
     return cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else int(state.get("max_steps") or 0)
 
 
-def _before_end(cfg: TrainConfig, checkpoint: Path) -> bool:
+def before_end(cfg: TrainConfig, checkpoint: Path) -> bool:
     state = _state(checkpoint)
     planned = planned_steps(cfg, state)
     return not planned or int(state.get("global_step", 0)) < planned
@@ -58,7 +58,7 @@ def _before_end(cfg: TrainConfig, checkpoint: Path) -> bool:
 
 def _starts_fresh(cfg: TrainConfig) -> bool:
     return cfg.resume_from_checkpoint is False or (
-        cfg.resume_from_checkpoint == "auto" and cfg.overwrite_output_dir and not _requeued()
+        cfg.resume_from_checkpoint == "auto" and cfg.overwrite_output_dir and not requeued()
     )
 
 
@@ -92,10 +92,10 @@ def resolve_resume(cfg: TrainConfig, key_prefix: str = "") -> tuple[str | None, 
         return str(path), f"resuming from {path} (resume_from_checkpoint)"
     # A checkpoint at (or past) the planned end is skipped: transformers, resumed from it, trains one
     # step too many. That only happens when the final save did not finish; the one before it serves.
-    found = [c for c in complete_checkpoints(cfg.output_dir) if _before_end(cfg, c)]
+    found = [c for c in complete_checkpoints(cfg.output_dir) if before_end(cfg, c)]
     if found:
         why = f"newest complete checkpoint in {cfg.output_dir}"
-        if _requeued() and cfg.overwrite_output_dir:
+        if requeued() and cfg.overwrite_output_dir:
             # A requeued Slurm job must continue, not throw its checkpoints away (LLaMA-Factory configs
             # routinely carry overwrite_output_dir: true, meant for the first start).
             why += f"; Slurm restart {os.environ['SLURM_RESTART_COUNT']}, so overwrite_output_dir is ignored"

@@ -112,7 +112,7 @@ def missing_weights(out: Path, kind: str) -> str | None:
     return "no weights (no weight file holds any tensor)"
 
 
-# --- operable (issue 13): what ran, on disk ---
+# --- operable: what ran, on disk ---
 RESOLVED_CONFIG = "xgen_config_resolved.yaml"
 
 
@@ -148,11 +148,9 @@ def resolved_config(cfg: Any) -> dict[str, Any]:
 
 def write_resolved_config(cfg: Any, output_dir: str | Path) -> Path:
     """output_dir/xgen_config_resolved.yaml (mode 0600), written whole (temp file + replace)."""
-    import os
-    import tempfile
-
     import yaml
 
+    from runtime.contract.files import write_atomic
     from runtime.contract.secrets import redact as secret_values_redacted
 
     out = Path(output_dir)
@@ -160,12 +158,4 @@ def write_resolved_config(cfg: Any, output_dir: str | Path) -> Path:
     text = "# Every training key as this run resolved it (xgen-runtime); credential values are ***.\n"
     # and any credential value from the environment that a key holds verbatim (runtime.contract.secrets)
     text += secret_values_redacted(yaml.safe_dump(resolved_config(cfg), sort_keys=False, allow_unicode=True))
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{RESOLVED_CONFIG}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, out / RESOLVED_CONFIG)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out / RESOLVED_CONFIG
+    return write_atomic(out / RESOLVED_CONFIG, text, 0o600)

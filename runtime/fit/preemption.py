@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from runtime.contract.say import say
 from runtime.contract.slurm import PREEMPT_SIGNALS
-from runtime.distributed import world
 from runtime.scaffolding import testing
 
 
@@ -51,11 +51,9 @@ class PreemptCallback(TrainerCallback):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
-            if world()[0] == 0:
-                where = "" if self.signum == signum else " (on another rank)"
-                print(
-                    f"xgen-runtime: {signal.Signals(signum).name} received{where}: "
-                    f"checkpointing at step {state.global_step} and exiting",
-                    flush=True,
-                )
+            where = "" if self.signum == signum else " (on another rank)"
+            say(
+                f"{signal.Signals(signum).name} received{where}: "
+                f"checkpointing at step {state.global_step} and exiting"
+            )
         return control

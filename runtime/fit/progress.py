@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from runtime.contract.say import say
 from runtime.contract.secrets import redact
 from runtime.contract.slurm import write_progress
 
@@ -122,7 +123,7 @@ class ProgressCallback(TrainerCallback):
         if self._bar is not None:
             self._bar.console.print(line)
         else:
-            print(f"xgen-runtime: {line}", flush=True)
+            say(line, by="caller")  # only rank 0's callback is enabled
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

@@ -17,7 +17,8 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from runtime.distributed import barrier, world
+from runtime.contract.say import say
+from runtime.distributed import barrier, launch_ranks
 from runtime.fit import checkpoints
 from runtime.scaffolding import testing
 
@@ -27,6 +28,7 @@ class XgenTrainer(Trainer):
     token-budget micro-batches (`micro_batch_tokens`, set by make_trainer) for the padding-free path."""
 
     micro_batch_tokens: int | None = None
+    run_record: dict[str, Any] | None = None  # runtime.fit.run_record: written into every checkpoint
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,11 +73,15 @@ class XgenTrainer(Trainer):
             params["prefetch_factor"] = args.dataloader_prefetch_factor
         return self.accelerator.prepare(DataLoader(dataset, **params))
 
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        testing.log_examples(self.state.global_step + 1, inputs)  # XGEN_TEST_LOG_EXAMPLES only
+        return super().training_step(model, inputs, *args, **kwargs)
+
     # --- checkpoints -------------------------------------------------------------------
     def prepare_output_dir(self) -> None:
         """Drop half-written checkpoints; learn whether output_dir is shared between nodes."""
         run_dir = Path(self.args.output_dir)
-        rank, local_rank, world_size = world()
+        rank = launch_ranks()[0]
         if rank == 0:
             checkpoints.clear_staging(run_dir)
             checkpoints.staging_root(run_dir).mkdir(parents=True, exist_ok=True)
@@ -90,15 +96,14 @@ class XgenTrainer(Trainer):
         barrier()
         if rank == 0:
             probe.unlink()
-        if not self._output_shared and local_rank == 0:
-            print(
-                f"xgen-runtime: warning: {run_dir} is not shared with rank 0's node; "
-                "each node keeps its own checkpoints",
-                flush=True,
+        if not self._output_shared:
+            say(
+                f"warning: {run_dir} is not shared with rank 0's node; each node keeps its own checkpoints",
+                by="node",
             )
 
     def _publishes(self) -> bool:
-        rank, local_rank, _ = world()
+        rank, local_rank, _ = launch_ranks()
         return rank == 0 or (local_rank == 0 and not self._output_shared)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -111,11 +116,22 @@ class XgenTrainer(Trainer):
         self._get_output_dir = lambda trial=None: str(staging)  # type: ignore[method-assign]
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as err:
+            _raise_if_disk_full(err, run_dir, staging / name, name)
+            raise
         finally:
             del self._get_output_dir
         barrier()  # every rank's shards are on disk
         testing.kill_in_save(self.state.global_step)
         if self._publishes():
+            if self.run_record:
+                from runtime.fit.run_record import write_record
+
+                try:
+                    write_record(staging / name, self.run_record)
+                except OSError as err:
+                    _raise_if_disk_full(err, run_dir, staging / name, name)
+                    raise
             checkpoints.publish(staging / name, run_dir / name)
             self._rotate(run_dir)
         barrier()
@@ -144,6 +160,15 @@ class XgenTrainer(Trainer):
                 logs[prefix + key] = sum(values) / len(values)
         self._metrics[split].clear()
         super().log(logs, start_time)
+
+
+def _raise_if_disk_full(err: BaseException, run_dir: Path, written: Path | None, what: str) -> None:
+    """A save that failed for space becomes DiskFull, one line (runtime/fit/disk_full.py)."""
+    from runtime.fit.disk_full import DiskFull, explain
+
+    line = explain(err, run_dir, written, what)
+    if line:
+        raise DiskFull(line) from None
 
 
 class PairwisePredictionMixin:

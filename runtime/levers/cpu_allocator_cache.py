@@ -2,11 +2,12 @@
 
 glibc serves every block above its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh mmap and
 gives it back with munmap when freed. A CPU training step allocates and frees tensors far larger than that
-(the issue-17 CPU shape: [2850, 8192] fp32 logits, 93 MB, a few per step), so every step the kernel maps
-and zero-fills them again: ~97 k page faults per 3.9 k-token step. With mmap off and the heap's top never
-trimmed, freed blocks are reused as CUDA's caching allocator reuses device memory (≤ 5.8 k faults per step;
-1.12× full SFT and 1.15× LoRA tokens/s, bench/lever_ab.py, each arm its own process). The cost is the same
-as there: the process keeps its peak heap (+12–16 % there) instead of returning it to the OS between steps.
+(the CPU benchmark's shape, bench/sft_throughput.py --shape cpu: [2850, 8192] fp32 logits, 93 MB, a few per
+step), so every step the kernel maps and zero-fills them again: ~97 k page faults per 3.9 k-token step. With
+mmap off and the heap's top never trimmed, freed blocks are reused as CUDA's caching allocator reuses device
+memory (≤ 5.8 k faults per step; 1.12× full SFT and 1.15× LoRA tokens/s, bench/lever_ab.py, each arm its own
+process). The cost is the same as there: the process keeps its peak heap (+12–16 % there) instead of
+returning it to the OS between steps.
 No library offers this for a CPU training process without preloading another malloc (jemalloc, tcmalloc),
 which a launch on someone's cluster cannot assume is installed; hence these few lines.
 

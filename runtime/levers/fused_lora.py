@@ -13,8 +13,8 @@ logits and adapter gradients within 1e-5). Layers or calls where that does not h
 `torch.addmm(result, h, B^T, alpha=s)` after peft's own base and A products (a trained base or bias, LoRA
 dropout, autocast, mixed dtypes, ZeRO-3's partitioned weights, which its module hooks gather), and DoRA and
 other variants, merged or disabled adapters and mixed-adapter batches run peft's forward. peft has no switch
-for any of this, hence this module. Measured on the issue-17 CPU shape with bench/lever_ab.py (steps of both
-kinds interleaved in one process): see bench/README.md."""
+for any of this, hence this module. Measured on the CPU benchmark's shape (bench/sft_throughput.py --shape
+cpu) with bench/lever_ab.py (steps of both kinds interleaved in one process): see bench/README.md."""
 
 from __future__ import annotations
 

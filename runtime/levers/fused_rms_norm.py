@@ -3,10 +3,10 @@
 A transformers RMSNorm is four elementwise passes (pow, mean, rsqrt-multiply, weight-multiply), each
 saved for backward; `torch.nn.functional.rms_norm` is one fused CPU kernel with its own backward
 (fp32, [4247, 256], forward + backward on 2 cores: 14.2 ms -> 9.0 ms; forward + backward of one packed
-4 k-token micro-batch of the issue-17 CPU shape: +6.6 % tokens/s with LoRA, +3 % full). The end-to-end
-bench (bench/sft_throughput.py, `no_fused_rms_norm` rows) measured no effect above its noise, so perf auto
-does not turn it on; the key does. On CUDA Liger's RMSNorm does this, on Ascend torch_npu's
-(runtime/levers/use_v1_kernels.py); no library offers it for CPU, hence this module.
+4 k-token micro-batch of the CPU benchmark's shape (bench/sft_throughput.py --shape cpu): +6.6 % tokens/s
+with LoRA, +3 % full). The end-to-end bench (bench/sft_throughput.py, `no_fused_rms_norm` rows) measured no
+effect above its noise, so perf auto does not turn it on; the key does. On CUDA Liger's RMSNorm does this, on
+Ascend torch_npu's (runtime/levers/use_v1_kernels.py); no library offers it for CPU, hence this module.
 
 Models spell RMSNorm differently (Gemma scales by 1 + weight, some norms keep a residual), so no class is
 trusted by its name: each RMSNorm class found in the model is probed once with a random input and

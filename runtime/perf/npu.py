@@ -1,6 +1,6 @@
 """`perf: auto` on Ascend NPU: the levers LLaMA-Factory's Ascend setup turns on, each with torch_npu's kernel.
 
-    packing     padding-free rows (pt/sft) through torch_npu.npu_fusion_attention's variable-length path:
+    padding_free padding-free rows (pt/sft) through torch_npu.npu_fusion_attention's variable-length path:
                 `flash_attn: fa2`, which transformers maps on Ascend to npu_fusion_attention with layout
                 TND and actual_seq_qlen = the examples' cumulative ends, so each example attends only to
                 itself and the cost grows with each example's length, not the row's.
@@ -67,22 +67,23 @@ def _missing(lever: str, ops: frozenset[str]) -> bool:
 
 
 def resolve_npu(cfg: Any, plan: Any, ops: frozenset[str]) -> None:
-    """Set the NPU levers on runtime.perf.plan's PerfPlan (packing, flash_attn, npu_kernels, optim, notes)."""
+    """Set the NPU levers on runtime.perf.plan's PerfPlan (padding_free, flash_attn, npu_kernels, optim,
+    notes)."""
     note = plan.notes.append
     no_attention = _missing("attention", ops)
-    # attention and packing: padding-free rows only with the variable-length fused attention (with sdpa or
-    # eager a packed row costs the square of its length)
+    # attention and padding_free: padding-free rows only with the variable-length fused attention (with sdpa
+    # or eager a packed row costs the square of its length)
     varlen = cfg.flash_attn in ("auto", "fa2") and not no_attention
     if cfg.flash_attn == "fa2" and no_attention:
         plan.flash_attn = "sdpa"
         note("flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa")
     elif auto_chooses(cfg, "packing") and cfg.flash_attn == "auto" and no_attention:
         note(
-            "packing: torch_npu has no npu_fusion_attention, the variable-length attention "
-            "padding-free rows need; packing off"
+            "padding_free: torch_npu has no npu_fusion_attention, the variable-length attention "
+            "padding-free rows need; padding_free off"
         )
     if auto_chooses(cfg, "packing"):
-        plan.packing = varlen
+        plan.padding_free = cfg.padding_free or (varlen and not cfg.packing)
         if varlen:
             plan.flash_attn = "fa2"
     # fused kernels

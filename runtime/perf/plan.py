@@ -4,18 +4,21 @@
     apply_perf(cfg, plan)              # writes the decisions back into the config's own keys
 
 Each lever is one small function so the plan reads as a list (torchtitan's `apply_*` style). The
-decisions land in ordinary keys (`packing`, `flash_attn`, `enable_liger_kernel`, `optim`), so the rest
-of the runtime only ever reads the config, and `perf: off` means exactly what the keys say.
+decisions land in the config (`padding_free`, `flash_attn`, `enable_liger_kernel`, `optim`), so the rest
+of the runtime only ever reads the config, and `perf: off` means exactly what the keys say. `packing` is
+LLaMA-Factory's key (offline rows of cutoff_len, pt blocks) and only that; perf never sets it. An unset
+`packing` lets perf auto turn the padding-free lever on; a written one (true or false) keeps it off.
 
 Why these levers (bench/README.md has the predicted and measured effect of each):
-  packing     padding-free rows: instruction data is ~60% padding when batched to the longest example.
+  padding_free padding-free rows: instruction data is ~60% padding when batched to the longest example.
               CUDA: flash_attention_2 (varlen) if the flash_attn package is there, else flex_attention
               (block mask): one row per micro-batch. CPU: sdpa run once per example (sdpa_varlen,
               runtime/levers/sdpa_varlen.py): one row per micro-batch, no padding, attention cost the sum of
               the examples' squares. Plain sdpa/eager keep the examples apart too, given restarting
               position_ids, in rows of at most cutoff_len (runtime/data/packing.py).
   token budget `micro_batch_tokens`: padding-free micro-batches of whole examples up to N tokens
-              (runtime/data/sampler.py), like LLaMA-Factory's rows of cutoff_len but without padding.
+              (runtime/data/packing.py, TokenBudgetBatches), like LLaMA-Factory's rows of cutoff_len but
+              without padding.
   label logits `label_logits_only` (sft): the lm_head runs only where a label is trained; prompt tokens
               never reach the [tokens, vocab] projection (runtime/stages/sft.py). Same loss.
   fused RMSNorm `fused_rms_norm` (opt-in): torch's F.rms_norm kernel where it reproduces the model's norm
@@ -45,7 +48,7 @@ from runtime.levers.cpu_allocator_cache import glibc
 from runtime.perf.predicates import PLAIN_ADAMW, auto_chooses, has_module, is_set, tunes
 
 # Devices where perf auto turns padding-free on: CUDA (varlen/flex) and CPU (sdpa, rows <= cutoff_len).
-PACKING_DEVICES = ("cuda", "cpu")
+PADDING_FREE_DEVICES = ("cuda", "cpu")
 # Not CPU: there bench/lever_ab.py measured fused against foreach at 1.005 on full SFT (the update is ~2 %
 # of a step), and the update's rounding moves off the trajectories the CPU tests were tuned on.
 FUSED_ADAMW = {"cuda": "adamw_torch_fused", "npu": "adamw_torch_npu_fused"}
@@ -57,7 +60,7 @@ class PerfPlan:
 
     mode: str
     device: str
-    packing: bool
+    padding_free: bool
     rows: str  # padding-free rows: "one" (variable-length attention) or "<=cutoff_len"; "-" when off
     flash_attn: str
     liger: bool
@@ -73,11 +76,11 @@ class PerfPlan:
     npu_kernels: tuple[str, ...] = ()  # torch_npu fused kernels build_model patches in (runtime/perf/npu.py)
 
     def line(self) -> str:
-        """The one start line: `perf: auto (cuda) packing=on attention=flex liger=on …`."""
+        """The one start line: `perf: auto (cuda) padding_free=on rows=one … attention=flex liger=on …`."""
         onoff = {True: "on", False: "off"}
         budget = self.micro_batch_tokens or "off"
         return (
-            f"perf: {self.mode} ({self.device}) packing={onoff[self.packing]} rows={self.rows} "
+            f"perf: {self.mode} ({self.device}) padding_free={onoff[self.padding_free]} rows={self.rows} "
             f"micro_batch_tokens={budget} attention={self.flash_attn} liger={onoff[self.liger]} "
             f"label_logits_only={onoff[self.label_logits_only]} optim={self.optim} "
             f"compile={onoff[self.torch_compile]} "
@@ -92,24 +95,24 @@ class PerfPlan:
         )
 
 
-def resolve_packing(cfg: TrainConfig, device: str) -> bool:
-    """Padding-free rows for pt/sft on CUDA and CPU unless `packing` was set (or set in code:
-    cfg.padding_free). CPU runs sdpa, which keeps packed examples apart given restarting position_ids."""
-    auto = auto_chooses(cfg, "packing")
-    return True if auto and device in PACKING_DEVICES else bool(cfg.packing or cfg.padding_free)
+def resolve_padding_free(cfg: TrainConfig, device: str) -> bool:
+    """The padding-free lever: on for pt/sft on CUDA and CPU under perf auto while `packing` is unset and
+    not LLaMA-Factory's default (pt's blocks keep `packing`); or set in code (cfg.padding_free). CPU runs
+    sdpa, which keeps the examples of a row apart given restarting position_ids."""
+    auto = auto_chooses(cfg, "packing") and device in PADDING_FREE_DEVICES
+    return cfg.padding_free or (auto and not cfg.packing)
 
 
-def padding_free(cfg: TrainConfig, packing: bool) -> bool:
-    """perf's packing is the padding-free lever; `packing`/`neat_packing` a config sets keep LLaMA-Factory's
-    meaning (offline rows of cutoff_len; pt: documents joined into blocks), so only a plan that packs what
-    the config did not becomes padding_free."""
-    return cfg.padding_free or (packing and not cfg.packing)
+def packs_rows(cfg: TrainConfig, padding_free: bool) -> bool:
+    """Examples share a row: the padding-free lever, or LLaMA-Factory's `packing`/`neat_packing` rows
+    (pt: documents joined into blocks)."""
+    return padding_free or bool(cfg.packing)
 
 
-def resolve_rows(cfg: TrainConfig, device: str, packing: bool, attention: str) -> str:
+def resolve_rows(cfg: TrainConfig, device: str, padding_free: bool, attention: str) -> str:
     """What the start line says about padding-free rows; the collator decides from the loaded model's
     attention (runtime/data/packing.row_capacity), this mirrors it: one row only with varlen/flex."""
-    if not padding_free(cfg, packing):
+    if not padding_free:
         return "-"  # off, or LLaMA-Factory's rows (packing/neat_packing, pt blocks)
     varlen = (
         attention == "flex"
@@ -153,17 +156,18 @@ def resolve_allocator_cache(cfg: TrainConfig, device: str) -> tuple[bool, str | 
     return True, None
 
 
-def resolve_attention(cfg: TrainConfig, device: str, packing: bool, *, fa2: bool) -> str:
-    """Packed rows need a variable-length attention to cost linear in the row: on CUDA fa2 if installed,
-    else flex; on CPU sdpa per example (sdpa_varlen, runtime/levers/sdpa_varlen.py). Only an unset
-    `flash_attn` (auto) changes; sdpa/eager also keep examples apart, in rows of at most cutoff_len."""
-    if not packing or cfg.flash_attn != "auto" or not auto_chooses(cfg, "flash_attn"):
+def resolve_flash_attn(cfg: TrainConfig, device: str, padding_free: bool, *, fa2: bool) -> str:
+    """The `flash_attn` key under perf auto. Packed rows need a variable-length attention to cost linear in
+    the row: on CUDA fa2 if installed, else flex; on CPU sdpa per example (sdpa_varlen,
+    runtime/levers/sdpa_varlen.py). Only an unset `flash_attn` (auto) changes; sdpa/eager also keep
+    examples apart, in rows of at most cutoff_len."""
+    if not packs_rows(cfg, padding_free) or cfg.flash_attn != "auto" or not auto_chooses(cfg, "flash_attn"):
         return cfg.flash_attn
     if device == "cuda":
         return "fa2" if fa2 else "flex"
     # Only where examples are kept apart: LLaMA-Factory's plain packing and pt blocks attend across
     # examples under an all-ones mask, which plain sdpa runs as is_causal without building a mask.
-    apart = padding_free(cfg, packing) or cfg.neat_packing
+    apart = padding_free or cfg.neat_packing
     return "sdpa_varlen" if device == "cpu" and apart else cfg.flash_attn
 
 
@@ -201,15 +205,15 @@ def resolve_perf(
         liger_available = has_module("liger_kernel")
     if fa2_available is None:
         fa2_available = has_module("flash_attn")
-    packing = resolve_packing(cfg, device)
+    padding_free = resolve_padding_free(cfg, device)
     liger, liger_note = resolve_liger(cfg, device, available=liger_available)
     allocator_cache, allocator_note = resolve_allocator_cache(cfg, device)
-    attention = resolve_attention(cfg, device, packing, fa2=fa2_available)
-    rows = resolve_rows(cfg, device, packing, attention)
+    attention = resolve_flash_attn(cfg, device, padding_free, fa2=fa2_available)
+    rows = resolve_rows(cfg, device, padding_free, attention)
     plan = PerfPlan(
         mode=cfg.perf,
         device=device,
-        packing=packing,
+        padding_free=padding_free,
         rows=rows,
         flash_attn=attention,
         liger=liger,
@@ -225,11 +229,11 @@ def resolve_perf(
         cpu_allocator_cache=allocator_cache,
     )
     plan.notes.extend(note for note in (liger_note, allocator_note) if note)
-    if device == "npu":  # packing with the varlen fused attention, fused kernels, fused AdamW
+    if device == "npu":  # padding-free rows with the varlen fused attention, fused kernels, fused AdamW
         from runtime.perf import npu as perf_npu
 
         perf_npu.resolve_npu(cfg, plan, perf_npu.npu_ops() if npu_ops is None else npu_ops)
-        plan.rows = resolve_rows(cfg, device, plan.packing, plan.flash_attn)
+        plan.rows = resolve_rows(cfg, device, plan.padding_free, plan.flash_attn)
     if cfg.micro_batch_tokens and plan.rows == "-":  # the config rules refused the static cases already
         raise ConfigError(
             "micro_batch_tokens",
@@ -241,7 +245,7 @@ def resolve_perf(
 
 def apply_perf(cfg: TrainConfig, plan: PerfPlan) -> None:
     """Write the plan into the config's keys; the data, model and TrainingArguments code reads only those."""
-    cfg.padding_free = padding_free(cfg, plan.packing)
+    cfg.padding_free = plan.padding_free
     cfg.flash_attn = plan.flash_attn
     cfg.enable_liger_kernel = plan.liger
     cfg.optim = plan.optim

@@ -6,19 +6,27 @@
                                    preemption (R > 0: the signal reaches another rank first).
   XGEN_TEST_ASSERT_ENV=NAME,NAME   every rank checks these variables are set and non-empty and prints
                                    their names only (the cluster test for cluster.pass_env uses it).
+  XGEN_TEST_LOG_EXAMPLES=DIR       every rank appends, per micro-batch, the optimizer step it belongs to
+                                   and a hash of each example's tokens to DIR/rank-<R>.jsonl (proves
+                                   which examples a resumed run sees).
 
 Standard library only: `runtime.cli` calls `check_test_assert_env` before anything heavy is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import socket
+from pathlib import Path
+from typing import Any
 
 FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
 FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
 TEST_ASSERT_ENV = "XGEN_TEST_ASSERT_ENV"
+TEST_LOG_EXAMPLES = "XGEN_TEST_LOG_EXAMPLES"
 
 
 def _rank() -> int:
@@ -53,3 +61,18 @@ def check_test_assert_env() -> None:
     )
     if missing:
         raise SystemExit(3)
+
+
+def log_examples(step: int, inputs: Any) -> None:
+    """XGEN_TEST_LOG_EXAMPLES: called with each micro-batch before its forward pass. `step` is the
+    optimizer step being accumulated (1-based); an example is the tokens its attention mask keeps."""
+    folder = os.environ.get(TEST_LOG_EXAMPLES)
+    if not folder:
+        return
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    hashes = []
+    for i in range(ids.shape[0]):
+        row = ids[i] if mask is None else ids[i][mask[i].bool()]
+        hashes.append(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:12])
+    with open(Path(folder) / f"rank-{_rank()}.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": step, "examples": hashes}) + "\n")

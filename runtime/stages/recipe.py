@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from runtime.config import ConfigError, TrainConfig
-from runtime.contract.secrets import redact
+from runtime.contract.say import say
 from runtime.data import attention_of, build_collator
 from runtime.distributed import StartInfo, check_wrapped, is_rank0
 from runtime.fit.optimizers import add_badam_hooks, method_optimizer
@@ -34,16 +34,11 @@ class RunContext:
     preempt: Any = None  # runtime.fit.preemption.PreemptCallback
     progress: Any = None  # runtime.fit.progress.ProgressCallback
     trainer: Any = None  # set by make_trainer: in-process callers (run_training) read the model from it
+    run_record: dict[str, Any] = field(default_factory=dict)  # runtime.fit.run_record: into every checkpoint
 
     @property
     def preempted(self) -> bool:
         return bool(self.preempt and self.preempt.stopped)
-
-
-def say(line: str) -> None:
-    """One line on rank 0, prefixed so cluster logs can be grepped; credential values masked."""
-    if is_rank0():
-        print(redact(f"xgen-runtime: {line}"), flush=True)
 
 
 def build_training_args(cfg: TrainConfig, device: str) -> Any:
@@ -143,14 +138,13 @@ def load_datasets(ctx: RunContext, tokenizer: Any, *, stage: str) -> Any:
     plan = plan_builders(cache_root(ctx.cfg))
     say(plan.line)
     if plan.local_line:
-        print(f"xgen-runtime: {plan.local_line}", flush=True)
-    return run_once(plan, build, _say_local)
+        say(plan.local_line, by="caller")  # this node's builder: every rank that builds says it
+    return run_once(plan, build, _say_per_node)
 
 
-def _say_local(line: str) -> None:
+def _say_per_node(line: str) -> None:
     """A waiting node's progress: said by its first rank only (one line per node, not per rank)."""
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"xgen-runtime: {line}", flush=True)
+    say(line, by="node")
 
 
 def make_trainer(
@@ -169,6 +163,7 @@ def make_trainer(
         callbacks=list(ctx.callbacks),
         **extra,
     )
+    trainer.run_record = ctx.run_record
     trainer.micro_batch_tokens = ctx.cfg.micro_batch_tokens  # runtime.perf.plan checked it applies
     factory = method_optimizer(ctx.cfg, ctx.args)
     if factory is not None:  # LoRA+, GaLore, APOLLO, BAdam, Adam-mini, Muon: Trainer calls it with the model
@@ -203,6 +198,11 @@ def fit(trainer: Any, ctx: RunContext) -> dict[str, Any]:
     trainer.prepare_output_dir()
     checkpoint, why = resolve_resume(ctx.cfg)
     say(why)
+    if checkpoint:
+        from runtime.fit.universal_checkpoint import ensure_universal, wants_universal
+
+        if wants_universal(ctx.cfg.deepspeed_config):  # set when the world size changed (run_record)
+            ensure_universal(checkpoint)
     tokens_before = 0
     if checkpoint:
         from transformers import TrainerState
@@ -217,7 +217,22 @@ def fit(trainer: Any, ctx: RunContext) -> dict[str, Any]:
 
 
 def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: dict[str, Any]) -> None:
-    """Final weights (or adapter) + tokenizer, trainer state, results JSON, loss plot, final eval."""
+    """Final weights (or adapter) + tokenizer, trainer state, results JSON, loss plot, final eval. A save
+    that fails for space raises DiskFull (one line) instead of the serializer's error."""
+    try:
+        _save_outputs(trainer, ctx, tokenizer, train_metrics)
+    except Exception as err:
+        from runtime.fit.disk_full import DiskFull, explain
+
+        line = (
+            None if isinstance(err, DiskFull) else explain(err, Path(ctx.cfg.output_dir), None, "final save")
+        )
+        if line:
+            raise DiskFull(line) from None
+        raise
+
+
+def _save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: dict[str, Any]) -> None:
     from runtime.fit import outputs
 
     cfg, out = ctx.cfg, Path(ctx.cfg.output_dir)
@@ -236,6 +251,10 @@ def save_outputs(trainer: Any, ctx: RunContext, tokenizer: Any, train_metrics: d
                 tokens_before=train_metrics.get("_tokens_before", 0),
             )
             outputs.write_json(out / "train_results.json", results)
+            if ctx.run_record:  # says whose finished run this is (runtime/fit/run_record.py)
+                from runtime.fit.run_record import write_record
+
+                write_record(out, ctx.run_record)
             if cfg.deepspeed_config is not None:
                 # The exact DeepSpeed JSON this run used (a named stage is generated, with "auto" fields).
                 outputs.write_json(out / "deepspeed_config.json", cfg.deepspeed_config)

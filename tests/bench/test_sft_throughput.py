@@ -1,8 +1,9 @@
 """bench/sft_throughput.py --smoke end to end on CPU: every variant trains and results.json keeps its schema.
 
-The numbers of a smoke run mean nothing (tiny model, CPU); what is checked is that the GPU run of issues 7
-and 17 will not die on a broken variant and that a script can read its rows. The LLaMA-Factory variants need
-its own venv (bench/lf_venv.sh): their test runs only when XGEN_LF_PYTHON names that venv's python.
+The numbers of a smoke run mean nothing (tiny model, CPU); what is checked is that the GPU run
+(bench/run_gpu.sh) will not die on a broken variant and that a script can read its rows. The LLaMA-Factory
+variants need its own venv (bench/lf_venv.sh): their test runs only when XGEN_LF_PYTHON names that venv's
+python.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def test_smoke_run_writes_every_row(tmp_path: Path) -> None:
         assert padded["ratio_vs_padded"] == 1.0 and runtime["ratio_vs_flat_flex"] is None
         expected = round(runtime["tokens_per_s"] / padded["tokens_per_s"], 3)
         assert abs(runtime["ratio_vs_padded"] - expected) < 2e-3
-        assert "packing=on" in runtime["levers"]  # the runtime row ran the packed path
+        assert "padding_free=on" in runtime["levers"]  # the runtime row ran the padding-free path
         # Same weights, same data, same examples per step, a few steps at a small learning rate:
         # the three variants end at nearly the same loss, so a variant training on other data shows.
         assert abs(runtime["final_loss"] - padded["final_loss"]) < 0.05

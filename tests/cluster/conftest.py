@@ -37,7 +37,7 @@ TIMES: dict[str, float] = {}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Bring-up/tear-down times in every run's output (issue 6 asks for them)."""
+    """Bring-up/tear-down times in every run's output."""
     if TIMES:
         terminalreporter.section("xgt cluster harness")
         for what, seconds in TIMES.items():

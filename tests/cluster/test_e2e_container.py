@@ -1,4 +1,4 @@
-"""Issue 13, containers: a `container:` section rendered for pyxis and for Apptainer trains a tiny model
+"""Containers: a `container:` section rendered for pyxis and for Apptainer trains a tiny model
 over both nodes of the real Slurm cluster, through the fake runtimes in tests/fakes.
 
 The fakes stand in for the runtimes (no image is run): the pyxis-aware `srun` records its argv, checks

@@ -1,4 +1,4 @@
-"""Issue 13: `launcher: deepspeed` under `xgen slurm` trains over both nodes of the allocation.
+"""`launcher: deepspeed` under `xgen slurm` trains over both nodes of the allocation.
 
 Lean on purpose (the suite is at its time ceiling): one process per node, two steps, ZeRO-2 on CPU.
 """

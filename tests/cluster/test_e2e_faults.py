@@ -1,4 +1,4 @@
-"""Issue 6 (4): a node dying mid-run and a wrong master address end the job quickly and say why."""
+"""A node dying mid-run and a wrong master address end the job quickly and say why."""
 
 from __future__ import annotations
 

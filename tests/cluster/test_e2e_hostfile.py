@@ -1,4 +1,4 @@
-"""Issue 6 (2): the same training through hand-run nodes (`xgen shell`) and a DeepSpeed hostfile cluster."""
+"""The same training through hand-run nodes (`xgen shell`) and a DeepSpeed hostfile cluster."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13 on the real two-node Slurm: logs you can find, what ran stays what ran, `xgen status`."""
+"""Operable on the real two-node Slurm: logs you can find, what ran stays what ran, `xgen status`."""
 
 from __future__ import annotations
 

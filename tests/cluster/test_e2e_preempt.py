@@ -1,4 +1,4 @@
-"""Issue 8 on the real cluster: preemption, a kill mid-save, and re-running hand-run nodes.
+"""On the real cluster: preemption, a kill mid-save, and re-running hand-run nodes.
 
 Every run here trains the same model (same seed, data, steps, world size 2 nodes × 2 ranks) and is
 compared with ONE uninterrupted Slurm run, submitted once per module and running alongside the first
@@ -238,7 +238,7 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
     for node in scripts:  # what a scheduler or an operator stopping the nodes does
         (agent,) = [
             pid
-            # torchrun is given the config frozen into the run directory (issue 13), not the YAML itself.
+            # torchrun is given the config frozen into the run directory, not the YAML itself.
             for pid in cluster.node_processes(node, str(shared_dir / "xgen-runs"))
             if "torch.distributed.run" in harness._cmdline(pid)
         ]

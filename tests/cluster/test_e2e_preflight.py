@@ -1,4 +1,4 @@
-"""Issue 12: the preflight in every job names the broken node and the fault within 90 s, before any model
+"""The preflight in every job names the broken node and the fault within 90 s, before any model
 loads. Faults are injected on node1 only (per-node mount namespaces, a renamed link, a packet filter in
 node0's namespace, sshd's key file hidden on node1), as /work/shared/notes/fault-injection.md describes,
 and healed in `finally` so a failing test never leaves a node broken for the next one.

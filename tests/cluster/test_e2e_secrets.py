@@ -1,4 +1,4 @@
-"""Issue 16: credentials reach every rank of a real two-node Slurm job and land in no log or run file.
+"""Credentials reach every rank of a real two-node Slurm job and land in no log or run file.
 
 Job 1 forwards HF_TOKEN and WANDB_API_KEY by name (`cluster.pass_env`, values only in the sbatch
 environment); job 2 writes them into `cluster.env`. The runtime's test hook (XGEN_TEST_ASSERT_ENV) makes

@@ -1,4 +1,5 @@
-"""Issue 6 (1), (3): `xgen slurm` output submitted with sbatch to the two-node cluster."""
+"""`xgen slurm` output submitted with sbatch to the two-node cluster: 2 processes on each node, and a fake
+NPU node's Ascend environment on CPU."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def test_slurm_two_nodes_two_processes_each(cluster: harness.Cluster, tiny: Path
     # The script says what it detected and which communication env it exported.
     for node in ("node0", "node1"):
         assert re.search(rf"(?m)^xgen: \S+Z {node}: device=cpu nproc_per_node=2$", out), out[:3000]
-    # cluster.nic and cluster.omp_num_threads as exported on the nodes (issue 6: "the env lines").
+    # cluster.nic and cluster.omp_num_threads as exported on the nodes (the script's env lines).
     for line in ("NCCL_SOCKET_IFNAME=eth0", "OMP_NUM_THREADS=1"):
         assert line in out, f"{line!r} not shown in the job output:\n{out[:3000]}"
-    # Issue 12: the preflight passed on both nodes, and its cost (measured, see docs/preflight.md).
+    # The preflight passed on both nodes, and its cost (measured, see docs/preflight.md).
     for node in ("node0", "node1"):
         m = re.search(rf"(?m)^xgen: preflight: {node}: ok \(\d+ checks, (\d+\.\d) s\)$", out)
         assert m and float(m.group(1)) < 15, f"no preflight ok line from {node} (or over 15 s):\n{out[:3000]}"

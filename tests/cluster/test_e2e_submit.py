@@ -1,4 +1,4 @@
-"""Issue 13 on the real two-node Slurm: `xgen submit --then export` chains, and a sweep's job array.
+"""On the real two-node Slurm: `xgen submit --then export` chains, and a sweep's job array.
 
 Lean on purpose (the suite is at its time ceiling): one node and one process per job, a tiny LoRA,
 one or two optimizer steps.

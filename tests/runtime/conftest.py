@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import TrainConfig
+from runtime.config import TrainConfig, parse_train_config, train_fields
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,21 @@ def tiny_tokenizer(_tiny_tokenizer_loaded):
 def data_cfg(tiny_dir: Path, tmp_path: Path):
     """data_cfg(dataset=..., **overrides) -> a TrainConfig with the tiny data dir and a per-test cache.
 
-    Each test gets its own datasets cache (cache_dir), so tests never read each other's cached maps.
+    Resolved by the config gate (parse_train_config), as a run's is: runtime.data reads defaults such as
+    `packing`'s from the config rules and does not re-check keys. Overrides that are not keys (the
+    padding_free lever perf sets) are set on the result. Each test gets its own datasets cache
+    (cache_dir), so tests never read each other's cached maps.
     """
 
     def make(**overrides) -> TrainConfig:
-        fields = {"dataset_dir": str(tiny_dir / "data"), "cache_dir": str(tmp_path / "hf-cache"), **overrides}
-        return dataclasses.replace(TrainConfig(), **fields)
+        keys = {
+            "model_name_or_path": str(tiny_dir / "model"),
+            "dataset_dir": str(tiny_dir / "data"),
+            "cache_dir": str(tmp_path / "hf-cache"),
+            **overrides,
+        }
+        internal = {name: keys.pop(name) for name in list(keys) if name not in train_fields()}
+        return dataclasses.replace(parse_train_config(keys), **internal)
 
     return make
 

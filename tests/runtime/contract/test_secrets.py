@@ -1,4 +1,4 @@
-"""Issue 16, runtime side: credential values never leave the process in what it prints or writes."""
+"""Runtime side: credential values never leave the process in what it prints or writes."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def test_redact_masks_named_and_listed_values(monkeypatch):
 
 
 def test_outputs_json_and_say_are_redacted(monkeypatch, tmp_path, capsys):
+    from runtime.contract.say import say
     from runtime.fit import outputs
-    from runtime.stages.recipe import say
 
     monkeypatch.setenv("WANDB_API_KEY", WANDB)
     outputs.write_json(tmp_path / "r.json", {"run_name": f"x-{WANDB}", "n": 1})

@@ -55,7 +55,7 @@ def test_packed_logits_equal_per_example_logits(
     import torch
 
     model = _model(tiny_dir, attn)
-    cfg = data_cfg(padding_free=True, cutoff_len=64)
+    cfg = data_cfg(dataset="tiny_sharegpt", padding_free=True, cutoff_len=64)
     batch = build_collator(cfg, tiny_tokenizer, stage="sft", attention=collator_attn)(sft_rows)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask: packed mode
     total = sum(len(r["input_ids"]) for r in sft_rows)
@@ -148,7 +148,7 @@ def test_micro_batch_rows_and_token_budget_batches() -> None:
 def test_packed_pt_block_keeps_documents_apart(tiny_dir: Path, tiny_tokenizer, data_cfg):
     import torch
 
-    cfg = data_cfg(dataset="tiny_pt", cutoff_len=48, padding_free=True)
+    cfg = data_cfg(dataset="tiny_pt", stage="pt", cutoff_len=48, padding_free=True)
     block = build_datasets(cfg, tiny_tokenizer, stage="pt").train[1]
     batch = build_collator(cfg, tiny_tokenizer, stage="pt")([block])
     positions = block["position_ids"]
@@ -169,6 +169,6 @@ def test_packing_support_and_stage_rules(data_cfg, tiny_tokenizer):
     with pytest.raises(ConfigError) as info:
         check_packing_support("paged|sdpa")
     assert info.value.key == "packing"
-    with pytest.raises(ConfigError) as info:
-        build_collator(data_cfg(packing=True), tiny_tokenizer, stage="dpo")
-    assert info.value.key == "packing"
+    with pytest.raises(ConfigError) as info:  # the config rules refuse it: the data path never sees it
+        data_cfg(dataset="tiny_pref", stage="dpo", packing=True)
+    assert (info.value.key, info.value.message) == ("packing", "only pt and sft pack examples; stage is dpo")

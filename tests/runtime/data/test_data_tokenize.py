@@ -118,7 +118,9 @@ def test_pt_blocks(data_cfg, tiny_tokenizer, tiny_dir: Path):
         for text in texts
         for t in tiny_tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
     ]
-    train = build_datasets(data_cfg(dataset="tiny_pt", cutoff_len=32), tiny_tokenizer, stage="pt").train
+    train = build_datasets(
+        data_cfg(dataset="tiny_pt", stage="pt", cutoff_len=32), tiny_tokenizer, stage="pt"
+    ).train
     assert set(train.column_names) == {"input_ids", "attention_mask", "labels"}
     assert all(len(ids) == 32 for ids in train["input_ids"][:-1]) and 0 < len(train[-1]["input_ids"]) <= 32
     assert [t for ids in train["input_ids"] for t in ids] == stream
@@ -126,13 +128,13 @@ def test_pt_blocks(data_cfg, tiny_tokenizer, tiny_dir: Path):
 
     # LLaMA-Factory's pt `packing: false`: one row per document, cut to cutoff_len.
     single = build_datasets(
-        data_cfg(dataset="tiny_pt", cutoff_len=32, packing=False), tiny_tokenizer, stage="pt"
+        data_cfg(dataset="tiny_pt", stage="pt", cutoff_len=32, packing=False), tiny_tokenizer, stage="pt"
     )
     documents = [tiny_tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"][:32] for t in texts]
     assert single.train["input_ids"] == documents
 
     packed = build_datasets(  # the padding-free lever: positions restart per document inside a block
-        data_cfg(dataset="tiny_pt", cutoff_len=32, padding_free=True), tiny_tokenizer, stage="pt"
+        data_cfg(dataset="tiny_pt", stage="pt", cutoff_len=32, padding_free=True), tiny_tokenizer, stage="pt"
     ).train
     eos = tiny_tokenizer.eos_token_id
     for row in packed:

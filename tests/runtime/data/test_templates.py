@@ -28,7 +28,7 @@ SETTINGS = {
     "no_thinking": {"enable_thinking": False},
     "default_system": {"default_system": "You are a tiny model."},
 }
-# The families the issue names first; each must be covered by the cases file.
+# The families checked by name; each must be covered by the cases file.
 FAMILIES = (
     "llama2 llama3 llama4 qwen qwen3 qwen3_nothink mistral gemma gemma2 gemma3 glm4 deepseek deepseek3 "
     "phi phi4 yi intern2 chatml alpaca default empty"

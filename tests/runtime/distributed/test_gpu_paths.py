@@ -1,4 +1,5 @@
-"""Issue 5's GPU checks: the production paths the CPU suite cannot run (trainer-cpu-findings.md §7).
+"""The GPU checks (docs/gpu-checks.md): the production paths the CPU suite cannot run
+(trainer-cpu-findings.md §7).
 
 Each test launches the runtime exactly as the generated scripts do,
 `python -m torch.distributed.run --standalone --nproc_per_node 1 -m runtime train cfg.yaml`, on one CUDA

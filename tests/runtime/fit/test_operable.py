@@ -1,4 +1,4 @@
-"""Issue 13 at runtime level: the resolved training config in output_dir (credentials redacted), and
+"""What ran, at runtime level: the resolved training config in output_dir (credentials redacted), and
 torch.distributed.run's summary showing the failing rank's real traceback (elastic `record`)."""
 
 from __future__ import annotations

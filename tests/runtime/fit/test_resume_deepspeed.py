@@ -1,4 +1,4 @@
-"""The DeepSpeed path resumes like DDP does (issue 8): a ZeRO-2 run on 2 ranks stopped by a signal
+"""The DeepSpeed path resumes like DDP does: a ZeRO-2 run on 2 ranks stopped by a signal
 checkpoints every rank's optimizer shard, and re-running the same command continues exactly.
 
 Single machine, `torch.distributed.run` with 2 processes, DeepSpeed on its CPU accelerator (gloo);

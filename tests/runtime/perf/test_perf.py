@@ -1,7 +1,7 @@
 """runtime.perf.plan: the throughput levers each device gets; the packed path trains like the padded one.
 
-The CPU equivalence test is the fp32 half of issue 7's correctness check (the bf16 GPU half is in
-test_perf_gpu.py): same data, same seed, packing on vs off, per-step losses within 1e-5 relative.
+The CPU equivalence test is the fp32 half of the optimised path's correctness check (the bf16 GPU half is in
+test_perf_gpu.py): same data, same seed, padding_free on vs off, per-step losses within 1e-5 relative.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def plan(device: str, *, liger: bool = True, fa2: bool = False, **keys):
 
 def test_cuda_defaults_turn_every_lever_on() -> None:
     p, _ = plan("cuda")
-    assert (p.packing, p.flash_attn, p.liger, p.optim) == (True, "flex", True, "adamw_torch_fused")
+    assert (p.padding_free, p.flash_attn, p.liger, p.optim) == (True, "flex", True, "adamw_torch_fused")
     assert (p.torch_compile, p.activation_checkpointing, p.notes) == (False, False, [])
     assert plan("cuda", fa2=True)[0].flash_attn == "fa2"  # varlen flash attention when installed
     assert plan("cuda", liger=False)[0].liger is False  # not installed: quietly off
     assert p.line() == (
-        "perf: auto (cuda) packing=on rows=one micro_batch_tokens=off attention=flex liger=on "
+        "perf: auto (cuda) padding_free=on rows=one micro_batch_tokens=off attention=flex liger=on "
         "label_logits_only=off optim=adamw_torch_fused compile=off activation_checkpointing=off"
     )  # Liger's fused linear+CE already skips the logits: label_logits_only stays off under it
     assert plan("cuda", liger=False)[0].label_logits_only is True
@@ -42,7 +42,7 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     """CPU: padding-free on, attention sdpa once per example (sdpa_varlen), so one row per micro-batch;
     plain sdpa written by the user caps rows at cutoff_len (attention cost linear in the rows)."""
     p, cfg = plan("cpu", cutoff_len=512)
-    assert (p.packing, p.rows, p.flash_attn, p.liger, p.label_logits_only, p.optim) == (
+    assert (p.padding_free, p.rows, p.flash_attn, p.liger, p.label_logits_only, p.optim) == (
         True,
         "one",
         "sdpa_varlen",
@@ -51,7 +51,7 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
         "adamw_torch",
     )
     assert p.line() == (
-        "perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
+        "perf: auto (cpu) padding_free=on rows=one micro_batch_tokens=off attention=sdpa_varlen liger=off "
         "label_logits_only=on optim=adamw_torch compile=off activation_checkpointing=off "
         "fused_rms_norm=off fused_lora=on cpu_allocator_cache=on"
     )
@@ -97,9 +97,9 @@ def test_cpu_allocator_cache_needs_glibc(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_levers_switch_off_with_the_keys_the_user_wrote() -> None:
     p, _ = plan("cpu", packing=False, label_logits_only=False)
-    assert (p.packing, p.rows, p.label_logits_only) == (False, "-", False)
+    assert (p.padding_free, p.rows, p.label_logits_only) == (False, "-", False)
     p, _ = plan("cpu", perf="off")
-    assert (p.packing, p.label_logits_only) == (False, False)
+    assert (p.padding_free, p.label_logits_only) == (False, False)
     for loss in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):  # they read the full logits
         assert plan("cpu", **{loss: True})[0].label_logits_only is False
     assert plan("cpu", stage="pt")[0].label_logits_only is False  # every pt token is trained
@@ -128,26 +128,26 @@ def test_micro_batch_tokens_is_refused_where_it_cannot_apply() -> None:
 def test_keys_the_user_wrote_win() -> None:
     keys = dict(packing=False, enable_liger_kernel=False, optim="adamw_torch", flash_attn="sdpa")
     p, _ = plan("cuda", torch_compile=True, **keys)
-    assert (p.packing, p.liger, p.optim, p.flash_attn, p.torch_compile) == (
+    assert (p.padding_free, p.liger, p.optim, p.flash_attn, p.torch_compile) == (
         False,
         False,
         "adamw_torch",
         "sdpa",
         True,
     )
-    p, _ = plan("cuda", packing=True, flash_attn="sdpa")  # packed, but with the attention the user chose
-    assert (p.packing, p.flash_attn) == (True, "sdpa")
+    p, cfg = plan("cuda", packing=True, flash_attn="sdpa")  # LLaMA-Factory's rows, the user's attention
+    assert (cfg.packing, p.padding_free, p.flash_attn) == (True, False, "sdpa")
 
 
 def test_perf_off_is_exactly_the_keys() -> None:
     p, _ = plan("cuda", perf="off")
-    assert (p.packing, p.flash_attn, p.liger, p.optim) == (False, "auto", False, "adamw_torch")
+    assert (p.padding_free, p.flash_attn, p.liger, p.optim) == (False, "auto", False, "adamw_torch")
 
 
 def test_pairwise_stages_get_only_the_fused_optimizer() -> None:
     for stage in ("rm", "dpo"):
         p, _ = plan("cuda", stage=stage)
-        assert (p.packing, p.liger, p.optim) == (False, False, "adamw_torch_fused")
+        assert (p.padding_free, p.liger, p.optim) == (False, False, "adamw_torch_fused")
 
 
 def test_liger_asked_for_where_it_cannot_run_falls_back_with_a_note() -> None:
@@ -160,7 +160,7 @@ def test_liger_asked_for_where_it_cannot_run_falls_back_with_a_note() -> None:
 def test_apply_writes_the_plan_into_the_keys() -> None:
     p, cfg = plan("cuda")
     apply_perf(cfg, p)
-    # perf's packing is the padding-free lever; `packing` keeps LLaMA-Factory's meaning (offline rows).
+    # perf's lever is padding_free; `packing` keeps LLaMA-Factory's meaning (offline rows).
     assert (cfg.padding_free, cfg.packing, cfg.flash_attn, cfg.enable_liger_kernel, cfg.optim) == (
         True,
         False,
@@ -169,7 +169,7 @@ def test_apply_writes_the_plan_into_the_keys() -> None:
         "adamw_torch_fused",
     )
     direct = TrainConfig(model_name_or_path="m", dataset="d")  # built in code: nothing counts as written
-    assert resolve_perf(direct, "cuda", liger_available=False).packing is True
+    assert resolve_perf(direct, "cuda", liger_available=False).padding_free is True
 
 
 def test_config_checks_the_new_keys() -> None:
@@ -186,14 +186,14 @@ def test_config_checks_the_new_keys() -> None:
     assert cfg.flash_attn == "flex" and cfg.packing is True and "packing" in cfg.explicit
     p = resolve_perf(cfg, "cuda", liger_available=False)
     apply_perf(cfg, p)
-    assert p.packing and not cfg.padding_free  # the config's neat_packing, not the padding-free lever
+    assert not p.padding_free and not cfg.padding_free  # the config's neat_packing, not the lever
 
 
 def test_flex_off_cuda_falls_back_to_sdpa() -> None:
-    from runtime.model import resolve_attention
+    from runtime.model import attn_implementation
 
-    assert resolve_attention("flex", "cuda") == ("flex_attention", None)
-    attn, warning = resolve_attention("flex", "cpu")
+    assert attn_implementation("flex", "cuda") == ("flex_attention", None)
+    attn, warning = attn_implementation("flex", "cpu")
     assert attn == "sdpa" and "flex needs CUDA" in warning
 
 
@@ -247,10 +247,10 @@ def test_cpu_defaults_train_like_padded_batches(
     assert padded.trainer.state.num_input_tokens_seen == packed.trainer.state.num_input_tokens_seen
     out = capsys.readouterr().out
     assert (
-        "xgen-runtime: perf: auto (cpu) packing=on rows=one micro_batch_tokens=off attention=sdpa_varlen "
-        "liger=off label_logits_only=on optim=adamw_torch" in out
+        "xgen-runtime: perf: auto (cpu) padding_free=on rows=one micro_batch_tokens=off "
+        "attention=sdpa_varlen liger=off label_logits_only=on optim=adamw_torch" in out
     )
-    assert "perf: auto (cpu) packing=off rows=- micro_batch_tokens=off" in out
+    assert "perf: auto (cpu) padding_free=off rows=- micro_batch_tokens=off" in out
 
 
 def test_token_budget_micro_batches(tiny_dir: Path, tmp_path: Path) -> None:

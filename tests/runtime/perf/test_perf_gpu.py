@@ -1,4 +1,4 @@
-"""Issue 7's GPU correctness check: the optimised path (packing + flex/fa2 + Liger + fused AdamW, bf16)
+"""The GPU correctness check: the optimised path (packing + flex/fa2 + Liger + fused AdamW, bf16)
 trains the same as the plain path (padding, sdpa, adamw_torch, bf16) on the same batches.
 
 Skipped without CUDA. Run on the GPU machine by bench/run_gpu.sh (`pytest -m gpu`).
@@ -41,8 +41,8 @@ def test_optimised_path_matches_plain_path_in_bf16(tiny_dir: Path, tmp_path: Pat
     plain, plain_losses = _run(tiny_dir, tmp_path / "plain", perf="off", finetuning_type=finetuning_type)
     fast, fast_losses = _run(tiny_dir, tmp_path / "fast", finetuning_type=finetuning_type)
     plan = fast.perf
-    assert plan.device == "cuda" and plan.packing and plan.flash_attn in ("flex", "fa2")
-    assert plan.optim == "adamw_torch_fused" and not plain.perf.packing
+    assert plan.device == "cuda" and plan.padding_free and plan.flash_attn in ("flex", "fa2")
+    assert plan.optim == "adamw_torch_fused" and not plain.perf.padding_free
     liger = importlib.util.find_spec("liger_kernel") is not None
     assert plan.liger is liger
     base = fast.model.get_base_model() if finetuning_type == "lora" else fast.model

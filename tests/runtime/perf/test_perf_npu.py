@@ -36,9 +36,9 @@ def plan(ops: frozenset[str] = ALL_OPS, **keys):
 # --- decisions (torch-free) -----------------------------------------------------------------------
 
 
-def test_npu_auto_turns_on_packing_varlen_attention_kernels_and_fused_adamw() -> None:
+def test_npu_auto_turns_on_padding_free_varlen_attention_kernels_and_fused_adamw() -> None:
     p, cfg = plan()
-    assert (p.packing, p.flash_attn, p.npu_kernels, p.optim, p.notes) == (
+    assert (p.padding_free, p.flash_attn, p.npu_kernels, p.optim, p.notes) == (
         True,
         "fa2",
         ("rms_norm", "swiglu", "rotary"),
@@ -60,7 +60,7 @@ def test_npu_auto_turns_on_packing_varlen_attention_kernels_and_fused_adamw() ->
 @pytest.mark.parametrize(
     ("op", "lever", "note"),
     [
-        ("npu_fusion_attention", "packing", "packing: torch_npu has no npu_fusion_attention"),
+        ("npu_fusion_attention", "padding_free", "padding_free: torch_npu has no npu_fusion_attention"),
         ("npu_rms_norm", "rms_norm", "use_v1_kernels: torch_npu has no npu_rms_norm; RMSNorm stays unfused"),
         ("npu_swiglu", "swiglu", "use_v1_kernels: torch_npu has no npu_swiglu; SwiGLU stays unfused"),
         ("npu_rotary_mul", "rotary", "use_v1_kernels: torch_npu has no npu_rotary_mul; rotary embedding"),
@@ -73,25 +73,25 @@ def test_npu_lever_without_its_torch_npu_function_falls_back_with_one_note(
     p, _ = plan(ALL_OPS - {op})
     assert len(p.notes) == 1 and p.notes[0].startswith(note), p.notes
     levers = {
-        "packing": p.packing,
+        "padding_free": p.padding_free,
         "optim": p.optim == "adamw_torch_npu_fused",
         **{k: k in p.npu_kernels for k in ("rms_norm", "swiglu", "rotary")},
     }
     assert levers.pop(lever) is False  # this lever off …
     assert all(levers.values()), levers  # … every other one still on
-    assert p.flash_attn == ("auto" if lever == "packing" else "fa2")
+    assert p.flash_attn == ("auto" if lever == "padding_free" else "fa2")
 
 
 def test_npu_without_torch_npu_keeps_the_plain_path_with_a_note_per_lever() -> None:
     p, _ = plan(frozenset())
-    assert (p.packing, p.flash_attn, p.npu_kernels, p.optim) == (False, "auto", (), "adamw_torch")
+    assert (p.padding_free, p.flash_attn, p.npu_kernels, p.optim) == (False, "auto", (), "adamw_torch")
     assert len(p.notes) == 5
 
 
 def test_npu_keys_the_user_wrote_win() -> None:
     keys = dict(packing=False, use_v1_kernels=False, optim="adamw_torch", flash_attn="sdpa")
     p, _ = plan(**keys)
-    assert (p.packing, p.flash_attn, p.npu_kernels, p.optim, p.notes) == (
+    assert (p.padding_free, p.flash_attn, p.npu_kernels, p.optim, p.notes) == (
         False,
         "sdpa",
         (),
@@ -99,15 +99,15 @@ def test_npu_keys_the_user_wrote_win() -> None:
         [],
     )
     # sdpa chosen, packing left to perf: not a variable-length attention, so no padding-free rows
-    assert plan(flash_attn="sdpa")[0].packing is False
+    assert plan(flash_attn="sdpa")[0].padding_free is False
     # fa2 written, packing left to perf: packed through the fused attention
-    assert plan(flash_attn="fa2")[0].packing is True
+    assert plan(flash_attn="fa2")[0].padding_free is True
 
 
 def test_npu_levers_asked_for_where_torch_npu_lacks_them_fall_back_with_a_note() -> None:
     for keys in ({"packing": False}, {}):  # one note either way, and no padding-free rows over sdpa
         p, _ = plan(ALL_OPS - {"npu_fusion_attention"}, flash_attn="fa2", **keys)
-        assert (p.flash_attn, p.packing) == ("sdpa", False) and p.notes == [
+        assert (p.flash_attn, p.padding_free) == ("sdpa", False) and p.notes == [
             "flash_attn: torch_npu has no npu_fusion_attention (fa2 on Ascend); using sdpa"
         ]
     p, _ = plan(ALL_OPS - {"optim.NpuFusedAdamW"}, optim="adamw_torch_npu_fused")
@@ -115,12 +115,12 @@ def test_npu_levers_asked_for_where_torch_npu_lacks_them_fall_back_with_a_note()
 
 
 def test_npu_stages_and_perf_off() -> None:
-    p, _ = plan(stage="rm")  # pairs: no packing, no kernels under auto; the fused AdamW suits any stage
-    assert (p.packing, p.npu_kernels, p.optim, p.notes) == (False, (), "adamw_torch_npu_fused", [])
+    p, _ = plan(stage="rm")  # pairs: no padding_free, no kernels under auto; the fused AdamW suits any stage
+    assert (p.padding_free, p.npu_kernels, p.optim, p.notes) == (False, (), "adamw_torch_npu_fused", [])
     p, _ = plan(stage="rm", use_v1_kernels=True)  # written: applied in any stage
     assert p.npu_kernels == ("rms_norm", "swiglu", "rotary")
     p, _ = plan(perf="off")
-    assert (p.packing, p.flash_attn, p.npu_kernels, p.optim) == (False, "auto", (), "adamw_torch")
+    assert (p.padding_free, p.flash_attn, p.npu_kernels, p.optim) == (False, "auto", (), "adamw_torch")
     p, _ = plan(ALL_OPS - {"npu_swiglu"}, perf="off", use_v1_kernels=True)
     assert p.npu_kernels == ("rms_norm", "rotary") and len(p.notes) == 1
 
@@ -297,7 +297,7 @@ def test_fake_torch_npu_training_uses_every_lever_and_matches_the_plain_cpu_run(
     capsys.readouterr()
     npu, npu_losses = _train_2_steps(tiny_dir, tmp_path / "npu", monkeypatch, "npu")
     out = capsys.readouterr().out
-    assert "perf: auto (npu) packing=on rows=one micro_batch_tokens=off attention=fa2 liger=off" in out
+    assert "perf: auto (npu) padding_free=on rows=one micro_batch_tokens=off attention=fa2 liger=off" in out
     assert "optim=adamw_torch_npu_fused" in out  # varlen fused attention: one row per micro-batch
     assert "npu_kernels=rms_norm,swiglu,rotary" in out and "torch_npu has no" not in out
     assert npu.trainer.data_collator.__class__.__name__ == "PackingCollator"

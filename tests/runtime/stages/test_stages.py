@@ -25,6 +25,12 @@ def _reload(out: Path, model_dir: Path, stage: str, finetuning_type: str):
     return auto.from_pretrained(out)
 
 
+def test_every_stage_has_one_runner() -> None:
+    from runtime.stages import RUNNERS
+
+    assert tuple(RUNNERS) == STAGES
+
+
 @pytest.mark.parametrize("finetuning_type", TYPES)
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_trains_saves_and_reloads(

@@ -36,8 +36,8 @@ def local_checks(
     file_findings, files = inputs.check_local(s, items)
     found += file_findings
     out_dir = inputs.output_dir(cfg, s.workdir)
-    need = resources.checkpoint_bytes(cfg, inputs.model_bytes(files))
-    found += resources.check_disk(s, out_dir, need)
+    need, detail = resources.run_bytes(cfg, inputs.model_bytes(files))
+    found += resources.check_disk(s, out_dir, need, detail)
     facts = {
         "host": s.host,
         "node_rank": s.node_rank,

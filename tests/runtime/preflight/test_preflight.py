@@ -1,4 +1,4 @@
-"""Issue 12: each preflight check on its own, fast and without a cluster (the cluster proof is
+"""Each preflight check on its own, fast and without a cluster (the cluster proof is
 tests/cluster/test_e2e_preflight.py). Fake nvidia-smi / npu-smi / ssh on PATH, real sockets on 127.0.0.1."""
 
 from __future__ import annotations
@@ -126,14 +126,28 @@ def test_small_shm(monkeypatch):
     assert resources.check_shm(settings(min_shm_gb=1)) == []
 
 
-def test_disk_for_one_checkpoint(monkeypatch, tmp_path):
+def test_disk_for_the_whole_run(monkeypatch, tmp_path):
     full = SimpleNamespace(finetuning_type="full", save_strategy="steps", save_only_model=False)
     assert resources.checkpoint_bytes(full, 1000) == 4000
     assert resources.checkpoint_bytes(SimpleNamespace(finetuning_type="lora"), 1000) == 50
     assert resources.checkpoint_bytes(full, 0) == 0  # a hub id: size unknown, nothing checked
+    # How many checkpoints exist at once: every one without save_total_limit, else the limit + 1 staging.
+    run = dict(finetuning_type="full", save_strategy="steps", save_only_model=False, num_train_epochs=3)
+    every = SimpleNamespace(**run, max_steps=1000, save_steps=100, save_total_limit=None)
+    assert resources.checkpoints_at_once(every)[0] == 10
+    assert resources.run_bytes(every, 1000)[0] == 10 * 4000 + 1000  # + the final weights
+    limited = SimpleNamespace(**run, max_steps=1000, save_steps=100, save_total_limit=2)
+    assert resources.checkpoints_at_once(limited) == (3, "save_total_limit")
+    by_epoch = SimpleNamespace(**{**run, "save_strategy": "epoch"}, max_steps=-1, save_steps=500,
+                               save_total_limit=None)  # fmt: skip
+    assert resources.checkpoints_at_once(by_epoch)[0] == 3
+    unknown = SimpleNamespace(**run, max_steps=-1, save_steps=500, save_total_limit=None)
+    assert resources.checkpoints_at_once(unknown)[0] == 1  # epochs saved by steps: depends on the data
     monkeypatch.setattr(os, "statvfs", fake_statvfs(10 << 30, 1 << 30))
-    (line,) = [f.line() for f in resources.check_disk(settings(), tmp_path / "a" / "b", 4 << 30)]
-    assert f"1.0 GiB free under {tmp_path}, one checkpoint needs about 4.0 GiB" in line
+    need, detail = resources.run_bytes(every, 1 << 28)
+    (line,) = [f.line() for f in resources.check_disk(settings(), tmp_path / "a" / "b", need, detail)]
+    assert f"1.0 GiB free under {tmp_path}, the run's saves need about 10.2 GiB: 10 x 1.0 GiB" in line
+    assert "set save_total_limit" in line
     assert resources.check_disk(settings(), tmp_path, 1 << 20) == []
 
 

@@ -58,7 +58,7 @@ def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
             yield from _strings(f"{prefix}[{i}]", item)
 
 
-# --- launcher matrix (issue 13): what `launcher:` means for each command; docs/launchers.md ---
+# --- launcher matrix: what `launcher:` means for each command; docs/launchers.md ---
 # Unset, each command starts its own launcher. Named, the command starts that one or refuses in one line.
 OWN_LAUNCHER = {
     "slurm": "torchrun",
@@ -280,7 +280,7 @@ def _check_slurm(config: Config) -> None:
             )
 
 
-# --- containers (issue 13) ---
+# --- containers ---
 # A mount is SRC:DST[:FLAGS]; pyxis joins mounts with "," and Apptainer splits --bind values on ",", and
 # both split on ":", so neither may appear inside a path. Flags: pyxis joins mount options with "+"
 # (ro+rprivate); Apptainer knows ro and rw.
@@ -357,14 +357,15 @@ def _parse_train(config: Config) -> TrainConfig | None:
     from runtime.config import ConfigError, parse_train_config
     from runtime.config.rules import world_size_problems
 
+    prefix = "" if config.bare else "train."  # a bare LLaMA-Factory YAML has its keys at the top level
     try:
-        training = parse_train_config(config.train, key_prefix="train.", base_dir=config.workdir)
+        training = parse_train_config(config.train, key_prefix=prefix, base_dir=config.workdir)
     except ConfigError as err:
         first, *rest = err.errors  # ConfigErrors: every bad key, one line each
         raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest]) from None
     pinned = config.pinned_devices
     if pinned is not None:  # the world size is known now: a fixed DeepSpeed batch size can be checked
-        problems = world_size_problems(training, config.cluster.nodes * pinned, "train.")
+        problems = world_size_problems(training, config.cluster.nodes * pinned, prefix)
         if problems:
             first, *rest = problems
             raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest])

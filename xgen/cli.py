@@ -11,16 +11,16 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from runtime.contract import files
 from runtime.contract.zero import NAMED_STAGES, zero_config
-from xgen.config import Config
+from xgen.config import Config, field_docs
 from xgen.errors import XgenError
-from xgen.load import load_config
+from xgen.load import Flag, load_config
 
 CONFIG = click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 OUTPUT = click.option(
@@ -29,6 +29,64 @@ OUTPUT = click.option(
 NODE_RANK = click.option(
     "--node-rank", type=int, default=None, help="This node's rank (default: $NODE_RANK at run time)."
 )
+
+# --- flags that set config keys: a flag beats the file; a bare LLaMA-Factory YAML takes its cluster here ---
+# option -> (config key, metavar). Values stay text here: xgen.load types them and runs the file's checks.
+CLUSTER_FLAGS = {
+    "--nodes": ("cluster.nodes", "N"),
+    "--devices-per-node": ("cluster.devices_per_node", "N|auto"),
+    "--device": ("cluster.device", "auto|cuda|npu|cpu"),
+    "--nic": ("cluster.nic", "IFACE"),
+    "--master-addr": ("cluster.master_addr", "HOST"),
+    "--master-port": ("cluster.master_port", "PORT"),
+    "--hosts": ("cluster.hosts", "HOST,HOST,…"),
+    "--job-name": ("job.name", "NAME"),
+    "--workdir": ("job.workdir", "DIR"),
+    "--python": ("python", "PATH"),
+}
+SLURM_FLAGS = {
+    "--partition": ("slurm.partition", "NAME"),
+    "--time": ("slurm.time", "TIME"),
+    "--account": ("slurm.account", "NAME"),
+    "--qos": ("slurm.qos", "NAME"),
+    "--gpus-per-node": ("slurm.gpus_per_node", "N"),
+}
+_FLAGS = "xgen.flags"  # ctx.meta: the flags given, in command-line order
+_FLAG_HELP = {
+    "cluster.hosts": "Node names, comma-separated, first = master (hostfile launchers).",
+    "job.workdir": "Directory the job runs in; relative to the current directory. Default: the config's "
+    "directory; for a bare LLaMA-Factory YAML the current directory (where llamafactory-cli would run).",
+}
+
+
+def config_flags(table: dict[str, tuple[str, str]]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options of `table`, each setting its config key over the file's (help: the key's own doc)."""
+    docs = {key: text for key, _, text, _ in field_docs()}
+
+    def keep(option: str, key: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+        def callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+            if value is not None:
+                ctx.meta.setdefault(_FLAGS, []).append((option, key, value))
+
+        return callback
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option, (key, metavar) in reversed(table.items()):
+            command = click.option(
+                option,
+                metavar=metavar,
+                expose_value=False,
+                callback=keep(option, key),
+                help=f"Sets {key}: {_FLAG_HELP.get(key, docs[key])}",
+            )(command)
+        return command
+
+    return decorate
+
+
+def given_flags() -> tuple[Flag, ...]:
+    """The config-key flags of the running command, in the order they were typed."""
+    return tuple(click.get_current_context().meta.get(_FLAGS, ()))
 
 
 def require_directory_of(path: str) -> None:
@@ -39,24 +97,15 @@ def require_directory_of(path: str) -> None:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write the whole file or nothing: a temp file in the same directory, then os.replace."""
-    target = Path(path)
+    """Write the whole file or nothing (runtime.contract.files), once its directory is known to exist."""
     require_directory_of(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, text, mode)
 
 
-def emit(text: str, output: str | None, config: Config | None = None, target: str | None = None) -> None:
+def emit(text: str, output: str | None, config: Config | None = None) -> None:
     """Write the script to -o (atomically) or stdout; owner-only when it holds credential values."""
     script = text.startswith("#!")
-    secrets = config.secrets_written(target) if config is not None else ()
+    secrets = config.secrets_written() if config is not None else ()
     if config is None or not secrets:
         if output:
             write_atomic(output, text, 0o755 if script else 0o644)
@@ -117,8 +166,9 @@ def warn_secrets(config: Config, secrets: tuple[tuple[str, str], ...], what: str
 
 
 def run(action: Callable[[Config], object], config_file: str) -> None:
-    """Load the config and run one action."""
-    guarded(lambda: action(load_config(config_file)))
+    """Load the config (with the flags that set its keys over it) and run one action."""
+    flags = given_flags()
+    guarded(lambda: action(load_config(config_file, flags)))
 
 
 def guarded(action: Callable[[], object]) -> None:
@@ -144,25 +194,33 @@ def main() -> None:
     xgen slurm job.yaml > job.sh && sbatch job.sh
     xgen deepspeed job.yaml --hostfile hostfile > launch.sh && bash launch.sh
     xgen shell job.yaml --node-rank 0 > node0.sh && bash node0.sh
+    xgen slurm my_lf_config.yaml --nodes 2 --partition gpu > job.sh
+
+    CONFIG is an xgen config or a bare LLaMA-Factory training YAML (model_name_or_path, stage, … at the
+    top level): its keys become train:, the cluster comes from flags (--nodes, --partition, …; a flag
+    also beats a full config's value) and the job runs in the current directory.
     """
 
 
 @main.command()
 @CONFIG
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
+@config_flags(SLURM_FLAGS)
 def slurm(config_file: str, output: str | None) -> None:
     """An sbatch script: one srun task per node, torch.distributed.run on each.
 
     \b
     Example:
       xgen slurm examples/gpu-2node-full-zero3.yaml > job.sh && sbatch job.sh
+      xgen slurm my_lf_config.yaml --nodes 2 --partition gpu > job.sh   # a LLaMA-Factory YAML
     """
     from xgen.targets import slurm as target
 
     def action(cfg: Config) -> None:
         text = target.build(cfg)
         target.make_log_directories(cfg)
-        emit(text, output, cfg, "slurm")
+        emit(text, output, cfg)
 
     run(action, config_file)
 
@@ -176,6 +234,8 @@ def slurm(config_file: str, output: str | None) -> None:
     default=None,
     help="Chain a dependent job (afterok): export merges the LoRA adapter into a standalone model.",
 )
+@config_flags(CLUSTER_FLAGS)
+@config_flags(SLURM_FLAGS)
 def submit(config_file: str, then: str | None) -> None:
     """Render the Slurm script (a job array with sweep:), sbatch it, print the job id(s).
 
@@ -186,6 +246,7 @@ def submit(config_file: str, then: str | None) -> None:
     \b
     Example:
       xgen submit examples/gpu-1node-lora-sft.yaml --then export
+      xgen submit my_lf_config.yaml --nodes 2 --partition gpu --time 1-00:00:00
     """
     from xgen.ops.submit import submit as submit_jobs
 
@@ -209,12 +270,14 @@ def submit(config_file: str, then: str | None) -> None:
     help="Where to write the DeepSpeed hostfile (multi-node; one node runs without one).",
 )
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
 def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> None:
     """A DeepSpeed hostfile (`host slots=N`) and the script that launches on all its hosts.
 
     \b
     Example:
       xgen deepspeed examples/deepspeed-hostfile.yaml --hostfile hostfile > launch.sh && bash launch.sh
+      xgen deepspeed my_lf_config.yaml --nodes 2 --hosts n0,n1 --hostfile hostfile > launch.sh
     """
     from xgen.targets import deepspeed as target
 
@@ -224,7 +287,7 @@ def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> Non
             require_directory_of(output)
         if hosts is not None and hostfile:
             write_atomic(hostfile, hosts)
-        emit(script, output, cfg, "deepspeed")
+        emit(script, output, cfg)
 
     run(action, config_file)
 
@@ -233,32 +296,36 @@ def deepspeed(config_file: str, hostfile: str | None, output: str | None) -> Non
 @CONFIG
 @NODE_RANK
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
 def shell(config_file: str, node_rank: int | None, output: str | None) -> None:
     """The script for one node of a hand-run cluster (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
 
     \b
     Example:
       xgen shell examples/npu-2node-lora.yaml --node-rank 1 > node1.sh && bash node1.sh
+      xgen shell my_lf_config.yaml --nodes 2 --master-addr n0 --node-rank 0 > node0.sh
     """
     from xgen.targets import shell as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "shell"), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg), config_file)
 
 
 @main.command()
 @CONFIG
 @NODE_RANK
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
 def accelerate(config_file: str, node_rank: int | None, output: str | None) -> None:
     """An accelerate config (MULTI_GPU or FSDP) and its `accelerate launch` line, for one node.
 
     \b
     Example:
       xgen accelerate examples/fsdp-accelerate.yaml --node-rank 0 > node0.sh && bash node0.sh
+      xgen accelerate my_lf_config.yaml --nodes 2 --master-addr n0 --node-rank 0 > node0.sh
     """
     from xgen.targets import accelerate as target
 
-    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg, "accelerate"), config_file)
+    run(lambda cfg: emit(target.build(cfg, node_rank), output, cfg), config_file)
 
 
 @main.group()
@@ -277,8 +344,16 @@ def doctor() -> None:
 @CONFIG
 @OUTPUT
 @click.option("--submit", is_flag=True, help="sbatch it, wait for the end, print the table.")
+@config_flags(CLUSTER_FLAGS)
+@config_flags(SLURM_FLAGS)
 def doctor_slurm(config_file: str, output: str | None, submit: bool) -> None:
-    """`xgen doctor slurm CFG [--submit]`."""
+    """`xgen doctor slurm CFG [--submit]`.
+
+    \b
+    Example:
+      xgen doctor slurm examples/gpu-2node-full-zero3.yaml --submit
+      xgen doctor slurm my_lf_config.yaml --nodes 2 --partition gpu --submit
+    """
     from xgen.targets import slurm as target
 
     def action(cfg: Config) -> None:
@@ -297,8 +372,15 @@ def doctor_slurm(config_file: str, output: str | None, submit: bool) -> None:
 @CONFIG
 @NODE_RANK
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
 def doctor_shell(config_file: str, node_rank: int | None, output: str | None) -> None:
-    """`xgen doctor shell CFG --node-rank N`: run the script on every node."""
+    """`xgen doctor shell CFG --node-rank N`: run the script on every node.
+
+    \b
+    Example:
+      xgen doctor shell examples/npu-2node-lora.yaml --node-rank 0 > doctor0.sh
+      xgen doctor shell my_lf_config.yaml --nodes 2 --master-addr n0 --node-rank 0 > doctor0.sh
+    """
     from xgen.targets import shell as target
 
     run(lambda cfg: emit(target.build(cfg, node_rank, module="runtime.doctor"), output, cfg), config_file)
@@ -308,8 +390,15 @@ def doctor_shell(config_file: str, node_rank: int | None, output: str | None) ->
 @CONFIG
 @click.option("--hostfile", type=click.Path(dir_okay=False), help="Where to write the DeepSpeed hostfile.")
 @OUTPUT
+@config_flags(CLUSTER_FLAGS)
 def doctor_deepspeed(config_file: str, hostfile: str | None, output: str | None) -> None:
-    """`xgen doctor deepspeed CFG --hostfile H`: run the script on the first host."""
+    """`xgen doctor deepspeed CFG --hostfile H`: run the script on the first host.
+
+    \b
+    Example:
+      xgen doctor deepspeed examples/deepspeed-hostfile.yaml --hostfile hostfile > doctor.sh
+      xgen doctor deepspeed my_lf_config.yaml --nodes 2 --hosts n0,n1 --hostfile hostfile > doctor.sh
+    """
     from xgen.targets import deepspeed as target
 
     def action(cfg: Config) -> None:
@@ -385,6 +474,8 @@ def zero(name: str, output: str | None) -> None:
 
 @main.command()
 @CONFIG
+@config_flags(CLUSTER_FLAGS)
+@config_flags(SLURM_FLAGS)
 def check(config_file: str) -> None:
     """Validate only: print what would run and exit 0, or one error line per problem and exit 2.
 
@@ -394,6 +485,7 @@ def check(config_file: str) -> None:
     \b
     Example:
       xgen check examples/cpu-tiny.yaml
+      xgen check my_lf_config.yaml --nodes 2 --devices-per-node 8
     """
     from xgen.targets.check import datasets, summary
 
@@ -405,7 +497,7 @@ def check(config_file: str) -> None:
     run(action, config_file)
 
 
-# --- operable (issue 13): watching and stopping a submitted run ---
+# --- operable: watching and stopping a submitted run ---
 @main.command()
 @click.argument("target", metavar="JOBID|OUTPUT_DIR")
 def status(target: str) -> None:

@@ -38,7 +38,8 @@ class JobConfig:
         default=None,
         metadata=doc(
             "Directory the script cd's into before launching; relative train paths resolve from it. "
-            "Default: the config file's directory. Relative values are taken from the config's directory.",
+            "Default: the config file's directory (a bare LLaMA-Factory YAML: the current directory). "
+            "Relative values are taken from the config's directory.",
             "/shared/runs/sft",
         ),
     )
@@ -164,7 +165,7 @@ class ClusterConfig:
         """Names shown as <set>/<unset>, never with a value: pass_env, then the secret cluster.env keys."""
         return (*self.pass_env, *self.written_secrets)
 
-    # --- preflight (issue 12): checks every node runs before training; docs/preflight.md ---
+    # --- preflight: checks every node runs before training; docs/preflight.md ---
     preflight: bool = field(
         default=True,
         metadata=doc(
@@ -241,14 +242,14 @@ class SlurmConfig:
         default=120, metadata=doc("Seconds before the time limit Slurm sends USR1 (with requeue).", "300")
     )
     max_requeues: int = field(default=3, metadata=doc("Stop requeueing after this many restarts.", "5"))
-    # --- sweep (issue 13) ---
+    # --- sweep ---
     array_limit: int | None = field(
         default=None,
         metadata=doc("With a sweep: at most this many array tasks run at once (--array=0-N%LIMIT).", "2"),
     )
 
 
-# --- containers (issue 13): the per-node launch inside an image; docs/containers.md ---
+# --- containers: the per-node launch inside an image; docs/containers.md ---
 ContainerRuntime = Literal["pyxis", "apptainer"]
 
 
@@ -317,7 +318,7 @@ class Config:
     job: JobConfig = field(default_factory=JobConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    # --- containers (issue 13) ---
+    # --- containers ---
     container: ContainerConfig = field(default_factory=ContainerConfig)
     launcher: Launcher | None = field(
         default=None,
@@ -329,7 +330,7 @@ class Config:
             "deepspeed",
         ),
     )
-    # --- sweep (issue 13): one Slurm job array over combinations of train values; docs/submit.md ---
+    # --- sweep: one Slurm job array over combinations of train values; docs/submit.md ---
     sweep: dict[str, Any] = field(
         default_factory=dict,
         metadata=doc(
@@ -354,8 +355,13 @@ class Config:
     # `train:` as the runtime's parser reads it (relative paths from the workdir); None when train: is
     # empty. Generators read this, never the raw `train` mapping.
     training: TrainConfig | None = field(default=None, metadata={"internal": True})
-    # --- operable (issue 13): the config file's text as read, frozen into every generated script ---
+    # --- operable: the config file's text as read, frozen into every generated script ---
     text: str = field(default="", metadata={"internal": True})
+    # --- a bare LLaMA-Factory YAML and command-line flags (xgen.load) ---
+    # The file held only training keys (now `train`): errors name them as the user wrote them.
+    bare: bool = field(default=False, metadata={"internal": True})
+    # The flags that set keys, as `xgen <target> CONFIG<regen_flags>` repeats them in the script's header.
+    regen_flags: str = field(default="", metadata={"internal": True})
 
     @property
     def workdir(self) -> str:
@@ -365,12 +371,12 @@ class Config:
             return str(base)
         return str(base / self.job.workdir)
 
-    def secrets_written(self, target: str | None = None) -> tuple[tuple[str, str], ...]:
+    def secrets_written(self) -> tuple[tuple[str, str], ...]:
         """(config key, variable name) of each credential value a generated script holds.
 
         cluster.env keys named like credentials or listed in cluster.secret_env, and slurm.setup lines
-        that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`). Every script embeds
-        the whole config (frozen at generation), so `target` no longer narrows this; kept for callers.
+        that assign one (`export HF_TOKEN=…`) or pass one as a flag (`--token …`). The same for every
+        target: each script embeds the whole config (frozen at generation).
         """
         found = [(f"cluster.env.{name}", name) for name in self.cluster.written_secrets]
         found += [(f"container.env.{name}", name) for name in self.container.written_secrets]
@@ -395,7 +401,7 @@ SECTIONS: dict[str, type] = {
     "job": JobConfig,
     "cluster": ClusterConfig,
     "slurm": SlurmConfig,
-    # --- containers (issue 13) ---
+    # --- containers ---
     "container": ContainerConfig,
 }
 

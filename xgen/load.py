@@ -2,23 +2,119 @@
 
 Parsing is strict: an unknown key, a wrong type or an impossible value raises XgenError naming the key
 path, so the CLI can print one line and write nothing.
+
+Two more inputs reach the same parser: a bare LLaMA-Factory training YAML (`is_bare_training`: its keys
+become `train:`) and command-line flags that set config keys (`Flag`; a flag beats the file). Either way
+the config that runs is the equivalent full xgen config, dumped as YAML into `Config.text`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import os
+import re
+import shlex
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from xgen.checks import validate
-from xgen.config import SECTIONS, Config
+from xgen.config import SECTIONS, Config, JobConfig
 from xgen.errors import XgenError
 
 TOP_LEVEL = ("job", "cluster", "slurm", "container", "launcher", "sweep", "python", "train")
+
+# (the option as typed, the config key it sets, its value as typed):
+# `--nodes 2` is ("--nodes", "cluster.nodes", "2").
+Flag = tuple[str, str, str]
+
+
+@functools.cache
+def training_keys() -> frozenset[str]:
+    """Every key a LLaMA-Factory training YAML holds at its top level: the runtime's own, LLaMA-Factory's and
+    transformers.TrainingArguments' (the runtime's parser refuses, with a reason, those it does not run)."""
+    from runtime.config import train_fields
+    from runtime.config.hf_keys import TRAINING_ARGUMENTS
+    from runtime.config.lf_keys import LF_KEYS
+
+    return frozenset(train_fields()) | frozenset(LF_KEYS) | frozenset(TRAINING_ARGUMENTS)
+
+
+def is_bare_training(raw: Any) -> bool:
+    """A bare LLaMA-Factory YAML (what `llamafactory-cli train FILE` reads): none of xgen's top-level keys,
+    and at least one training key. Anything else is read as an xgen config (and its unknown keys reported)."""
+    if not isinstance(raw, Mapping) or any(key in TOP_LEVEL for key in raw):
+        return False
+    return any(key in training_keys() for key in raw)
+
+
+def _no_stray_training_keys(raw: Mapping[Any, Any]) -> None:
+    """An xgen config with a training key beside its sections: one line naming the key and the fix."""
+    stray = [str(key) for key in raw if key not in TOP_LEVEL and key in training_keys()]
+    if stray:
+        more = f" (and {len(stray) - 1} more training key(s) beside it)" if len(stray) > 1 else ""
+        raise XgenError(
+            stray[0],
+            f"a training key at the top level of an xgen config{more}: move it under train:, or drop "
+            "the xgen sections to use the file as a bare LLaMA-Factory YAML (xgen slurm FILE --nodes N)",
+        )
+
+
+def _flag_value(option: str, key: str, text: str) -> Any:
+    """A flag's text as the YAML value the key's type takes: an integer where the key takes one, a list for
+    a list key (comma-separated); anything else stays the string typed, so `--partition 007` stays "007".
+    The value then meets the same type check and rules as a file value (`must be an integer, got …`)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise XgenError(key, f"{option} holds a newline or control character; pass a one-line value")
+    section, _, name = key.rpartition(".")
+    hint = typing.get_type_hints(SECTIONS[section] if section else Config)[name]
+    options = typing.get_args(hint) or (hint,)
+    if typing.get_origin(hint) is tuple:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if int in options and re.fullmatch(r"[+-]?\d+", text.strip()):
+        return int(text)
+    return text
+
+
+def apply_flags(raw: Mapping[Any, Any], flags: Sequence[Flag]) -> dict[Any, Any]:
+    """The config mapping with each flag's key set over the file's value (a flag beats the file)."""
+    merged: dict[Any, Any] = dict(raw)
+    for option, key, text in flags:
+        section, _, name = key.rpartition(".")
+        value = _flag_value(option, key, text)
+        if not section:
+            merged[name] = value
+            continue
+        current = merged.get(section)
+        if current is not None and not isinstance(current, Mapping):
+            continue  # the section itself is malformed: parse_mapping names it
+        merged[section] = {**(current or {}), name: value}
+    return merged
+
+
+def wrap_bare(raw: Mapping[Any, Any], source: Path) -> dict[str, Any]:
+    """The full xgen config a bare LLaMA-Factory YAML stands for: its keys under train:, the job named after
+    the file and run from the current directory (where `llamafactory-cli train` would have run, so the
+    YAML's relative paths — dataset_dir, output_dir — mean what they meant there)."""
+    name = source.stem if re.fullmatch(r"[A-Za-z0-9._-]+", source.stem) else JobConfig().name
+    return {"job": {"name": name, "workdir": os.getcwd()}, "train": dict(raw)}
+
+
+def _effective_text(raw: Mapping[Any, Any], source: Path, bare: bool, flags: Sequence[Flag]) -> str:
+    """The YAML the scripts freeze when the file alone is not the config that runs: a comment saying where
+    it came from, then the full xgen config."""
+    import yaml
+
+    made = [f"# The config xgen ran: {source}"]
+    if bare:
+        made.append("#   a bare LLaMA-Factory YAML: its keys are train:, job.workdir is where xgen ran")
+    if flags:
+        made.append(f"#   with {' '.join(option for option, _, _ in flags)} from the command line")
+    return "\n".join(made) + "\n" + yaml.safe_dump(dict(raw), sort_keys=False)
 
 
 def _unknown(key_path: str, key: str, allowed: typing.Iterable[str]) -> XgenError:
@@ -91,12 +187,17 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
-def parse_mapping(raw: Any, source: Path, text: str | None = None) -> Config:
+def parse_mapping(
+    raw: Any, source: Path, text: str | None = None, *, bare: bool = False, flags: Sequence[Flag] = ()
+) -> Config:
     """Turn the loaded YAML into a Config, checking types and every cross-key rule.
 
-    `text` is the file as read (what the scripts freeze); without it, the mapping dumped as YAML."""
+    `text` is the file as read (what the scripts freeze); without it, the mapping dumped as YAML. `bare`:
+    the mapping came from a bare LLaMA-Factory YAML (errors name its keys as the user wrote them); `flags`:
+    the command-line flags already applied to it (the scripts' regenerate hint repeats them)."""
     if not isinstance(raw, Mapping):
         raise XgenError(str(source), f"the config must be a YAML mapping of sections, got {_type_name(raw)}")
+    _no_stray_training_keys(raw)
     for key in raw:
         if key not in TOP_LEVEL:
             raise _unknown(str(key), str(key), TOP_LEVEL)
@@ -111,11 +212,14 @@ def parse_mapping(raw: Any, source: Path, text: str | None = None) -> Config:
         import yaml
 
         text = yaml.safe_dump(dict(raw), sort_keys=False)
-    return validate(Config(**sections, **scalars, source=source, text=text))
+    regen = "".join(f" {option} {shlex.quote(value)}" for option, _, value in flags)
+    config = Config(**sections, **scalars, source=source, text=text, bare=bare, regen_flags=regen)
+    return validate(config)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate one config file; relative paths inside it resolve from its directory."""
+def load_config(path: str | Path, flags: Sequence[Flag] = ()) -> Config:
+    """Read and validate one config file (an xgen config or a bare LLaMA-Factory YAML), `flags` over it;
+    relative paths inside an xgen config resolve from its directory."""
     import yaml
 
     source = Path(path).absolute()
@@ -134,7 +238,15 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise XgenError(str(path), f"{where}{problem}; fix the YAML syntax") from None
-    return parse_mapping(raw, source, text)
+    # A path on the command line is relative to where the command runs, not to the config's directory.
+    flags = [(o, k, os.path.abspath(v) if k == "job.workdir" and v else v) for o, k, v in flags]
+    bare = is_bare_training(raw)
+    if not bare and not flags:
+        return parse_mapping(raw, source, text)  # the file is the config: the scripts freeze its bytes
+    if bare:
+        raw = wrap_bare(raw, source)
+    raw = apply_flags(raw, flags)
+    return parse_mapping(raw, source, _effective_text(raw, source, bare, flags), bare=bare, flags=flags)
 
 
-__all__ = ["load_config", "parse_mapping"]
+__all__ = ["Flag", "apply_flags", "is_bare_training", "load_config", "parse_mapping", "training_keys"]

@@ -188,7 +188,7 @@ def status_lines(target: str) -> list[tuple[str, str]]:
     return lines
 
 
-# --- sweeps (issue 13): an array job is one line per task ---
+# --- sweeps: an array job is one line per task ---
 def array_tasks(job_id: str) -> list[dict[str, str]]:
     """`scontrol show job` records of an array job's tasks (pending ones may share a record: 2-3); [] when
     `job_id` is not an array job (or a single task, 42_3)."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.contract.files import write_atomic
 from xgen.config import Config
 from xgen.errors import XgenError
 
@@ -58,21 +59,9 @@ def _keep(runs: Path, job_id: str, script_text: str, config: Config, private: bo
     """Write the submitted script and the config into xgen-runs/<job id>/ (each file whole or not at all)."""
     run_dir = runs / job_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write(run_dir / "job.sh", script_text, 0o700 if private else 0o755)
-    _write(run_dir / "config.yaml", config.text, 0o600)  # the job writes the same bytes, also 0600
+    write_atomic(run_dir / "job.sh", script_text, 0o700 if private else 0o755)
+    write_atomic(run_dir / "config.yaml", config.text, 0o600)  # the job writes the same bytes, also 0600
     return run_dir
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def submit(config: Config, then: str | None = None) -> list[Submitted]:

@@ -17,7 +17,11 @@ COMMANDS = ("slurm", "deepspeed", "shell", "accelerate", "check")
 def test_slurm_to_stdout_embeds_absolute_config():
     result = run_xgen("slurm", str(TINY))
     assert result.returncode == 0, result.stderr
-    assert f"XGEN_CONFIG={TINY}" in result.stdout
+    # The YAML's absolute path is named as what the frozen copy was made from; XGEN_CONFIG is only ever the
+    # frozen copy in the run directory.
+    assert f"from {TINY}\n" in result.stdout
+    assert f"XGEN_CONFIG={TINY}" not in result.stdout
+    assert "  XGEN_CONFIG=$frozen\n" in result.stdout
     assert '-m runtime train "$XGEN_CONFIG"' in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""Issue 13, containers: the `container:` section, its refusals, its quoting, and the scripts run through
+"""Containers: the `container:` section, its refusals, its quoting, and the scripts run through
 the fake runtimes in tests/fakes (a fake `apptainer` that records its argv and runs the command here).
 
 The two-node proof (pyxis and Apptainer training through the fakes on real Slurm) is
@@ -159,7 +159,7 @@ def test_apptainer_values_arrive_byte_for_byte(image, src, flags, value, workdir
         return
     text = shell.build(c, node_rank=0)
     subprocess.run(["bash", "-n"], input=text.encode(), check=True)
-    body = text.rsplit("xgen_preflight\nxgen_devices\n", 1)[0]
+    body = text.rsplit("# --- preflight ---\nxgen_preflight\n", 1)[0]
     probe = body + (
         "XGEN_DEVICE=cpu\nxgen_container_argv\n"
         'printf "%s\\0" "${XGEN_IN_CONTAINER[@]}"; printf "%s\\0" "$APPTAINERENV_XGEN_CT_VALUE"\n'
@@ -185,7 +185,7 @@ def test_pyxis_values_arrive_byte_for_byte(image, src, value, workdir):
         return
     text = slurm.build(c)
     subprocess.run(["bash", "-n"], input=text.encode(), check=True)
-    body = text.split("# --- rendezvous ---\n[[ -n", 1)[0]
+    body = text.split("# Main flow.", 1)[0]
     probe = body + (
         'printf "%s\\0" "${XGEN_PYXIS[@]}"\n'
         '(unset XGEN_CT_VALUE; xgen_container_env; printf "%s\\0" "$XGEN_CT_VALUE")\n'
@@ -223,7 +223,7 @@ def test_nv_flag_follows_the_device(tmp_path, device, tool, expect_nv):
         _fake_tool(bin_dir, tool, "GPU 0: Fake (UUID: GPU-0)")
     elif tool == "npu-smi":
         _fake_tool(bin_dir, tool, "Total Count : 8")
-    body = text.rsplit("xgen_preflight\nxgen_devices\n", 1)[0]
+    body = text.rsplit("# --- preflight ---\nxgen_preflight\n", 1)[0]
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
         ["bash", "-c", body + 'xgen_container_argv\nprintf "%s\\0" "${XGEN_IN_CONTAINER[@]}"'],

@@ -156,7 +156,7 @@ def test_missing_nic_fails(tmp_path, nic):
 
 
 def test_nic_list_passes_when_any_one_exists(tmp_path):
-    """NCCL reads a comma list as "any of these" (issue 12, check 2)."""
+    """NCCL reads a comma list as "any of these" (the preflight's NIC check)."""
     nic = sorted(os.listdir("/sys/class/net"))[0]
     result, v = run_partial(tmp_path, {"nic": f"xgen-no-such-nic0,{nic}"}, {})
     assert result.returncode == 0, result.stderr

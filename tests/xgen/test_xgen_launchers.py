@@ -1,4 +1,4 @@
-"""Issue 13: `launcher:` means what it says for every command, and DeepSpeed honours exported devices.
+"""`launcher:` means what it says for every command, and DeepSpeed honours exported devices.
 
 The bash that turns CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES into DeepSpeed's hostfile slots and
 `--include` runs here with fake `nvidia-smi` / `npu-smi` on PATH; the whole scripts (`xgen deepspeed`, and

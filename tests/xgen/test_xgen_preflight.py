@@ -1,4 +1,4 @@
-"""Issue 12: every script runs the preflight before the launcher, and its exit 3 ends the job there.
+"""Every script runs the preflight before the launcher, and its exit 3 ends the job there.
 A fake python stands in for both `-m runtime.preflight` and the launcher (real checks: tests/runtime)."""
 
 from __future__ import annotations

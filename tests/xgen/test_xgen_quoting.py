@@ -70,7 +70,7 @@ def test_shell_values_arrive_byte_for_byte(job_name, python, env_value, workdir)
     text = shell.build(config, node_rank=0)
     subprocess.run(["bash", "-n"], input=text.encode(), check=True)
     # Run everything but the launch, then print the values NUL-separated.
-    body = text.rsplit("xgen_preflight\nxgen_devices\n", 1)[0]
+    body = text.rsplit("# --- preflight ---\nxgen_preflight\n", 1)[0]
     probe = (
         body + "XGEN_DEVICE=cpu NPROC_PER_NODE=1\nxgen_comm_env\n"
         'printf "%s\\0" "$PYTHON" "$XGEN_TEST_VALUE" "$XGEN_WORKDIR"\n'

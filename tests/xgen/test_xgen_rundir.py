@@ -1,4 +1,4 @@
-"""Issue 13, what ran is on disk: the header names version, date and config sha256; the config is frozen
+"""What ran is on disk: the header names version, date and config sha256; the config is frozen
 into the script and written to the run directory at start, so an edit to the YAML afterwards (or before a
 requeue) cannot change the run. Runs the generated scripts with a fake srun/scontrol/python."""
 

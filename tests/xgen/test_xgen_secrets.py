@@ -1,4 +1,4 @@
-"""Issue 16: credentials never land in what xgen prints, nor in a file others can read.
+"""Credentials never land in what xgen prints, nor in a file others can read.
 
 The property test renders every generator for generated credential-like names and random values, runs
 the shell/accelerate/DeepSpeed scripts with a fake interpreter (what the launcher would receive), and

@@ -1,4 +1,4 @@
-"""Issue 13, submit, chains and sweeps: `xgen submit [--then export]` against fake Slurm commands that
+"""Submit, chains and sweeps: `xgen submit [--then export]` against fake Slurm commands that
 record their argv, a `sweep:` rendered as one job array (golden files, shellcheck, and the script run
 with a fake srun/scontrol/python per array task), and the refusals, one line each."""
 

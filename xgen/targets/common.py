@@ -65,7 +65,7 @@ def frozen_config(config: Config) -> dict[str, str]:
     return {"config_text": text, "config_eof": eof, "config_sha256": config.sha256}
 
 
-# --- containers (issue 13) ---
+# --- containers ---
 # Which generators cannot wrap their launch in which container runtime, and why.
 _CONTAINER_REFUSED = {
     ("pyxis", "shell"): "pyxis is a Slurm (srun) plugin and this script runs without srun; use runtime: "
@@ -130,16 +130,6 @@ def container_forward(config: Config, runtime: str | None) -> list[str]:
     return [n for n in dict.fromkeys(names) if n not in own]
 
 
-def container_functions(config: Config, runtime: str | None) -> str:
-    """Shell functions a Slurm step's `declare -f` must carry for the container (space-terminated)."""
-    names = []
-    if runtime == "apptainer":
-        names.append("xgen_container_argv")
-    elif runtime == "pyxis" and config.container.env:
-        names.append("xgen_container_env")
-    return "".join(f"{n} " for n in names)
-
-
 def container_context(config: Config, target: str) -> dict[str, Any]:
     """The container keys the templates read; a runtime the generator cannot use is refused in one line."""
     c = config.container
@@ -163,8 +153,6 @@ def container_context(config: Config, target: str) -> dict[str, Any]:
         "in_container": '"${XGEN_IN_CONTAINER[@]}" ' if runtime == "apptainer" else "",
         # pyxis: the srun options that put a step inside the image.
         "pyxis_args": '"${XGEN_PYXIS[@]}" ' if runtime == "pyxis" else "",
-        # Functions the srun steps need besides their own (their text travels in `declare -f`).
-        "container_functions": container_functions(config, runtime),
         # Set inside the container only; credential values are never echoed (see secret_names).
         "container_env": dict(c.env),
     }
@@ -185,7 +173,7 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "xgen_version": __version__,
         "generated_at": generated_at(),
         "target": target,
-        "regen_args": regen_args,
+        "regen_args": config.regen_flags + regen_args,  # flags that set keys (xgen.load), then the target's
         "job": config.job,
         "cluster": config.cluster,
         "slurm": config.slurm,
@@ -197,6 +185,13 @@ def context(config: Config, target: str, regen_args: str = "") -> dict[str, Any]
         "gloo_nic": gloo_nic(config.cluster.nic),
         "master_addr": master_addr(config),
         "master_port": master_port(config),
+        # No fixed port (one node, no cluster.master_port): xgen_free_port picks one at launch.
+        "free_port": master_port(config) is None,
+        # Sections a script may leave out (the export job has no expected world and no preflight).
+        "expect_world": True,
+        "preflight": True,
+        # slurm.setup: Slurm batch scripts only (after the job's values, before the other settings).
+        "setup": False,
         # cluster.env split: plain values are exported and shown; credential values only exported.
         "plain_env": {k: v for k, v in c.env.items() if k not in secret},
         "secret_env": {k: v for k, v in c.env.items() if k in secret},

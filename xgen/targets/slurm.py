@@ -83,6 +83,8 @@ def make_log_directories(config: Config) -> None:
 def build(config: Config, module: str = "runtime train") -> str:
     ctx = context(config, "slurm" if module == "runtime train" else "doctor slurm")
     ctx["launch_module"] = module
+    ctx["free_port"] = False  # the port is cluster.master_port or derived from the job id (slurm.sh.j2)
+    ctx["setup"] = True
     if module != "runtime train":  # `xgen doctor` tests the cluster once: no array
         config = dataclasses.replace(
             config, sweep={}, slurm=dataclasses.replace(config.slurm, array_limit=None)
@@ -101,7 +103,7 @@ def build(config: Config, module: str = "runtime train") -> str:
     return render("slurm.sh.j2", ctx)
 
 
-# --- submit --then export (issue 13): the job that merges the trained LoRA adapter ---
+# --- submit --then export: the job that merges the trained LoRA adapter ---
 def export_paths(config: Config) -> tuple[str, str]:
     """(adapter, export_dir) of `--then export`: the adapter training leaves in output_dir, and
     train.export_dir or output_dir/merged. Refused in one line where there is nothing to merge."""
@@ -134,6 +136,10 @@ def build_export(config: Config, after: str) -> str:
         slurm=dataclasses.replace(config.slurm, requeue=False, array_limit=None),
     )
     ctx = context(one_node, "submit", " --then export")
+    # No expected world or preflight for one merging process; the runtime masks the cluster's credentials.
+    ctx.update(
+        expect_world=False, preflight=False, setup=True, secret_names=list(one_node.cluster.hidden_env)
+    )
     # --kill-on-invalid-dep=yes: a failed/cancelled training makes afterok impossible; without it Slurm
     # (unless slurm.conf sets kill_invalid_depend) keeps this job PENDING (DependencyNeverSatisfied).
     ctx["directives"] = [

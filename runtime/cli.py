@@ -42,10 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     pro.add_argument("src")
     pro.add_argument("dst")
     pro.add_argument("--num-expand", type=int, required=True)
+    sub.add_parser(
+        "launch",
+        help="torch.distributed.run with the same arguments; restarts and endings said in one line",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # every argument after it is torch.distributed.run's own
+        from runtime.commands.launch import launch
+
+        return launch(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "make-tiny":

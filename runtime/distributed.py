@@ -79,6 +79,46 @@ def is_rank0() -> bool:
     return launch_ranks()[0] == 0
 
 
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}  # what accelerate/DeepSpeed would pick
+
+
+def join_restarted_world(device: str, timeout_s: float) -> bool:
+    """After a restart inside the job (torch.distributed.run --max-restarts), create the process group
+    on a store prefix of this attempt. Returns True when it did.
+
+    Why our own code: with the c10d rendezvous the workers of every attempt share the agent's TCPStore
+    without a per-attempt prefix (torch's `_create_c10d_store` assumes a new store per retry), so gloo's
+    address exchange of the new workers reads the dead workers' addresses and fails with "Connection
+    refused" (measured on torch 2.13, 2 ranks, one SIGKILLed). The first attempt is left to accelerate
+    and DeepSpeed as before; they reuse a process group that already exists."""
+    import torch
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if attempt == "0" or not agent_store or dist.is_initialized() or device not in BACKENDS:
+        return False
+    from datetime import timedelta
+
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    rank, local_rank, world_size = launch_ranks()
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)  # as accelerate does before it creates an NCCL group
+    elif device == "npu":
+        torch.npu.set_device(local_rank)  # type: ignore[attr-defined]
+    dist.init_process_group(
+        BACKENDS[device],
+        store=dist.PrefixStore(f"xgen/attempt_{attempt}", store),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+    )
+    return True
+
+
 def ensure_deepspeed_env() -> None:
     """DeepSpeed always wants a process group; a bare `python -m runtime` gets a one-rank world."""
     if "RANK" in os.environ:

@@ -29,6 +29,7 @@ from runtime.distributed import (
     gather_start_info,
     init_deepspeed_distributed,
     is_rank0,
+    join_restarted_world,
     launch_ranks,
 )
 from runtime.scaffolding.cpu import patch_deepspeed_shm_build, patch_trainer_fsdp_on_cpu
@@ -164,6 +165,7 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
         os.environ.setdefault("FSDP_OFFLOAD_PARAMS", "true")
     check_at_start(cfg, launch_ranks()[2])  # report_to packages, DeepSpeed batch sizes: before any load
+    join_restarted_world(device, cfg.ddp_timeout)  # a restart inside the job: a fresh store prefix
     args = build_training_args(cfg, device)
     if cfg.deepspeed_config is not None:
         init_deepspeed_distributed()

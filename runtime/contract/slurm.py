@@ -39,6 +39,9 @@ from runtime.contract.files import write_atomic
 PID_DIR_ENV = "XGEN_PID_DIR"
 # Exit status after a preemption checkpoint (EX_TEMPFAIL): "run me again to continue".
 EXIT_PREEMPTED = 75
+# `runtime launch` (runtime/commands/launch.py) sets it, in the workers' environment, to the UNIX time of
+# the failure it restarts them for; rank 0 then prints the restart cost at its first step.
+RESTART_FAILED_AT = "XGEN_RESTART_FAILED_AT"
 # Signals that mean "checkpoint and stop" (SIGTERM: what a hand-run node or a plain `scancel` sends).
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

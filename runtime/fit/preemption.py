@@ -41,6 +41,7 @@ class PreemptCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         testing.signal_at_step(state.global_step)
+        testing.kill_at_step(state.global_step)
         # The signal number itself is reduced, so rank 0 names the signal even when it reached
         # another rank first (srun signals the nodes one after another).
         flag = torch.tensor([float(self.signum)], device=args.device)

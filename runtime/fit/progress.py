@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from runtime.contract.say import say
 from runtime.contract.secrets import redact
-from runtime.contract.slurm import write_progress
+from runtime.contract.slurm import RESTART_FAILED_AT, write_progress
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -79,6 +79,10 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if self._bar is not None:
             self._bar.update(self._task, completed=state.global_step)
+        failed_at = os.environ.pop(RESTART_FAILED_AT, None)  # set by `runtime launch` for a restart
+        if failed_at and self.enabled:
+            cost = time.time() - float(failed_at)
+            say(f"restart cost: {cost:.1f} s from the failure to step {state.global_step} (after the resume)")
 
     def _rates(self, state: Any) -> tuple[float, float]:
         elapsed = max(time.monotonic() - self._start, 1e-9)

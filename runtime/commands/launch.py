@@ -1,0 +1,141 @@
+"""`python -m runtime launch <torchrun arguments>`: torch.distributed.run, with its endings said in one line.
+
+torch.distributed.run (torchrun) is what starts the ranks of every generated script; this runs the very
+same code (`torch.distributed.run.run`), with the same arguments (`--max-restarts`, `--rdzv-backend`, …),
+and adds three things torchrun's own CLI lacks (why our own code: torchrun has no hook for them):
+
+- a restart inside the allocation (`--max-restarts`, cluster.max_restarts) prints one line: which rank
+  on which host failed and how (its error.json message, or the signal), the restart number out of the
+  maximum, and the checkpoint the new workers resume from;
+- a planned stop (every failed worker exited 75 after its checkpoint: SIGUSR1/SIGTERM) ends with one
+  line, `checkpoint-N saved in OUTPUT_DIR; rerun this script to continue`, and exit status 75, instead
+  of torchrun's ChildFailedError traceback and exit 1;
+- any other failure ends with one line naming the first failing rank, host, exit code and message, and
+  the worker's own exit status (2 a config error, 28 a full disk, …), instead of that traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.contract.slurm import EXIT_PREEMPTED, PROGRESS_FILE, RESTART_FAILED_AT
+
+EXIT_WORKER_KILLED = 1  # a worker killed by a signal: torchrun's own status for it
+# Exit codes whose one line the worker itself printed: a config refused (2), a full disk (28).
+SAID_BY_THE_RUNTIME = (2, 28)
+
+
+def _say(line: str, *, error: bool = False) -> None:
+    stream = sys.stderr if error else sys.stdout
+    print(f"xgen-runtime: {'error: ' if error else ''}{line}", file=stream, flush=True)
+
+
+def _message(failure: Any) -> str:
+    """The last line of a failure's error.json message, or the signal / exit code it died of."""
+    message = failure.message
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    lines = [line for line in str(message or "").splitlines() if line.strip()]
+    if failure.exitcode < 0:
+        return f"killed by {failure.signal_name()}"
+    if lines and not lines[-1].startswith("To enable traceback"):
+        return f"exit code {failure.exitcode}: {lines[-1].strip()}"
+    return f"exit code {failure.exitcode}"
+
+
+def _output_dir(args: Any) -> Path | None:
+    """output_dir of the config the workers train (`-m runtime train CFG`), read torch-free."""
+    argv = list(args.training_script_args)
+    if len(argv) < 2 or argv[0] != "train":
+        return None
+    try:
+        from runtime.config import load_config
+
+        return Path(load_config(argv[1]).output_dir)
+    except Exception:  # a config the workers themselves refused: they said why
+        return None
+
+
+def _newest_checkpoint(out: Path | None) -> str:
+    if out is None:
+        return "the newest complete checkpoint"
+    from runtime.fit.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(out)
+    return str(found[-1]) if found else f"the start (no complete checkpoint in {out} yet)"
+
+
+def _announce_restarts(args: Any) -> None:
+    """Wrap the elastic agent's restart so that each one is said in one line (torchrun logs it at INFO
+    level, without the failure)."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    if getattr(LocalElasticAgent, "_xgen_announces", False):
+        return
+    monitor, restart = LocalElasticAgent._monitor_workers, LocalElasticAgent._restart_workers
+
+    def monitored(self: Any, worker_group: Any) -> Any:
+        self._xgen_last = monitor(self, worker_group)
+        return self._xgen_last
+
+    def restarted(self: Any, worker_group: Any) -> None:
+        result = getattr(self, "_xgen_last", None)
+        spec = worker_group.spec
+        number = spec.max_restarts - self._remaining_restarts
+        failures = getattr(result, "failures", None) or {}
+        failed_at = time.time()
+        if failures:
+            rank, failure = min(failures.items(), key=lambda item: item[1].timestamp)
+            what = f"rank {rank} on {socket.gethostname()} failed ({_message(failure)})"
+            failed_at = min(failed_at, float(failure.timestamp))
+        else:
+            what = f"another node's workers failed or a node joined ({socket.gethostname()} restarts too)"
+        _say(
+            f"restart {number}/{spec.max_restarts}: {what}; "
+            f"the workers restart and resume from {_newest_checkpoint(_output_dir(args))}"
+        )
+        os.environ[RESTART_FAILED_AT] = str(failed_at)  # the new workers inherit it
+        restart(self, worker_group)
+
+    LocalElasticAgent._monitor_workers = monitored  # type: ignore[method-assign]
+    LocalElasticAgent._restart_workers = restarted  # type: ignore[method-assign]
+    LocalElasticAgent._xgen_announces = True  # type: ignore[attr-defined]
+
+
+def launch(argv: list[str]) -> int:
+    """Run torch.distributed.run with `argv`; the exit status of the workers, said in one line."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(argv)
+    _announce_restarts(args)
+    try:
+        torchrun.run(args)
+    except ChildFailedError as err:
+        failures = err.failures
+        if failures and all(f.exitcode == EXIT_PREEMPTED for f in failures.values()):
+            out = _output_dir(args)
+            progress = out / PROGRESS_FILE if out else None
+            checkpoint = None
+            if progress is not None and progress.is_file():
+                checkpoint = json.loads(progress.read_text()).get("last_checkpoint")
+            where = f"{Path(checkpoint).name} saved in {out}" if checkpoint else "checkpoint saved"
+            _say(f"{where}; rerun this script to continue")
+            return EXIT_PREEMPTED
+        rank, failure = err.get_first_failure()
+        if failure.exitcode in SAID_BY_THE_RUNTIME:
+            return failure.exitcode  # the worker printed its own one line
+        restarts = f" after {args.max_restarts} restart(s)" if args.max_restarts else ""
+        _say(
+            f"rank {rank} on {socket.gethostname()} failed{restarts} ({_message(failure)}); "
+            f"its log and error.json: {args.log_dir or 'the console above'}",
+            error=True,
+        )
+        return failure.exitcode if failure.exitcode > 0 else EXIT_WORKER_KILLED
+    return 0

@@ -1,0 +1,93 @@
+"""Runs that finish without a human, on one node: `python -m runtime launch` (torch.distributed.run with
+the same arguments) restarts the workers when one dies, says so in one line, and the run resumes from
+the newest checkpoint to the same final weights as an uninterrupted run; a planned stop and a failure
+with no restarts left end in one line each, with the worker's exit status and no traceback.
+
+Real torch.distributed.run, 2 gloo ranks on CPU; the fault is a real SIGKILL of rank 1 after step 3
+(XGEN_FAULT_KILL_AT_STEP, first attempt only), one step after checkpoint-2."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_harness import (
+    REPO,
+    TORCHRUN_TIMEOUT,
+    base_config,
+    max_diff,
+    subprocess_env,
+    weights,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+
+
+def _config(tiny_dir: Path, root: Path) -> Path:
+    cfg = base_config(tiny_dir, root / "out", finetuning_type="lora", max_steps=STEPS, save_steps=2)
+    return write_config(root / "cfg.yaml", cfg)
+
+
+def _launch(cfg: Path, root: Path, *torchrun: str, env: dict[str, str] | None = None):
+    cmd = [sys.executable, "-m", "runtime", "launch", "--standalone", "--nproc_per_node", "2", *torchrun]
+    cmd += ["-m", "runtime", "train", str(cfg)]
+    return subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env(root, env), capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    done = _launch(_config(tiny_dir, root), root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "out"
+
+
+def test_a_killed_worker_restarts_inside_the_job_and_ends_with_the_same_weights(
+    tiny_dir, tmp_path, uninterrupted
+):
+    out = tmp_path / "out"
+    run = _launch(
+        _config(tiny_dir, tmp_path), tmp_path, "--max-restarts", "1", env={"XGEN_FAULT_KILL_AT_STEP": "3@1"}
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    line = (
+        f"xgen-runtime: restart 1/1: rank 1 on {socket.gethostname()} failed (killed by SIGKILL); "
+        f"the workers restart and resume from {out / 'checkpoint-2'}"
+    )
+    assert line in run.stdout, run.stdout[-3000:]
+    assert f"resuming from {out / 'checkpoint-2'}" in run.stdout
+    assert "restart cost: " in run.stdout  # measured from the failure to the first step after the resume
+    assert max_diff(weights(out), weights(uninterrupted)) == 0.0  # resume is exact, as after a preemption
+
+
+def test_no_restarts_left_is_one_line_with_no_traceback(tiny_dir, tmp_path):
+    run = _launch(_config(tiny_dir, tmp_path), tmp_path, env={"XGEN_FAULT_KILL_AT_STEP": "3@1"})
+    assert run.returncode == 1, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("xgen-runtime: error:")]
+    assert errors == [
+        f"xgen-runtime: error: rank 1 on {socket.gethostname()} failed (killed by SIGKILL); "
+        "its log and error.json: the console above"
+    ], run.stderr[-3000:]
+    # The surviving rank's own traceback (its peer vanished) is its log; the launcher adds none.
+    assert "ChildFailedError" not in run.stderr
+    assert not [line for line in run.stderr.splitlines() if line.startswith("Traceback")]
+
+
+def test_a_planned_stop_says_rerun_in_one_line_and_exits_75(tiny_dir, tmp_path):
+    cfg = _config(tiny_dir, tmp_path)
+    run = _launch(cfg, tmp_path, env={"XGEN_FAULT_SIGNAL_AT_STEP": "3"})
+    assert run.returncode == 75, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last == f"xgen-runtime: checkpoint-3 saved in {tmp_path / 'out'}; rerun this script to continue"
+    assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
+    again = _launch(cfg, tmp_path)  # the same command continues
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'out' / 'checkpoint-3'}" in again.stdout

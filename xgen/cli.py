@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import sys
 from collections.abc import Callable
@@ -498,32 +499,50 @@ def check(config_file: str) -> None:
 
 
 # --- operable: watching and stopping a submitted run ---
+_TARGET = "JOBID|RUNID|RUN_DIR|OUTPUT_DIR"
+_WORKDIR = click.option(
+    "--workdir",
+    default=None,
+    metavar="DIR",
+    help="The job.workdir whose xgen-runs/ holds RUNID (default: the current directory).",
+)
+
+
 @main.command()
-@click.argument("target", metavar="JOBID|OUTPUT_DIR")
-def status(target: str) -> None:
-    """A job's state (scontrol/sacct), its progress, and for a failed job the first failing node and rank.
+@click.argument("target", metavar=_TARGET)
+@_WORKDIR
+def status(target: str, workdir: str | None) -> None:
+    """A run's state, progress, and for a failed run the first failing node and rank (or the error line
+    a node's script printed, when it failed before training).
+
+    TARGET: a Slurm job id (scontrol, else sacct); a run id, or its prefix, under ./xgen-runs/ (a hand-run
+    job's nodes each write `<UTC time>-<host>-<pid>`: they are found together); a run directory; or the
+    output_dir.
 
     \b
     Example:
-      xgen status 4242          # or: xgen status saves/llama3-lora
+      xgen status 4242          # or: xgen status saves/llama3-lora, xgen status 20260101T1200
     """
     from xgen.ops.status import status_lines
 
     def action() -> None:
         colours = {"red": "red", "green": "green"}
-        for style, line in status_lines(target):  # colours on a terminal only: click strips them when piped
+        for style, line in status_lines(target, workdir):  # colours on a terminal only: stripped when piped
             click.secho(line, fg=colours.get(style), bold=style == "bold")
 
     guarded(action)
 
 
 @main.command()
-@click.argument("job_id", metavar="JOBID")
+@click.argument("target", metavar=_TARGET)
 @click.option("--node", default=None, help="Only this node's log (its hostname).")
 @click.option("--rank", type=int, default=None, help="One worker's own stdout/stderr logs (global rank).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the logs grow (tail -F).")
-def logs(job_id: str, node: str | None, rank: int | None, follow: bool) -> None:
-    """Print a job's logs from its run directory: one per node (newest attempt), or one rank's.
+@_WORKDIR
+def logs(target: str, node: str | None, rank: int | None, follow: bool, workdir: str | None) -> None:
+    """Print a run's logs: each node's (newest attempt) under a header naming node and file, or one rank's.
+
+    TARGET as for `xgen status`; the logs of every run directory of a hand-run job.
 
     \b
     Example:
@@ -532,10 +551,16 @@ def logs(job_id: str, node: str | None, rank: int | None, follow: bool) -> None:
     from xgen.ops.status import log_files
 
     def action() -> None:
-        files = log_files(job_id, node, rank)
-        # tail: the one well-known tool that prints (and follows) several files with a name header each.
-        command = ["tail", "-n", "+1", *(["-F"] if follow else []), *map(str, files)]
-        os.execvp("tail", command)
+        files = log_files(target, node, rank, workdir)
+        if follow:
+            # tail: the one well-known tool that follows several files, a header (the file) before each.
+            os.execvp("tail", ["tail", "-v", "-n", "+1", "-F", *(str(path) for _, path in files)])
+        out = sys.stdout.buffer
+        for number, (header, path) in enumerate(files):
+            out.write(f"{chr(10) if number else ''}==> {header}: {path} <==\n".encode())
+            with path.open("rb") as log:
+                shutil.copyfileobj(log, out)
+        out.flush()
 
     guarded(action)
 

@@ -109,6 +109,23 @@ class ClusterConfig:
             "600",
         ),
     )
+    rendezvous: Literal["static", "c10d"] = field(
+        default="static",
+        metadata=doc(
+            "How torch.distributed.run's nodes meet: `static` (--master_addr/--node_rank; each node's rank "
+            "is its Slurm node id or --node-rank) or `c10d` (--rdzv-backend c10d --rdzv-endpoint "
+            "MASTER:PORT --rdzv-id JOB: the node rank comes from the rendezvous; docs/fault-tolerance.md).",
+            "c10d",
+        ),
+    )
+    max_restarts: int = field(
+        default=0,
+        metadata=doc(
+            "Restarts inside the job (torch.distributed.run --max-restarts): when any worker fails, the "
+            "workers restart and resume from the newest complete checkpoint, each restart said in one line.",
+            "3",
+        ),
+    )
     ssh_port: int | None = field(
         default=None, metadata=doc("Non-default ssh port for the DeepSpeed (pdsh/ssh) launcher.", "2222")
     )

@@ -250,8 +250,8 @@ def test_pinned_device_carries_no_other_kinds_branch():
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # the runtime check and the preflight pass; the launch records where it ran and what it saw
-case "${1:-} ${2:-}" in
-  "-m runtime" | "-m runtime.preflight") exit 0 ;;
+case "${1:-} ${2:-} ${3:-}" in
+  "-m runtime check" | "-m runtime.preflight "*) exit 0 ;;
 esac
 printf '%s\\0' "$PWD" "${XGEN_CT_VALUE:-unset}" "${NCCL_DEBUG:-unset}" "${HF_TOKEN:-unset}" "$@" >"$DUMP"
 """
@@ -306,8 +306,9 @@ def test_shell_script_runs_the_launch_through_apptainer(tmp_path):
         [str(python), "-m", "runtime.preflight"],
         [str(python), "-m", "runtime"],  # runtime check
         [str(python), "-c", commands[2][2]],  # the free port for this one-node run
-        [str(python), "-m", "torch.distributed.run"],
+        [str(python), "-m", "runtime"],  # runtime launch: torch.distributed.run
     ], commands
+    assert commands[3][3] == "launch" and commands[1][3] == "check"
     for call in calls:
         argv = call["argv"]
         assert argv[0] == "exec" and "--nv" not in argv
@@ -316,4 +317,4 @@ def test_shell_script_runs_the_launch_through_apptainer(tmp_path):
         assert not any("hf_PassedByName9" in a or "$value" in a for a in argv)
     where, value, nccl, token, *args = dump.read_bytes().decode().split("\0")[:-1]
     assert (where, value, nccl, token) == (str(inner), "it's a $value", "INFO", "hf_PassedByName9")
-    assert args[:2] == ["-m", "torch.distributed.run"]
+    assert args[:3] == ["-m", "runtime", "launch"]

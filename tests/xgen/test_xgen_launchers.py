@@ -297,7 +297,7 @@ def test_launcher_matrix(tmp_path, command, launcher):
     if says is None:
         assert result.exit_code == 0, result.stderr
         text = (tmp_path / "out.sh").read_text()
-        started = {"torchrun": "torch.distributed.run", "deepspeed": "deepspeed.launcher.runner"}
+        started = {"torchrun": '"$PYTHON" -m runtime launch', "deepspeed": "deepspeed.launcher.runner"}
         assert started.get(launcher, "accelerate.commands.launch") in text
     else:
         assert result.exit_code == 2
@@ -309,10 +309,45 @@ def test_launcher_matrix(tmp_path, command, launcher):
 def test_unset_launcher_is_each_commands_own(tmp_path):
     cfg = write_config(tmp_path, {"cluster": {"nodes": 2, "hosts": ["n0", "n1"]}})
     for command, extra, started in (
-        ("slurm", [], "torch.distributed.run"),
-        ("shell", ["--node-rank", "0"], "torch.distributed.run"),
+        ("slurm", [], '"$PYTHON" -m runtime launch'),
+        ("shell", ["--node-rank", "0"], '"$PYTHON" -m runtime launch'),
         ("deepspeed", ["--hostfile", str(tmp_path / "h")], "deepspeed.launcher.runner"),
         ("accelerate", ["--node-rank", "0"], "accelerate.commands.launch"),
     ):
         result = CliRunner().invoke(main, [command, str(cfg), *extra])
         assert result.exit_code == 0 and started in result.stdout, (command, result.stderr)
+
+
+@pytest.mark.parametrize("command", ["slurm", "shell"])
+def test_c10d_rendezvous_and_restarts_render_the_seed_form(tmp_path, command):
+    """cluster.rendezvous: c10d renders MDL-Toolkit's torchrun form (endpoint = the master and the job's
+    port, id = the Slurm job id, else one per config) with no node rank; max_restarts reaches
+    --max-restarts; the script stays shellcheck- and bash -n-clean."""
+    cluster = {"nodes": 2, "hosts": ["n0", "n1"], "rendezvous": "c10d", "max_restarts": 3}
+    cfg = write_config(tmp_path, {"cluster": cluster})
+    extra = ["--node-rank", "1"] if command == "shell" else []
+    result = CliRunner().invoke(main, [command, str(cfg), *extra])
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    launch = text[text.index('"$PYTHON" -m runtime launch') :].split("-m runtime train")[0]
+    assert "--rdzv-backend c10d" in launch and '--rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"' in launch
+    assert '--rdzv-id "${SLURM_JOB_ID:-xgen-' in launch and "--max-restarts 3" in launch
+    assert "--node_rank" not in launch and "--master_addr" not in launch
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["shellcheck", str(script)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("cluster", "says"),
+    [
+        ({"max_restarts": -1}, "xgen: error: cluster.max_restarts: must be at least 0, got -1"),
+        ({"rendezvous": "etcd"}, "xgen: error: cluster.rendezvous: must be one of static|c10d"),
+    ],
+)
+def test_bad_restart_settings_are_one_line(tmp_path, cluster, says):
+    cfg = write_config(tmp_path, {"cluster": cluster})
+    result = CliRunner().invoke(main, ["slurm", str(cfg)])
+    assert result.exit_code == 2 and result.stderr.startswith(says), result.stderr
+    assert result.stderr.count("\n") == 1

@@ -148,7 +148,7 @@ def test_every_node_step_defines_what_it_calls_and_runs(tmp_path, case):
     steps = sorted((tmp_path / "dump").glob("step.*"))
     assert len(steps) == (3 if "deepspeed" in case else 2), result.stderr  # preflight, [hostfile,] training
     launches = (tmp_path / "dump" / "python.calls").read_text()
-    launcher = "deepspeed.launcher.runner" if "deepspeed" in case else "torch.distributed.run"
+    launcher = "deepspeed.launcher.runner" if "deepspeed" in case else "-m runtime launch"
     assert launches.count(launcher) == 2, launches  # once per node
 
 

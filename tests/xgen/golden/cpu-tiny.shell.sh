@@ -215,13 +215,16 @@ xgen_launch() {
   # --log-dir/--tee 3: each worker's stdout/stderr also lands in <node log>.ranks/<run>/attempt_0/<local
   # rank>/{stdout,stderr}.log (console lines then start with [default<local rank>]:), and a failing
   # worker's error.json (traceback, rank, time) next to them.
-  # python -m torch.distributed.run, never the torchrun binary: its shebang breaks when a conda env is
-  # copied or moved. Static rendezvous: every node names the same master and its own node rank.
-  "$PYTHON" -m torch.distributed.run \
+  # `python -m runtime launch` is torch.distributed.run with the same arguments (never the torchrun
+  # binary: its shebang breaks when a conda env is copied or moved); it says each restart, a planned stop
+  # and the first failure in one line (runtime/commands/launch.py).
+  # Static rendezvous: every node names the same master and its own node rank.
+  "$PYTHON" -m runtime launch \
     --nnodes "$NNODES" \
     --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" \
     --master_port "$MASTER_PORT" \
+    --max-restarts 0 \
     --nproc_per_node "$NPROC_PER_NODE" \
     --rdzv_conf "timeout=$XGEN_RDZV_TIMEOUT" \
     --log-dir "${XGEN_NODE_LOG%.log}.ranks" \

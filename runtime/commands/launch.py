@@ -108,26 +108,44 @@ def _announce_restarts(args: Any) -> None:
     LocalElasticAgent._xgen_announces = True  # type: ignore[attr-defined]
 
 
+def _progress(args: Any) -> dict[str, Any]:
+    out = _output_dir(args)
+    path = out / PROGRESS_FILE if out else None
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _planned_stop(args: Any) -> int:
+    """Every worker checkpointed and stopped (exit 75): one line, and 75 for the script."""
+    checkpoint = _progress(args).get("last_checkpoint")
+    where = f"{Path(checkpoint).name} saved in {_output_dir(args)}" if checkpoint else "checkpoint saved"
+    _say(f"{where}; rerun this script to continue")
+    return EXIT_PREEMPTED
+
+
 def launch(argv: list[str]) -> int:
     """Run torch.distributed.run with `argv`; the exit status of the workers, said in one line."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = torchrun.parse_args(argv)
     _announce_restarts(args)
     try:
         torchrun.run(args)
+    except SignalException as err:
+        # This launcher was signalled (an operator, a scheduler): it passed the signal to its workers,
+        # which checkpoint and stop (exit 75) when they can.
+        if _progress(args).get("phase") == "preempted":
+            return _planned_stop(args)
+        _say(f"stopped by {err.sigval.name}; no checkpoint was written for this stop", error=True)
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         failures = err.failures
         if failures and all(f.exitcode == EXIT_PREEMPTED for f in failures.values()):
-            out = _output_dir(args)
-            progress = out / PROGRESS_FILE if out else None
-            checkpoint = None
-            if progress is not None and progress.is_file():
-                checkpoint = json.loads(progress.read_text()).get("last_checkpoint")
-            where = f"{Path(checkpoint).name} saved in {out}" if checkpoint else "checkpoint saved"
-            _say(f"{where}; rerun this script to continue")
-            return EXIT_PREEMPTED
+            return _planned_stop(args)
         rank, failure = err.get_first_failure()
         if failure.exitcode in SAID_BY_THE_RUNTIME:
             return failure.exitcode  # the worker printed its own one line

@@ -13,11 +13,11 @@ import harness
 
 
 def _workers(cluster: harness.Cluster, node: str) -> list[int]:
-    """Training worker processes on a node (torch.distributed.run's children, not the agent)."""
+    """Training worker processes on a node (the children of `runtime launch`, not the agent itself)."""
     return [
         pid
         for pid in cluster.node_processes(node, "runtime")
-        if "train" in harness._cmdline(pid) and "torch.distributed.run" not in harness._cmdline(pid)
+        if "train" in harness._cmdline(pid) and "runtime launch" not in harness._cmdline(pid)
     ]
 
 

@@ -240,7 +240,7 @@ def test_shell_nodes_sigterm_then_same_scripts_resume(
             pid
             # torchrun is given the config frozen into the run directory, not the YAML itself.
             for pid in cluster.node_processes(node, str(shared_dir / "xgen-runs"))
-            if "torch.distributed.run" in harness._cmdline(pid)
+            if "runtime launch" in harness._cmdline(pid)
         ]
         os.kill(agent, signal.SIGTERM)
     codes = [proc.wait(timeout=120) for proc in procs]

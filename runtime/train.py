@@ -116,7 +116,7 @@ def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> Tr
 
 
 def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainResult:
-    from runtime.fit import run_record
+    from runtime.fit import run_record, watchdog
     from runtime.fit.optimizers import check_method_packages, check_world
     from runtime.fit.progress import ProgressCallback
     from runtime.perf.plan import apply_perf, resolve_perf
@@ -192,7 +192,12 @@ def _train(cfg: TrainConfig, preempt: Any, extra_callbacks: list[Any]) -> TrainR
         device,
         args,
         info,
-        callbacks=[preempt, progress, *extra_callbacks],
+        callbacks=[
+            preempt,
+            progress,
+            watchdog.callback(cfg.output_dir, rank=launch_ranks()[0], world_size=info.world_size),
+            *extra_callbacks,
+        ],
         preempt=preempt,
         progress=progress,
         run_record=decision.record,

@@ -136,6 +136,7 @@ def _check_cluster(config: Config) -> tuple[Host, ...]:
     _positive("cluster.ssh_port", c.ssh_port, 1, 65535)
     _positive("cluster.rdzv_timeout", c.rdzv_timeout)
     _positive("cluster.max_restarts", c.max_restarts, 0, 100)
+    _positive("cluster.hang_timeout", c.hang_timeout, 0)
     _positive("cluster.hccl_connect_timeout", c.hccl_connect_timeout)
     _positive("cluster.hccl_exec_timeout", c.hccl_exec_timeout)
     _positive("cluster.omp_num_threads", c.omp_num_threads)

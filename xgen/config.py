@@ -126,6 +126,15 @@ class ClusterConfig:
             "3",
         ),
     )
+    hang_timeout: int = field(
+        default=1800,
+        metadata=doc(
+            "Seconds without an optimizer step before the watchdog names the stuck rank(s), writes the "
+            "ranks' Python stacks to the run directory and ends the workers (a failure for max_restarts); "
+            "saves and evaluations pause it; 0 turns it off.",
+            "600",
+        ),
+    )
     ssh_port: int | None = field(
         default=None, metadata=doc("Non-default ssh port for the DeepSpeed (pdsh/ssh) launcher.", "2222")
     )

@@ -43,6 +43,7 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     if cfg.do_train and not cfg.dataset and cfg.export_dir is None:
         raise ConfigError(p + "dataset", "required for training (names in dataset_info.json or file paths)")
     _check_ranges(cfg, p)
+    _cap_ddp_timeout(cfg, p)
     if cfg.bf16 and cfg.fp16:
         raise ConfigError(p + "fp16", "bf16 and fp16 are both true; choose one")
     if cfg.packing and cfg.stage in ("rm", "dpo", "kto"):
@@ -160,6 +161,23 @@ def _check_token_budget(cfg: TrainConfig, p: str) -> None:
         raise ConfigError(key, "needs the example lengths up front; a stream has none: drop streaming")
     if cfg.perf == "off":
         raise ConfigError(key, "needs the padding-free path, which perf: off leaves off; set perf: auto")
+
+
+# Longest a collective may wait before the run counts it as hung (seconds). LLaMA-Factory's examples set
+# ddp_timeout: 180000000 (5.7 years) so that ranks waiting in a barrier while rank 0 tokenizes never time
+# out; here tokenization waits on files, not a collective (runtime/data/once.py), so a longer wait is a hang
+# that would otherwise hold the allocation until its time limit with nothing in the log.
+MAX_DDP_TIMEOUT = 7200
+
+
+def _cap_ddp_timeout(cfg: TrainConfig, p: str) -> None:
+    if cfg.ddp_timeout > MAX_DDP_TIMEOUT:
+        cfg.notes.append(
+            f"{p}ddp_timeout: {cfg.ddp_timeout} s ({cfg.ddp_timeout / 86400:.0f} days) capped at "
+            f"{MAX_DDP_TIMEOUT} s: a collective waiting longer is a hang, and tokenization here never "
+            "waits in one (LLaMA-Factory's reason for the large value)"
+        )
+        cfg.ddp_timeout = MAX_DDP_TIMEOUT
 
 
 def _check_ranges(cfg: TrainConfig, p: str) -> None:

@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from runtime.contract.say import say
 from runtime.distributed import barrier, launch_ranks
-from runtime.fit import checkpoints
+from runtime.fit import checkpoints, watchdog
 from runtime.scaffolding import testing
 
 
@@ -73,6 +73,13 @@ class XgenTrainer(Trainer):
             params["prefetch_factor"] = args.dataloader_prefetch_factor
         return self.accelerator.prepare(DataLoader(dataset, **params))
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        watchdog.phase("evaluating")  # a long evaluation is not a hang
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            watchdog.phase("training")
+
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         testing.log_examples(self.state.global_step + 1, inputs)  # XGEN_TEST_LOG_EXAMPLES only
         return super().training_step(model, inputs, *args, **kwargs)
@@ -114,6 +121,7 @@ class XgenTrainer(Trainer):
             shutil.rmtree(staging / name, ignore_errors=True)  # left by a save that was killed
         barrier()
         self._get_output_dir = lambda trial=None: str(staging)  # type: ignore[method-assign]
+        watchdog.phase("saving")  # a long save is not a hang
         try:
             super()._save_checkpoint(model, trial)
         except Exception as err:
@@ -135,6 +143,7 @@ class XgenTrainer(Trainer):
             checkpoints.publish(staging / name, run_dir / name)
             self._rotate(run_dir)
         barrier()
+        watchdog.phase("training")
 
     def _rotate(self, run_dir: Path) -> None:
         """Keep the newest save_total_limit complete checkpoints (by step, not mtime)."""

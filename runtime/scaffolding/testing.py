@@ -6,6 +6,7 @@
                                    preemption (R > 0: the signal reaches another rank first).
   XGEN_FAULT_KILL_AT_STEP=N[@R]    rank R (default 0) SIGKILLs itself after step N, on the first attempt
                                    only (TORCHELASTIC_RESTART_COUNT 0): a worker that dies mid-run.
+  XGEN_FAULT_STOP_AT_STEP=N[@R]    the same with SIGSTOP: a rank that hangs (the hang watchdog's proof).
   XGEN_TEST_ASSERT_ENV=NAME,NAME   every rank checks these variables are set and non-empty and prints
                                    their names only (the cluster test for cluster.pass_env uses it).
   XGEN_TEST_LOG_EXAMPLES=DIR       every rank appends, per micro-batch, the optimizer step it belongs to
@@ -28,6 +29,7 @@ from typing import Any
 FAULT_KILL_IN_SAVE = "XGEN_FAULT_KILL_IN_SAVE"
 FAULT_SIGNAL_AT_STEP = "XGEN_FAULT_SIGNAL_AT_STEP"
 FAULT_KILL_AT_STEP = "XGEN_FAULT_KILL_AT_STEP"
+FAULT_STOP_AT_STEP = "XGEN_FAULT_STOP_AT_STEP"
 TEST_ASSERT_ENV = "XGEN_TEST_ASSERT_ENV"
 TEST_LOG_EXAMPLES = "XGEN_TEST_LOG_EXAMPLES"
 
@@ -50,11 +52,12 @@ def signal_at_step(step: int) -> None:
 
 
 def kill_at_step(step: int) -> None:
-    """XGEN_FAULT_KILL_AT_STEP: called at the end of every optimizer step."""
-    at, _, rank = os.environ.get(FAULT_KILL_AT_STEP, "").partition("@")
+    """XGEN_FAULT_KILL_AT_STEP / XGEN_FAULT_STOP_AT_STEP: called at the end of every optimizer step."""
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if at == str(step) and _rank() == int(rank or 0) and first_attempt:
-        os.kill(os.getpid(), signal.SIGKILL)
+    for variable, sig in ((FAULT_KILL_AT_STEP, signal.SIGKILL), (FAULT_STOP_AT_STEP, signal.SIGSTOP)):
+        at, _, rank = os.environ.get(variable, "").partition("@")
+        if at == str(step) and _rank() == int(rank or 0) and first_attempt:
+            os.kill(os.getpid(), sig)
 
 
 def check_test_assert_env() -> None:

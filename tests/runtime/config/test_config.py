@@ -75,6 +75,20 @@ def test_lf_cli_keys_accepted() -> None:
     assert cfg.resume_from_checkpoint == "auto"  # LLaMA-Factory's null also resumes
 
 
+def test_an_absurd_ddp_timeout_is_capped_with_a_note() -> None:
+    """LLaMA-Factory's ddp_timeout: 180000000 (5.7 years) would let a hung collective hold the allocation
+    to its time limit; it is capped at MAX_DDP_TIMEOUT with one note, a sane value is left alone."""
+    from runtime.config.rules import MAX_DDP_TIMEOUT
+
+    cfg = parse(ddp_timeout=180000000)
+    assert cfg.ddp_timeout == MAX_DDP_TIMEOUT == 7200
+    assert [n for n in cfg.notes if "ddp_timeout" in n] == [
+        "train.ddp_timeout: 180000000 s (2083 days) capped at 7200 s: a collective waiting longer is a hang, "
+        "and tokenization here never waits in one (LLaMA-Factory's reason for the large value)"
+    ]
+    assert parse(ddp_timeout=1800).ddp_timeout == 1800 and not parse(ddp_timeout=1800).notes
+
+
 def test_deepspeed_named_stage_path_and_dict(tmp_path: Path) -> None:
     assert parse(deepspeed="z3").deepspeed_config == zero_config("z3")
     path = tmp_path / "ds.json"

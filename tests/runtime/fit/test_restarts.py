@@ -8,6 +8,7 @@ Real torch.distributed.run, 2 gloo ranks on CPU; the fault is a real SIGKILL of 
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +92,25 @@ def test_a_planned_stop_says_rerun_in_one_line_and_exits_75(tiny_dir, tmp_path):
     again = _launch(cfg, tmp_path)  # the same command continues
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {tmp_path / 'out' / 'checkpoint-3'}" in again.stdout
+
+
+def test_a_hung_worker_is_named_its_peers_stacks_written_and_the_run_restarts(
+    tiny_dir, tmp_path, uninterrupted
+):
+    """Rank 1 is SIGSTOPped after step 3 (a hang: alive, silent); rank 0 waits in the next collective. With
+    XGEN_HANG_TIMEOUT=15 the watchdog names rank 1 within the timeout plus its heartbeat period, writes
+    rank 0's Python stacks to the run directory, ends the workers, and the restart completes the run."""
+    out, run_dir = tmp_path / "out", tmp_path / "run"
+    env = {"XGEN_FAULT_STOP_AT_STEP": "3@1", "XGEN_HANG_TIMEOUT": "15", "XGEN_RUN_DIR": str(run_dir)}
+    run = _launch(_config(tiny_dir, tmp_path), tmp_path, "--max-restarts", "1", env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    host = socket.gethostname()
+    hang = [line for line in run.stderr.splitlines() if line.startswith("xgen-runtime: error: hang:")]
+    assert len(hang) == 1, run.stderr[-3000:]
+    # Rank 0 last finished step 2 or 3: step 3's end waits in the preemption flag's all-reduce for rank 1.
+    assert re.search(r"no optimizer step for 15 s after step [23]; ", hang[0]), hang[0]
+    assert f"stuck: rank 1 on {host} (no heartbeat)" in hang[0]
+    stacks = run_dir / "stacks" / f"{host}-rank0.txt"
+    assert "Thread" in stacks.read_text() or "File" in stacks.read_text()  # faulthandler's dump
+    assert "restart 1/1: rank 0" in run.stdout  # the watchdog's exit is the failure the restart answers
+    assert max_diff(weights(out), weights(uninterrupted)) == 0.0

@@ -38,6 +38,10 @@ XGEN_WORKDIR=/shared/runs/qwen-7b-full
 NNODES=2
 # Seconds a node waits at the rendezvous before giving up (cluster.rdzv_timeout): bounds a wrong master.
 XGEN_RDZV_TIMEOUT=600
+# Seconds without an optimizer step before the runtime's watchdog names the stuck rank(s) and ends the
+# workers (cluster.hang_timeout; 0: off). Checkpoint saves and evaluations pause it.
+XGEN_HANG_TIMEOUT=1800
+export XGEN_HANG_TIMEOUT
 # Python writes each line when it happens, not in 8 KiB blocks when stdout is a file (Slurm's log).
 PYTHONUNBUFFERED=1
 export PYTHON XGEN_WORKDIR NNODES XGEN_RDZV_TIMEOUT PYTHONUNBUFFERED

@@ -1,0 +1,168 @@
+"""A hung rank is caught: no optimizer step for `XGEN_HANG_TIMEOUT` seconds (cluster.hang_timeout) ends
+the workers with one line naming the stuck rank(s) and the stacks of every rank that can still write them.
+
+Why our own code: a collective that never completes waits for `ddp_timeout` (LLaMA-Factory's examples set
+5.7 years), and NCCL's own watchdog (TORCH_NCCL_ASYNC_ERROR_HANDLING) covers NCCL only, not gloo, HCCL or
+a rank stuck outside a collective. This one is device-neutral and needs no process group:
+
+- every rank's heartbeat thread writes `output_dir/.xgen-heartbeat/rank-<R>.json` (step, phase, time)
+  every HEARTBEAT_S seconds; output_dir is shared by every node;
+- a rank whose own last step is older than the timeout (checkpoint saves and evaluations pause the clock:
+  they report their own progress) reads every heartbeat: a rank whose heartbeat stopped (a stopped or
+  dead process) or, when all still beat, the ranks at the lowest step are the stuck ones;
+- it writes its Python stacks (faulthandler, all threads) to `<run dir>/stacks/<host>-rank<R>.txt`, the
+  lowest rank that is not stuck prints one line naming the stuck ranks, and it exits EXIT_HUNG, which
+  torch.distributed.run counts as a failure: with cluster.max_restarts the workers restart and resume.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HANG_TIMEOUT = "XGEN_HANG_TIMEOUT"  # seconds; the scripts export cluster.hang_timeout
+DEFAULT_HANG_TIMEOUT = 1800.0
+HEARTBEAT_S = 5.0
+EXIT_HUNG = 124  # timeout(1)'s status for "ran out of time"
+HEARTBEATS = ".xgen-heartbeat"
+
+
+def hang_timeout() -> float:
+    """Seconds without a step before the watchdog acts; 0 turns it off."""
+    value = os.environ.get(HANG_TIMEOUT, "")
+    try:
+        return float(value) if value else DEFAULT_HANG_TIMEOUT
+    except ValueError:
+        return DEFAULT_HANG_TIMEOUT
+
+
+def stuck_ranks(beats: dict[int, dict[str, Any]], world_size: int, now: float) -> tuple[list[int], str]:
+    """The stuck ranks and why, from every rank's last heartbeat (rank -> {step, time, host})."""
+    stale = [r for r in range(world_size) if r not in beats or now - beats[r]["time"] > 3 * HEARTBEAT_S]
+    if stale:
+        return stale, "no heartbeat"
+    lowest = min(b["step"] for b in beats.values())
+    if all(b["step"] == lowest for b in beats.values()):
+        return sorted(beats), "every rank waits at the same step"
+    return sorted(r for r, b in beats.items() if b["step"] == lowest), f"behind, at step {lowest}"
+
+
+class Watchdog:
+    """Started at the first training step (before it, loading and tokenizing report their own progress)."""
+
+    def __init__(self, output_dir: str, run_dir: str | None, rank: int, world_size: int) -> None:
+        self.timeout = hang_timeout()
+        self.folder = Path(output_dir) / HEARTBEATS
+        self.stacks = Path(run_dir or output_dir) / "stacks"
+        self.rank, self.world_size = rank, world_size
+        self.host = socket.gethostname()
+        self.step = 0
+        self.phase = "training"
+        self.last_progress = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.timeout <= 0 or self._thread is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._beat()  # replaces this rank's heartbeat from an earlier attempt at once
+        self._thread = threading.Thread(target=self._run, name="xgen-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def progress(self, step: int | None = None, phase: str = "training") -> None:
+        """A step ended, or a long phase (saving, evaluating) began or ended: the clock restarts."""
+        if step is not None:
+            self.step = step
+        self.phase = phase
+        self.last_progress = time.monotonic()
+
+    def _beat(self) -> None:
+        beat = {"step": self.step, "phase": self.phase, "time": time.time(), "host": self.host}
+        tmp = self.folder / f".rank-{self.rank}.tmp"
+        tmp.write_text(json.dumps(beat))
+        os.replace(tmp, self.folder / f"rank-{self.rank}.json")
+
+    def _beats(self) -> dict[int, dict[str, Any]]:
+        found = {}
+        for path in self.folder.glob("rank-*.json"):
+            try:
+                found[int(path.stem.split("-")[1])] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except OSError:
+                continue
+            busy = self.phase != "training"  # a save or an evaluation reports its own progress
+            if busy or time.monotonic() - self.last_progress < self.timeout:
+                continue
+            self._act()
+
+    def _act(self) -> None:
+        beats = self._beats()
+        stuck, why = stuck_ranks(beats, self.world_size, time.time())
+        self.stacks.mkdir(parents=True, exist_ok=True)
+        path = self.stacks / f"{self.host}-rank{self.rank}.txt"
+        with open(path, "w") as handle:
+            handle.write(
+                f"rank {self.rank} on {self.host}, step {self.step}, no step for {self.timeout:.0f} s\n"
+            )
+            faulthandler.dump_traceback(file=handle, all_threads=True)
+        live = [r for r in range(self.world_size) if r not in stuck] or stuck
+        if self.rank == min(live):
+            named = ", ".join(f"rank {r} on {beats.get(r, {}).get('host', '?')}" for r in stuck)
+            print(
+                f"xgen-runtime: error: hang: no optimizer step for {self.timeout:.0f} s after step "
+                f"{self.step}; stuck: {named} ({why}); Python stacks of the ranks that could write them "
+                f"in {self.stacks}",
+                file=sys.stderr,
+                flush=True,
+            )
+        os._exit(EXIT_HUNG)
+
+
+_ACTIVE: list[Watchdog] = []  # the one started in this process, for phase() below
+
+
+def phase(name: str) -> None:
+    """A long phase begins ("saving", "evaluating") or ends ("training"): the clock pauses meanwhile."""
+    for dog in _ACTIVE:
+        dog.progress(phase=name)
+
+
+def callback(output_dir: str, rank: int, world_size: int) -> Any:
+    """The TrainerCallback that arms the watchdog at the first step and feeds it every step."""
+    from transformers import TrainerCallback
+
+    class WatchdogCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.dog = Watchdog(output_dir, os.environ.get("XGEN_RUN_DIR"), rank, world_size)
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.dog.progress(step=state.global_step)
+            self.dog.start()
+            _ACTIVE[:] = [self.dog]
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.dog.progress(step=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.dog.stop()
+            _ACTIVE.clear()
+
+    return WatchdogCallback()

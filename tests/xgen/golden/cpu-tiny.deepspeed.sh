@@ -303,6 +303,7 @@ xgen_say "deepspeed on this node, $NPROC_PER_NODE processes, --include $XGEN_DS_
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
+XGEN_RC=0
 "$PYTHON" -m deepspeed.launcher.runner \
   --hostfile "$XGEN_HOSTFILE" \
   --include "$XGEN_DS_INCLUDE" \
@@ -311,4 +312,9 @@ xgen_say "deepspeed on this node, $NPROC_PER_NODE processes, --include $XGEN_DS_
   --master_addr "$MASTER_ADDR" \
   --master_port "$MASTER_PORT" \
   --no_local_rank \
-  --module runtime train "$XGEN_CONFIG"
+  --module runtime train "$XGEN_CONFIG" || XGEN_RC=$?
+if ((XGEN_RC == 75)); then
+  # Every rank checkpointed and stopped (SIGUSR1/SIGTERM): nothing failed, the run continues on a rerun.
+  xgen_say "the run stopped after writing a checkpoint (exit 75); rerun this script to continue"
+fi
+exit "$XGEN_RC"

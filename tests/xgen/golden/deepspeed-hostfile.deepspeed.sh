@@ -387,6 +387,7 @@ xgen_say "deepspeed on $(wc -l <"$XGEN_HOSTFILE") hosts, master=$MASTER_ADDR:$MA
 # --master_addr always: left out, DeepSpeed guesses the first address of `hostname -I` (DeepSpeed #5136).
 # --no_local_rank: the runtime reads LOCAL_RANK from the environment; DeepSpeed would otherwise insert
 # `--local_rank=N` between the module name and its arguments, which `runtime train` rejects.
+XGEN_RC=0
 # env -u: the launcher itself never holds the credentials (it would copy MLFLOW*/PYTHON*/NCCL*… names
 # onto the remote command line); the ranks read them from $XGEN_SECRET_ENV_FILE.
 env -u HF_TOKEN -u WANDB_API_KEY \
@@ -397,4 +398,9 @@ env -u HF_TOKEN -u WANDB_API_KEY \
   --master_port "$MASTER_PORT" \
   --ssh_port 2222 \
   --no_local_rank \
-  --module runtime train "$XGEN_CONFIG"
+  --module runtime train "$XGEN_CONFIG" || XGEN_RC=$?
+if ((XGEN_RC == 75)); then
+  # Every rank checkpointed and stopped (SIGUSR1/SIGTERM): nothing failed, the run continues on a rerun.
+  xgen_say "the run stopped after writing a checkpoint (exit 75); rerun this script to continue"
+fi
+exit "$XGEN_RC"

@@ -121,7 +121,8 @@ def _check(cfg, path: str, visible_only: bool) -> int:
     if report.problems:
         _print_errors(report.problems)
         return EXIT_CONFIG
-    say(f"check: ok ({report.datasets} datasets read, columns present)")
+    plural = "" if report.datasets == 1 else "s"
+    say(f"check: ok ({report.datasets} dataset{plural} read, columns present)")
     return 0
 
 

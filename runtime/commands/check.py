@@ -39,6 +39,8 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
     if not visible_only:
         _check_paths(cfg, prefix, report)
         report.problems += _resume_problems(cfg)
+    elif Path(cfg.output_dir).is_dir():  # xgen check, where output_dir is visible: said, not refused
+        report.notes += [f"training would refuse: {line}" for line in _resume_problems(cfg)]
     if not any(getattr(cfg, key) for key in DATASET_KEYS):
         return report
     found = _check_datasets(cfg, prefix)

@@ -7,6 +7,8 @@ and adds three things torchrun's own CLI lacks (why our own code: torchrun has n
 - a restart inside the allocation (`--max-restarts`, cluster.max_restarts) prints one line: which rank
   on which host failed and how (its error.json message, or the signal), the restart number out of the
   maximum, and the checkpoint the new workers resume from;
+- SIGUSR1 sent to this launcher is passed to every worker (torchrun itself dies of it and leaves the
+  workers running unsupervised); with SIGTERM, which torchrun already passes on, it is a planned stop;
 - a planned stop (every failed worker exited 75 after its checkpoint: SIGUSR1/SIGTERM) ends with one
   line, `checkpoint-N saved in OUTPUT_DIR; rerun this script to continue`, and exit status 75, instead
   of torchrun's ChildFailedError traceback and exit 1;
@@ -16,8 +18,10 @@ and adds three things torchrun's own CLI lacks (why our own code: torchrun has n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -71,6 +75,19 @@ def _newest_checkpoint(out: Path | None) -> str:
     return str(found[-1]) if found else f"the start (no complete checkpoint in {out} yet)"
 
 
+_AGENT: list[Any] = []  # the elastic agent of this process, once it monitors its workers
+
+
+def _forward_usr1(signum: int, frame: Any) -> None:
+    """SIGUSR1 to this launcher reaches every worker (torchrun would die of it, leaving the workers
+    running unsupervised): each checkpoints at the end of its step and exits 75, a planned stop."""
+    for agent in _AGENT:
+        for worker in agent._worker_group.workers:
+            if worker.id is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(worker.id), signal.SIGUSR1)
+
+
 def _announce_restarts(args: Any) -> None:
     """Wrap the elastic agent's restart so that each one is said in one line (torchrun logs it at INFO
     level, without the failure)."""
@@ -81,6 +98,7 @@ def _announce_restarts(args: Any) -> None:
     monitor, restart = LocalElasticAgent._monitor_workers, LocalElasticAgent._restart_workers
 
     def monitored(self: Any, worker_group: Any) -> Any:
+        _AGENT[:] = [self]
         self._xgen_last = monitor(self, worker_group)
         return self._xgen_last
 
@@ -117,6 +135,15 @@ def _progress(args: Any) -> dict[str, Any]:
         return {}
 
 
+def _written_since(args: Any, started: float) -> bool:
+    """The progress file was written by this launch's workers, not left by an earlier attempt."""
+    out = _output_dir(args)
+    try:
+        return out is not None and (out / PROGRESS_FILE).stat().st_mtime >= started
+    except OSError:
+        return False
+
+
 def _planned_stop(args: Any) -> int:
     """Every worker checkpointed and stopped (exit 75): one line, and 75 for the script."""
     checkpoint = _progress(args).get("last_checkpoint")
@@ -133,12 +160,15 @@ def launch(argv: list[str]) -> int:
 
     args = torchrun.parse_args(argv)
     _announce_restarts(args)
+    signal.signal(signal.SIGUSR1, _forward_usr1)
+    started = time.time()
     try:
         torchrun.run(args)
     except SignalException as err:
         # This launcher was signalled (an operator, a scheduler): it passed the signal to its workers,
         # which checkpoint and stop (exit 75) when they can.
-        if _progress(args).get("phase") == "preempted":
+        progress = _progress(args)
+        if progress.get("phase") == "preempted" and _written_since(args, started):
             return _planned_stop(args)
         _say(f"stopped by {err.sigval.name}; no checkpoint was written for this stop", error=True)
         return 128 + int(err.sigval)

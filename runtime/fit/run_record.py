@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,8 +308,9 @@ def _decide(cfg: TrainConfig, differences_from: Any) -> Decision:
             )
         if not cfg.overwrite_output_dir:
             return Decision(problems=_mismatch(out, diffs))
-        cfg.resume_from_checkpoint = False
-        return Decision(notes=[f"{out} holds another run; starting fresh (overwrite_output_dir: true)"])
+        # overwrite_output_dir: the other run's finished state gives way, so that a stop of this run is not
+        # taken for the other run's end at the next start.
+        _remove([out / "train_results.json", out / RECORD_FILE, out / checkpoints.STATE_FILE])
     complete = checkpoints.complete_checkpoints(out)
     if not complete:
         return Decision()
@@ -318,17 +321,23 @@ def _decide(cfg: TrainConfig, differences_from: Any) -> Decision:
         if cfg.overwrite_output_dir and not checkpoints.requeued():
             return Decision()  # resolve_resume starts fresh (overwrite_output_dir: true)
         return Decision(notes=[f"{newest} has no {RECORD_FILE}: not checked to be this run's"])
-    diffs = differences_from(saved)
-    if diffs and cfg.overwrite_output_dir:
-        cfg.resume_from_checkpoint = False  # a Slurm restart too: never resume another run's checkpoint
-        return Decision(notes=[f"{newest} is another run's; starting fresh (overwrite_output_dir: true)"])
-    if diffs:
-        return Decision(problems=_mismatch(newest, diffs))
-    found = [c for c in complete if checkpoints.before_end(cfg, c)]
-    if not found:  # only a final-step checkpoint whose final save did not finish: resolve_resume says so
-        return Decision()
-    newest = found[-1]
     notes = []
+    if differences_from(saved):
+        if not cfg.overwrite_output_dir:
+            return Decision(problems=_mismatch(newest, differences_from(saved)))
+        # overwrite_output_dir: another run's checkpoints give way (they would shadow this run's own at
+        # every later start); this run's own checkpoints, if any, are continued.
+        others = [c for c in complete if (r := read_record(c)) is None or differences_from(r)]
+        _remove(others)
+        notes.append(
+            f"overwrite_output_dir: true: removed another run's {', '.join(c.name for c in others)} "
+            f"from {out}"
+        )
+        complete = [c for c in complete if c not in others]
+    found = [c for c in complete if checkpoints.before_end(cfg, c)]
+    if not found:  # none of this run's, or only a final-step one whose final save did not finish
+        return Decision(notes=notes)
+    newest = found[-1]
     if cfg.overwrite_output_dir and not checkpoints.requeued():
         cfg.overwrite_output_dir = False
         notes.append(
@@ -336,3 +345,14 @@ def _decide(cfg: TrainConfig, differences_from: Any) -> Decision:
             "overwrite_output_dir applies to another run's output; resume_from_checkpoint: false starts over"
         )
     return Decision(checkpoint=str(newest), notes=notes)
+
+
+def _remove(paths: list[Path]) -> None:
+    """Rank 0 removes; the other ranks, deciding from the same files, come to the same decision."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

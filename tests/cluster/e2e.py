@@ -168,9 +168,10 @@ def reload_model(model_dir: Path) -> None:
 
 
 def start_node_scripts(
-    cluster, shared: Path, scripts: dict[str, Path], tag: str, procs: list
+    cluster, shared: Path, scripts: dict[str, Path], tag: str, procs: list, env: dict[str, str] | None = None
 ) -> dict[str, Path]:
-    """Start each node's script in its namespace (as an operator would), output to <node>-<tag>.log."""
+    """Start each node's script in its namespace (as an operator would), output to <node>-<tag>.log;
+    `env` adds to RUN_ENV (a fault hook, say)."""
     logs = {}
     for node, script in scripts.items():
         logs[node] = shared / f"{node}-{tag}.log"
@@ -182,7 +183,7 @@ def start_node_scripts(
                     cwd=shared,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=cluster.env(RUN_ENV),
+                    env=cluster.env({**RUN_ENV, **(env or {})}),
                 )
             )
     return logs

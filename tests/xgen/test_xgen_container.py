@@ -249,9 +249,10 @@ def test_pinned_device_carries_no_other_kinds_branch():
 # --- the whole shell script through the fake apptainer --------------------------------------------------
 
 FAKE_PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 # the runtime check and the preflight pass; the launch records where it ran and what it saw
 case "${1:-} ${2:-} ${3:-}" in
-  "-m runtime check" | "-m runtime.preflight "*) exit 0 ;;
+  "-m runtime check" | "-m runtime.preflight "* | "-c import runtime ") exit 0 ;;
 esac
 printf '%s\\0' "$PWD" "${XGEN_CT_VALUE:-unset}" "${NCCL_DEBUG:-unset}" "${HF_TOKEN:-unset}" "$@" >"$DUMP"
 """
@@ -301,6 +302,10 @@ def test_shell_script_runs_the_launch_through_apptainer(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     commands = [c["argv"][c["argv"].index(str(image)) + 1 :] for c in calls]
+    # Each check first asks the interpreter to import the runtime (xgen_check_python).
+    imports = [cmd for cmd in commands if cmd[1:] == ["-c", "import runtime"]]
+    assert len(imports) == 2, commands
+    commands = [cmd for cmd in commands if cmd not in imports]
     assert len(commands) == 4, commands
     assert [cmd[:3] for cmd in commands] == [
         [str(python), "-m", "runtime.preflight"],

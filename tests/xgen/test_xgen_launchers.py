@@ -37,6 +37,7 @@ fi
 # A fake interpreter: the node checks pass, `-c` (the free-port helper) prints a port, and DeepSpeed's
 # launcher records its arguments and the hostfile it was given (one file per call: one per node).
 FAKE_PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 case "${1:-} ${2:-}" in
   "-m runtime" | "-m runtime.preflight") exit 0 ;;
   "-c "*) echo 29999; exit 0 ;;

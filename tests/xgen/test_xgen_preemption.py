@@ -30,6 +30,7 @@ if [[ "$1 $2" == "show hostnames" ]]; then echo localhost; fi
 # writes its pid like the runtime, on USR1 "checkpoints" (status 75) and exits 1 the way torchrun
 # reports a failed worker.
 PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 if [[ "$1 $2 $3" == "-m runtime check" ]]; then exit 0; fi  # the per-node config check passes
 echo $$ >"$XGEN_PID_DIR/$(hostname)-0.pid"
 trap 'echo 75 >"$XGEN_PID_DIR/$(hostname)-0.status"; exit 1' USR1

@@ -22,6 +22,7 @@ SCONTROL = """#!/usr/bin/env bash
 if [[ "$1 $2" == "show hostnames" ]]; then echo localhost; fi
 """
 PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 if [[ "$1 $2" == "-m runtime.preflight" ]]; then
   echo "preflight $*" >>"$XGEN_TEST_LOG"
   echo "xgen: preflight: $(hostname): cluster.nic: no interface eth9 here (has: lo); set cluster.nic" >&2
@@ -122,3 +123,20 @@ def test_config_bounds():
         parse_mapping({"cluster": {"preflight_timeout": 1}}, Path("/x.yaml"))
     with pytest.raises(XgenError, match="cluster.min_shm_gb"):
         parse_mapping({"cluster": {"min_shm_gb": -1}}, Path("/x.yaml"))
+
+
+@pytest.mark.parametrize("target", [slurm, shell], ids=["slurm", "shell"])
+def test_an_interpreter_without_the_runtime_is_one_line_before_anything_runs(tmp_path, target):
+    """python: names an interpreter that exists but cannot import the runtime (a bare python3): one
+    `xgen:` line naming it and the fix, before the preflight or the launcher, instead of Python's own
+    "No module named 'runtime'"."""
+    script, env = make(tmp_path, target)
+    python = tmp_path / "bin" / "python"
+    python.write_text(
+        PYTHON.replace('== "-c import runtime" ]] && exit 0', '== "-c import runtime" ]] && exit 1')
+    )
+    proc, log = run(script, env)
+    assert proc.returncode != 0, proc.stderr
+    assert "preflight -m" not in log and "launcher " not in log, log  # neither ran
+    errors = [line for line in proc.stderr.splitlines() if "error: python:" in line]
+    assert len(errors) == 1 and f"'{python}' on " in errors[0] and "set python: (or --python)" in errors[0]

@@ -27,6 +27,7 @@ from xgen.cli import main
 # A fake interpreter: records the environment and arguments the launcher would get, and the files
 # DeepSpeed's runner would read (DS_ENV_FILE, the credentials file), then exits 0.
 FAKE_PYTHON = """#!/usr/bin/env bash
+[[ "${{1:-}} ${{2:-}}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 # the per-node config check and the preflight pass: they are not what the launcher starts
 case "${{1:-}} ${{2:-}} ${{3:-}}" in
   "-m runtime check" | "-m runtime.preflight "*) exit 0 ;;

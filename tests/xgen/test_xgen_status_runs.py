@@ -14,6 +14,7 @@ from xgen_helpers import run_xgen
 # The checks pass unless FAIL_PREFLIGHT; the launch (torch.distributed.run) prints a line, and with
 # FAIL_MESSAGE writes local rank 0's logs and error.json under --log-dir, as torchrun does, and fails.
 PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 case "$1 $2 $3" in "-m runtime check") exit 0 ;; esac
 if [[ "$1 $2" == "-m runtime.preflight" ]]; then
   [[ -z "${FAIL_PREFLIGHT:-}" ]] && exit 0

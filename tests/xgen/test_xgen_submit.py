@@ -69,6 +69,7 @@ SCONTROL = """#!/usr/bin/env bash
 if [[ "$1 $2" == "show hostnames" ]]; then echo localhost; fi
 """
 PYTHON = """#!/usr/bin/env bash
+[[ "${1:-} ${2:-}" == "-c import runtime" ]] && exit 0  # xgen_check_python: the runtime imports
 case "$1 $2 $3" in "-m runtime check" | "-m runtime.preflight "*) exit 0 ;; esac
 if [[ "$1" == -c ]]; then echo 29511; exit 0; fi
 echo "$XGEN_TRAIN_OVERRIDES" >"$XGEN_TEST_OUT/overrides"

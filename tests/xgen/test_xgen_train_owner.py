@@ -79,7 +79,7 @@ def test_check_reads_the_datasets_as_the_runtime_will(tmp_path):
     job = write_job(tmp_path / "a", {"dataset": "demo"})
     result = run_xgen("check", str(job), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "datasets: ok (1 datasets read, columns present)\n" in result.stdout
+    assert "datasets: ok (1 dataset read, columns present)\n" in result.stdout
 
     typo = write_job(tmp_path / "b", {"dataset": "dmeo"})
     result = run_xgen("check", str(typo), cwd=tmp_path)

@@ -8,7 +8,9 @@ Real torch.distributed.run, 2 gloo ranks on CPU; the fault is a real SIGKILL of 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -86,8 +88,9 @@ def test_a_planned_stop_says_rerun_in_one_line_and_exits_75(tiny_dir, tmp_path):
     cfg = _config(tiny_dir, tmp_path)
     run = _launch(cfg, tmp_path, env={"XGEN_FAULT_SIGNAL_AT_STEP": "3"})
     assert run.returncode == 75, run.stderr[-3000:]
-    last = run.stdout.strip().splitlines()[-1]
-    assert last == f"xgen-runtime: checkpoint-3 saved in {tmp_path / 'out'}; rerun this script to continue"
+    # The launcher's own line (a worker's last progress line may still be flushing beside it).
+    said = f"xgen-runtime: checkpoint-3 saved in {tmp_path / 'out'}; rerun this script to continue"
+    assert said in run.stdout.splitlines(), run.stdout[-3000:]
     assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
     again = _launch(cfg, tmp_path)  # the same command continues
     assert again.returncode == 0, again.stderr[-3000:]
@@ -114,3 +117,31 @@ def test_a_hung_worker_is_named_its_peers_stacks_written_and_the_run_restarts(
     assert "Thread" in stacks.read_text() or "File" in stacks.read_text()  # faulthandler's dump
     assert "restart 1/1: rank 0" in run.stdout  # the watchdog's exit is the failure the restart answers
     assert max_diff(weights(out), weights(uninterrupted)) == 0.0
+
+
+def test_sigusr1_to_the_launcher_reaches_the_workers_and_is_a_planned_stop(tiny_dir, tmp_path):
+    """torchrun dies of SIGUSR1 and leaves its workers training unsupervised; `runtime launch` passes it on:
+    every worker checkpoints at the end of its step and the launcher ends with the one rerun line, 75."""
+    cfg = base_config(tiny_dir, tmp_path / "out", finetuning_type="lora", max_steps=400, save_steps=1000)
+    cmd = [sys.executable, "-m", "runtime", "launch", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "runtime", "train", str(write_config(tmp_path / "cfg.yaml", cfg))]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "xgen-runtime: step 3/" in line:
+                break
+        os.kill(proc.pid, signal.SIGUSR1)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=120) == 75, rest[-3000:]
+    finally:
+        proc.kill()
+    pattern = rf"xgen-runtime: checkpoint-\d+ saved in {re.escape(str(tmp_path / 'out'))}; rerun this script"
+    assert re.search(pattern, rest), rest[-3000:]
+    assert "SIGUSR1 received: checkpointing at step" in rest

@@ -99,6 +99,9 @@ def test_a_stopped_run_is_resumed_only_by_its_own_config(key, stopped, tmp_path,
     # The node check the scripts run before the launcher (torch-free) says the same.
     assert main(["check", str(other)]) == 2
     assert f"xgen-runtime: error: resume: {key}: {where}" in capsys.readouterr().err
+    # `xgen check` (visible-only, at generation time) says it as a note and does not refuse.
+    assert main(["check", "--visible-only", str(other)]) == 0
+    assert f"note: training would refuse: resume: {key}: {where}" in capsys.readouterr().out
 
 
 def test_the_same_config_continues_even_with_overwrite_output_dir(stopped, tmp_path, capsys):
@@ -159,18 +162,20 @@ def test_decisions_without_training(tmp_path, tiny_dir):
     assert record["dataset tiny_alpaca"].startswith("sha256:")
     ckpt = _fake_checkpoint(tmp_path / "out", 4, record)
     assert run_record.decide(parse_train_config(base), 2).checkpoint == str(ckpt)
-    # Another world size: the global batch and the world size both differ, two lines and the choices.
-    problems = run_record.decide(parse_train_config(base), 1).problems
+    # Another world size keeps the global batch through gradient accumulation, said in one note ...
+    fewer = parse_train_config(base)
+    decision = run_record.decide(fewer, 1)
+    assert decision.checkpoint == str(ckpt) and fewer.gradient_accumulation_steps == 2 * (
+        cfg.gradient_accumulation_steps
+    )
+    assert decision.notes[0].startswith("resume on world size 1 (checkpoint written by 2)")
+    # ... and where no whole number of accumulation steps does it, both lines and the choices.
+    problems = run_record.decide(parse_train_config(base), 2 * record["global batch"]).problems
     assert [p.split(": ")[1] for p in problems[:-1]] == ["global batch", "world size"], problems
     # Unknown world size (the node check before the launcher): the saved one is assumed.
     assert run_record.decide(parse_train_config(base), None).problems == []
     accumulate = parse_train_config({**base, "gradient_accumulation_steps": 4})
     assert [p.split(": ")[1] for p in run_record.decide(accumulate, None).problems[:-1]] == ["global batch"]
-    # overwrite_output_dir: true on another run's checkpoint starts fresh, with a note.
-    over = parse_train_config({**base, "learning_rate": 1.0, "overwrite_output_dir": True})
-    decision = run_record.decide(over, 2)
-    assert decision.checkpoint is None and not decision.problems and "another run" in decision.notes[0]
-    assert over.resume_from_checkpoint is False
     # An explicit checkpoint path is checked too; resume_from_checkpoint: false never is.
     explicit = parse_train_config({**base, "learning_rate": 1.0, "resume_from_checkpoint": str(ckpt)})
     assert run_record.decide(explicit, 2).problems[0].startswith(f"resume: learning_rate: {ckpt}")
@@ -181,3 +186,15 @@ def test_decisions_without_training(tmp_path, tiny_dir):
     _fake_checkpoint(legacy_out, 2, None)
     legacy = run_record.decide(parse_train_config({**base, "output_dir": str(legacy_out)}), 2)
     assert not legacy.problems and "not checked" in legacy.notes[0]
+    # overwrite_output_dir: true on another run's checkpoint: it gives way (removed, with a note) and the
+    # run starts fresh; this run's own older checkpoint, behind it, is continued instead.
+    own = _fake_checkpoint(
+        tmp_path / "out", 2, run_record.run_record(parse_train_config({**base, "learning_rate": 1.0}), 2)
+    )
+    over = parse_train_config({**base, "learning_rate": 1.0, "overwrite_output_dir": True})
+    decision = run_record.decide(over, 2)
+    assert not decision.problems and decision.checkpoint == str(own), decision
+    assert "removed another run's checkpoint-4" in decision.notes[0] and not ckpt.exists()
+    alone = parse_train_config({**base, "learning_rate": 2.0, "overwrite_output_dir": True})
+    decision = run_record.decide(alone, 2)
+    assert decision.checkpoint is None and "removed another run's checkpoint-2" in decision.notes[0]

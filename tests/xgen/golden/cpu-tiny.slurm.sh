@@ -168,10 +168,18 @@ xgen_check_master() {
 }
 
 # --- checks ---
+xgen_check_python() {
+  # The configured interpreter must import this project's runtime (python: or --python); without this
+  # line a bare `python3` that lacks it ends in Python's own "No module named 'runtime'".
+  "$PYTHON" -c 'import runtime' >/dev/null 2>&1 \
+    || xgen_die "python: '$PYTHON' on $(hostname) cannot import xgen's runtime; set python: (or --python) to the interpreter that has torch and xgen installed"
+}
+
 xgen_runtime_check() {
   # The runtime's own validation on this node, torch-free: train keys, model paths, datasets and their
   # columns, read as training will. A node-local config error is then one line per problem here and no
   # launcher starts, instead of a ChildFailedError traceback from every rank.
+  xgen_check_python
   "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
 }
 
@@ -182,6 +190,7 @@ xgen_runtime_check() {
 # (2 = bad config, 75 = checkpointed for requeue, anything else = training). docs/preflight.md lists them.
 # cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
 xgen_preflight() {
+  xgen_check_python
   (( XGEN_PREFLIGHT )) || return 0
   local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 30 ))
   timeout -k 5 "$limit" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \
@@ -290,7 +299,7 @@ fi
 # half-way would lose them), and srun's status is the worst node's: 3 = the cluster is wrong.
 if (( XGEN_PREFLIGHT )); then
   XGEN_PREFLIGHT_SCRIPT="set -euo pipefail
-$(declare -f xgen_say xgen_preflight xgen_preflight_node)
+$(declare -f xgen_say xgen_die xgen_check_python xgen_preflight xgen_preflight_node)
 xgen_preflight_node"
   XGEN_PREFLIGHT_START=$(date +%s%N)
   srun --export=ALL --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_PREFLIGHT_SCRIPT" || exit $?
@@ -302,7 +311,7 @@ fi
 # even when sbatch had --export=NONE. --kill-on-bad-exit=1: one failed node ends the step instead of
 # leaving the others hanging in a collective.
 XGEN_NODE_SCRIPT="set -euo pipefail
-$(declare -f xgen_say xgen_die xgen_node_log xgen_devices xgen_comm_env xgen_runtime_check xgen_launch xgen_node)
+$(declare -f xgen_say xgen_die xgen_node_log xgen_devices xgen_comm_env xgen_check_python xgen_runtime_check xgen_launch xgen_node)
 xgen_node"
 srun --export=ALL --kill-on-bad-exit=1 --nodes="$NNODES" --ntasks-per-node=1 bash -c "$XGEN_NODE_SCRIPT" &
 XGEN_STEP_PID=$!

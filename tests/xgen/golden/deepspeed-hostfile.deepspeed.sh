@@ -232,10 +232,18 @@ xgen_check_master() {
 }
 
 # --- checks ---
+xgen_check_python() {
+  # The configured interpreter must import this project's runtime (python: or --python); without this
+  # line a bare `python3` that lacks it ends in Python's own "No module named 'runtime'".
+  "$PYTHON" -c 'import runtime' >/dev/null 2>&1 \
+    || xgen_die "python: '$PYTHON' on $(hostname) cannot import xgen's runtime; set python: (or --python) to the interpreter that has torch and xgen installed"
+}
+
 xgen_runtime_check() {
   # The runtime's own validation on this node, torch-free: train keys, model paths, datasets and their
   # columns, read as training will. A node-local config error is then one line per problem here and no
   # launcher starts, instead of a ChildFailedError traceback from every rank.
+  xgen_check_python
   "$PYTHON" -m runtime check "$XGEN_CONFIG" >&2 || exit "$?"
 }
 
@@ -246,6 +254,7 @@ xgen_runtime_check() {
 # (2 = bad config, 75 = checkpointed for requeue, anything else = training). docs/preflight.md lists them.
 # cluster.preflight: false skips it; cluster.preflight_timeout bounds it (timeout(1) backs that up).
 xgen_preflight() {
+  xgen_check_python
   (( XGEN_PREFLIGHT )) || return 0
   local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 60 ))
   timeout -k 5 "$limit" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \

@@ -49,7 +49,8 @@ def _message(failure: Any) -> str:
     if failure.exitcode < 0:
         return f"killed by {failure.signal_name()}"
     if lines and not lines[-1].startswith("To enable traceback"):
-        return f"exit code {failure.exitcode}: {lines[-1].strip()}"
+        last = lines[-1].strip()
+        return f"exit code {failure.exitcode}: {last if len(last) <= 160 else last[:157] + '...'}"
     return f"exit code {failure.exitcode}"
 
 

@@ -5,6 +5,7 @@ does the same; a checkpoint written by 2 nodes resumes on 1 node with the same g
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import e2e
@@ -34,14 +35,15 @@ def _config(tiny: Path, shared: Path, name: str, out: str, **cluster: object) ->
 
 
 @pytest.fixture(scope="module")
-def reference(cluster: harness.Cluster, tiny: Path, shared_dir: Path) -> Path:
-    """An uninterrupted 2-node run of the same training."""
-    cfg = e2e.write_config(shared_dir, _config(tiny, shared_dir, "xgt-survive-ref", "ref"), "ref.yaml")
-    script = e2e.render(shared_dir, "slurm", cfg, script="ref.sh")
-    info = cluster.wait_done(cluster.sbatch(script, cwd=shared_dir, env=e2e.RUN_ENV), timeout=400)
+def reference(cluster: harness.Cluster, tiny: Path) -> Path:
+    """An uninterrupted 2-node run of the same training, once for the module."""
+    root = Path(tempfile.mkdtemp(prefix="survive-reference-", dir=cluster.paths.shared))
+    cfg = e2e.write_config(root, _config(tiny, root, "xgt-survive-ref", "ref"), "ref.yaml")
+    script = e2e.render(root, "slurm", cfg, script="ref.sh")
+    info = cluster.wait_done(cluster.sbatch(script, cwd=root, env=e2e.RUN_ENV), timeout=400)
     out = Path(info["StdOut"]).read_text(errors="replace")
     assert info["JobState"] == "COMPLETED", out[-4000:]
-    return shared_dir / "ref"
+    return root / "ref"
 
 
 def test_killed_worker_restarts_inside_the_slurm_job(

@@ -83,7 +83,7 @@ def uninterrupted(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize(
     ("strategy", "before", "after"),
-    [("ddp", 2, 1), ("ddp", 1, 2), ("fsdp2", 2, 1), ("z1", 1, 2), ("z2", 2, 1), ("z3", 2, 1), ("z3", 1, 2)],
+    [(s, before, after) for s in STRATEGIES for before, after in ((2, 1), (1, 2))],
 )
 def test_resume_on_another_world_size_keeps_global_batch_and_data_position(
     strategy, before, after, tiny_dir, tmp_path, uninterrupted

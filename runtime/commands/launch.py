@@ -54,6 +54,17 @@ def _message(failure: Any) -> str:
     return f"exit code {failure.exitcode}"
 
 
+def _first(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The failure that caused the others: a worker killed by a signal (no error file; its timestamp is
+    only when the agent noticed) before one that raised, then the earliest. A rank whose peer died
+    raises too ("Connection closed by peer"), often before the agent notices the dead one."""
+    return min(failures.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp))
+
+
+# A worker the agent stopped while the others were already exiting (SIGTERM, then SIGKILL after 30 s).
+_TORN_DOWN = (-signal.SIGTERM, -signal.SIGKILL)
+
+
 def _output_dir(args: Any) -> Path | None:
     """output_dir of the config the workers train (`-m runtime train CFG`), read torch-free."""
     argv = list(args.training_script_args)
@@ -110,7 +121,7 @@ def _announce_restarts(args: Any) -> None:
         failures = getattr(result, "failures", None) or {}
         failed_at = time.time()
         if failures:
-            rank, failure = min(failures.items(), key=lambda item: item[1].timestamp)
+            rank, failure = _first(failures)
             what = f"rank {rank} on {socket.gethostname()} failed ({_message(failure)})"
             failed_at = min(failed_at, float(failure.timestamp))
         else:
@@ -175,9 +186,13 @@ def launch(argv: list[str]) -> int:
         return 128 + int(err.sigval)
     except ChildFailedError as err:
         failures = err.failures
-        if failures and all(f.exitcode == EXIT_PREEMPTED for f in failures.values()):
+        codes = [f.exitcode for f in failures.values()]
+        # Every worker checkpointed and exited 75, or some did and the agent stopped the rest while they
+        # were exiting too (the progress file says so, written by this launch).
+        stopped = EXIT_PREEMPTED in codes and all(c == EXIT_PREEMPTED or c in _TORN_DOWN for c in codes)
+        if stopped and (all(c == EXIT_PREEMPTED for c in codes) or _written_since(args, started)):
             return _planned_stop(args)
-        rank, failure = err.get_first_failure()
+        rank, failure = _first(failures)
         if failure.exitcode in SAID_BY_THE_RUNTIME:
             return failure.exitcode  # the worker printed its own one line
         restarts = f" after {args.max_restarts} restart(s)" if args.max_restarts else ""

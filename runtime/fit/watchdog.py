@@ -78,7 +78,11 @@ class Watchdog:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop and join the thread: no thread of ours may still run while the interpreter shuts down."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * HEARTBEAT_S)
+            self._thread = None
 
     def progress(self, step: int | None = None, phase: str = "training") -> None:
         """A step ended, or a long phase (saving, evaluating) began or ended: the clock restarts."""

@@ -105,7 +105,9 @@ def test_pyxis_and_apptainer_train_through_the_fake_runtimes(
         commands = [argv[argv.index(image) + 1 : argv.index(image) + 4] for argv in mine]
         python = commands[0][0]
         assert [cmd[1:] for cmd in commands] == [
+            ["-c", "import runtime"],  # xgen_check_python before the preflight
             ["-m", "runtime.preflight"],
+            ["-c", "import runtime"],  # and before the runtime check
             ["-m", "runtime"],
             ["-m", "runtime"],  # runtime launch: torch.distributed.run
         ], commands

@@ -19,6 +19,7 @@ and adds three things torchrun's own CLI lacks (why our own code: torchrun has n
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -67,7 +68,11 @@ _TORN_DOWN = (-signal.SIGTERM, -signal.SIGKILL)
 
 def _output_dir(args: Any) -> Path | None:
     """output_dir of the config the workers train (`-m runtime train CFG`), read torch-free."""
-    argv = list(args.training_script_args)
+    return _output_dir_of(tuple(args.training_script_args))
+
+
+@functools.cache  # parsed once per launch, however many restarts and endings ask
+def _output_dir_of(argv: tuple[str, ...]) -> Path | None:
     if len(argv) < 2 or argv[0] != "train":
         return None
     try:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from runtime.fit import checkpoints
-from runtime.preflight.resources import human
+from runtime.preflight.resources import human, nearest_existing
 
 EXIT_DISK_FULL = 28  # ENOSPC's errno: a distinct status for scripts and `xgen status`
 # After a failed write, less free space than this on the filesystem means the disk is why it failed.
@@ -39,10 +39,7 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 def _free(path: Path) -> int:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def _size(folder: Path) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +163,7 @@ def run_record(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     for key in DATA_KEYS + METHOD_KEYS + SCHEDULE_KEYS:
         record[key] = _plain(getattr(cfg, key))
     record[STRATEGY] = cfg.strategy
-    record[GLOBAL_BATCH] = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
-    record[WORLD_SIZE] = world_size
-    return record
+    return run_record_for_size(record, cfg, world_size)
 
 
 def run_record_for_size(record: dict[str, Any], cfg: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -246,7 +243,7 @@ def decide(cfg: TrainConfig, world_size: int | None) -> Decision:
             line = keep_global_batch(cfg, saved, world_size)
             if line is not None:
                 notes.append(line)
-                mine.update(run_record(cfg, world_size))
+                mine.update(run_record_for_size(mine, cfg, world_size))  # only the batch moved
                 return [d for d in differences(saved, mine) if d[0] != WORLD_SIZE]
         return diffs
 
@@ -322,9 +319,10 @@ def _decide(cfg: TrainConfig, differences_from: Any) -> Decision:
             return Decision()  # resolve_resume starts fresh (overwrite_output_dir: true)
         return Decision(notes=[f"{newest} has no {RECORD_FILE}: not checked to be this run's"])
     notes = []
-    if differences_from(saved):
+    diffs = differences_from(saved)
+    if diffs:
         if not cfg.overwrite_output_dir:
-            return Decision(problems=_mismatch(newest, differences_from(saved)))
+            return Decision(problems=_mismatch(newest, diffs))
         # overwrite_output_dir: another run's checkpoints give way (they would shadow this run's own at
         # every later start); this run's own checkpoints, if any, are continued.
         others = [c for c in complete if (r := read_record(c)) is None or differences_from(r)]
@@ -349,7 +347,9 @@ def _decide(cfg: TrainConfig, differences_from: Any) -> Decision:
 
 def _remove(paths: list[Path]) -> None:
     """Rank 0 removes; the other ranks, deciding from the same files, come to the same decision."""
-    if os.environ.get("RANK", "0") != "0":
+    from runtime.distributed import is_rank0
+
+    if not is_rank0():
         return
     for path in paths:
         if path.is_dir():

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.contract.files import write_atomic
+
 HANG_TIMEOUT = "XGEN_HANG_TIMEOUT"  # seconds; the scripts export cluster.hang_timeout
 DEFAULT_HANG_TIMEOUT = 1800.0
 HEARTBEAT_S = 5.0
@@ -93,9 +95,7 @@ class Watchdog:
 
     def _beat(self) -> None:
         beat = {"step": self.step, "phase": self.phase, "time": time.time(), "host": self.host}
-        tmp = self.folder / f".rank-{self.rank}.tmp"
-        tmp.write_text(json.dumps(beat))
-        os.replace(tmp, self.folder / f"rank-{self.rank}.json")
+        write_atomic(self.folder / f"rank-{self.rank}.json", json.dumps(beat))
 
     def _beats(self) -> dict[int, dict[str, Any]]:
         found = {}

@@ -103,12 +103,17 @@ def run_bytes(cfg: Any, weights: int) -> tuple[int, str]:
     return need, f"{count} x {human(one)} ({how}) + the final save {human(final)}"
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (output_dir before the run creates it)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_disk(s: Settings, out_dir: Path, need: int, detail: str = "") -> list[Finding]:
     if need <= 0:
         return []
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(out_dir)
     try:
         st = os.statvfs(existing)
     except OSError:

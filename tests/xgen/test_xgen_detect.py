@@ -29,7 +29,12 @@ PRINT = (
     'printf "%s=%s\\n" XGEN_DEVICE "$XGEN_DEVICE" NPROC_PER_NODE "$NPROC_PER_NODE" '
     'ASCEND_RT_VISIBLE_DEVICES "${ASCEND_RT_VISIBLE_DEVICES:-}" TASK_QUEUE_ENABLE "${TASK_QUEUE_ENABLE:-}" '
     'HCCL_CONNECT_TIMEOUT "${HCCL_CONNECT_TIMEOUT:-}" NCCL_SOCKET_IFNAME "${NCCL_SOCKET_IFNAME:-}" '
-    'OMP_NUM_THREADS "$OMP_NUM_THREADS" NCCL_IB_DISABLE "${NCCL_IB_DISABLE:-}" MY_VAR "${MY_VAR:-}"'
+    'OMP_NUM_THREADS "$OMP_NUM_THREADS" NCCL_IB_DISABLE "${NCCL_IB_DISABLE:-}" MY_VAR "${MY_VAR:-}" '
+    'TORCH_NCCL_DUMP_ON_TIMEOUT "${TORCH_NCCL_DUMP_ON_TIMEOUT:-}" '
+    'TORCH_FR_DUMP_TEMP_FILE "${TORCH_FR_DUMP_TEMP_FILE:-}" '
+    'TORCH_NCCL_ASYNC_ERROR_HANDLING "${TORCH_NCCL_ASYNC_ERROR_HANDLING:-}" '
+    'HCCL_ASYNC_ERROR_HANDLING "${HCCL_ASYNC_ERROR_HANDLING:-}" '
+    'TORCH_HCCL_DEBUG_INFO_TEMP_FILE "${TORCH_HCCL_DEBUG_INFO_TEMP_FILE:-}"'
 )
 
 
@@ -51,6 +56,7 @@ def run_partial(tmp_path, cluster: dict, tools: dict[str, str], env: dict | None
     run_env = {
         "PATH": f"{bindir}:/usr/bin:/bin",
         "ASCEND_TOOLKIT_HOME": str(tmp_path / "no-cann"),
+        "XGEN_RUN_DIR": str(tmp_path / "run"),  # every script sets it before the communication env
         **(env or {}),
     }
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=run_env)
@@ -69,6 +75,24 @@ def test_eight_npus(tmp_path):
     # The job log shows what was exported, one line per node.
     (env_line,) = [line for line in result.stderr.splitlines() if ": env " in line]
     assert "ASCEND_RT_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in env_line and "TASK_QUEUE_ENABLE=2" in env_line
+
+
+def test_collective_failures_dump_into_the_run_directory(tmp_path):
+    """NCCL/HCCL async error handling and the flight recorder are on, dumping under the run directory
+    (fake npu-smi / nvidia-smi); what the user exported wins."""
+    (tmp_path / "npu").mkdir(), (tmp_path / "gpu").mkdir()  # one bin/ of fakes each
+    _, npu = run_partial(tmp_path / "npu", {}, {"npu-smi": NPU_SMI})
+    trace = str(tmp_path / "npu" / "run" / "comm-trace" / "rank_")
+    assert (npu["HCCL_ASYNC_ERROR_HANDLING"], npu["TORCH_HCCL_DEBUG_INFO_TEMP_FILE"]) == ("1", trace)
+    assert npu["TORCH_NCCL_DUMP_ON_TIMEOUT"] == ""
+    _, gpu = run_partial(tmp_path / "gpu", {}, {"nvidia-smi": NVIDIA_SMI})
+    trace = str(tmp_path / "gpu" / "run" / "comm-trace" / "rank_")
+    assert (gpu["TORCH_NCCL_DUMP_ON_TIMEOUT"], gpu["TORCH_FR_DUMP_TEMP_FILE"]) == ("1", trace)
+    assert gpu["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3" and gpu["HCCL_ASYNC_ERROR_HANDLING"] == ""
+    assert (tmp_path / "gpu" / "run" / "comm-trace").is_dir()
+    mine = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    _, own = run_partial(tmp_path / "gpu", {}, {"nvidia-smi": NVIDIA_SMI}, mine)
+    assert own["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
 
 
 def test_npu_respects_exported_devices(tmp_path):

@@ -24,6 +24,17 @@ FORWARDED_ENV = (
     "HCCL_EXEC_TIMEOUT",
     "TASK_QUEUE_ENABLE",
     "OMP_NUM_THREADS",
+    # collective failures: async error handling and the flight recorder (templates/_node_env.sh.j2)
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_NCCL_TRACE_BUFFER_SIZE",
+    "TORCH_FR_BUFFER_SIZE",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT",
+    "TORCH_NCCL_DEBUG_INFO_TEMP_FILE",
+    "TORCH_FR_DUMP_TEMP_FILE",
+    "HCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_HCCL_TRACE_BUFFER_SIZE",
+    "TORCH_HCCL_DUMP_ON_TIMEOUT",
+    "TORCH_HCCL_DEBUG_INFO_TEMP_FILE",
     "XGEN_EXPECT_NNODES",  # runtime/contract/expected_world.py: every rank checks the world it joined
     "XGEN_EXPECT_WORLD_SIZE",
 )

@@ -218,6 +218,17 @@ xgen_comm_env() {
   xgen_check_nic prefix ib0
   # NCCL log level: WARN is quiet; INFO prints the transports it picked (first stop when a job hangs).
   export NCCL_DEBUG=WARN
+  mkdir -p "$XGEN_RUN_DIR/comm-trace"
+  # A hung or failed collective: NCCL's async error handling tears the rank down (3: without
+  # aborting the communicator, which can itself hang), and the flight recorder (the last 2000
+  # collectives of each rank) is dumped to $XGEN_RUN_DIR/comm-trace/rank_<R>. Both torch names of
+  # the buffer and dump file are set (renamed in torch 2.5). Values you exported before this win.
+  export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-3}"
+  export TORCH_NCCL_TRACE_BUFFER_SIZE="${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}"
+  export TORCH_FR_BUFFER_SIZE="${TORCH_FR_BUFFER_SIZE:-$TORCH_NCCL_TRACE_BUFFER_SIZE}"
+  export TORCH_NCCL_DUMP_ON_TIMEOUT="${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}"
+  export TORCH_NCCL_DEBUG_INFO_TEMP_FILE="${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$XGEN_RUN_DIR/comm-trace/rank_}"
+  export TORCH_FR_DUMP_TEMP_FILE="${TORCH_FR_DUMP_TEMP_FILE:-$TORCH_NCCL_DEBUG_INFO_TEMP_FILE}"
   # CPU threads per process: this node's CPUs shared by its processes, unless already exported.
   if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
     OMP_NUM_THREADS=$(( $(nproc) / NPROC_PER_NODE ))

@@ -193,12 +193,20 @@ xgen_comm_env() {
   xgen_check_nic prefix enp189s0f0
   # NCCL log level: WARN is quiet; INFO prints the transports it picked (first stop when a job hangs).
   export NCCL_DEBUG=WARN
+  mkdir -p "$XGEN_RUN_DIR/comm-trace"
   # Seconds HCCL waits while ranks connect; raise it for many nodes or slow starts.
   export HCCL_CONNECT_TIMEOUT=1800
   # Seconds one HCCL collective may run before it is declared hung.
   export HCCL_EXEC_TIMEOUT=3600
   # Ascend operator dispatch queue, level 2 = fastest; set 0 to debug operator errors.
   export TASK_QUEUE_ENABLE=2
+  # A hung or failed collective: the HCCL watchdog tears the rank down, and the flight recorder
+  # (the last 2000 collectives of each rank) is dumped to $XGEN_RUN_DIR/comm-trace/rank_<R>.
+  # Values you exported before this script win.
+  export HCCL_ASYNC_ERROR_HANDLING="${HCCL_ASYNC_ERROR_HANDLING:-1}"
+  export TORCH_HCCL_TRACE_BUFFER_SIZE="${TORCH_HCCL_TRACE_BUFFER_SIZE:-2000}"
+  export TORCH_HCCL_DUMP_ON_TIMEOUT="${TORCH_HCCL_DUMP_ON_TIMEOUT:-1}"
+  export TORCH_HCCL_DEBUG_INFO_TEMP_FILE="${TORCH_HCCL_DEBUG_INFO_TEMP_FILE:-$XGEN_RUN_DIR/comm-trace/rank_}"
   # CPU threads per process: this node's CPUs shared by its processes, unless already exported.
   if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
     OMP_NUM_THREADS=$(( $(nproc) / NPROC_PER_NODE ))

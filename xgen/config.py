@@ -220,7 +220,8 @@ class ClusterConfig:
         default=None,
         metadata=doc(
             "`xgen doctor` warns when the cross-node all-reduce bus bandwidth is under this many Gbit/s "
-            "(it also warns under a tenth of the NIC's link speed).",
+            "(unset too, it warns when the busbw is far under the link speed of cluster.nic, or of the "
+            "interface routing to the master, and under the intra-node busbw).",
             "100",
         ),
     )

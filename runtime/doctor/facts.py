@@ -10,8 +10,10 @@ import subprocess
 from typing import Any
 
 from runtime.preflight import versions
-from runtime.preflight.network import interfaces
+from runtime.preflight.network import interfaces, is_loopback, resolve
 from runtime.preflight.resources import human
+
+ROUTED = "route to MASTER_ADDR"  # `nic_from` when no setting named the interface
 
 
 def _run(argv: list[str], timeout: float = 10.0) -> str | None:
@@ -34,16 +36,54 @@ def chosen_nic(nic: str | None) -> str | None:
     return None
 
 
+def routed_nic(host: str) -> str | None:
+    """The interface this node's traffic to `host` (MASTER_ADDR) leaves by, as `ip -o route get` says: the
+    one the rendezvous uses, and the sockets too when no *_SOCKET_IFNAME names one (NCCL first tries `ib*`
+    interfaces, then any but docker and lo; the route is the best guess without asking NCCL). None for a
+    loopback master, or without `ip`."""
+    addr = resolve(host)
+    if addr is None or is_loopback(addr):
+        return None
+    route = _run(["ip", "-o", "route", "get", addr]) or ""
+    if route.startswith("local"):
+        # The master's own address, routed over lo here: the interface holding it is the one its peers
+        # reach it on ("2: eth0    inet 10.0.0.10/24 …").
+        held = re.match(r"\d+:\s+([^\s@]+)", _run(["ip", "-o", "addr", "show", "to", addr]) or "")
+        return held.group(1) if held else None
+    dev = re.search(r"\bdev (\S+)", route)  # "10.0.0.10 dev eth0 src 10.0.0.11 uid 0 \    cache"
+    return dev.group(1) if dev else None
+
+
+def which_nic(nic: str | None) -> tuple[str | None, str | None]:
+    """(interface, how it was found): cluster.nic, else the *_SOCKET_IFNAME the script exported, else the
+    route to MASTER_ADDR (an exclusion list such as "^docker,lo" names no one interface: the route too)."""
+    for source, value in (
+        ("cluster.nic", nic),
+        ("NCCL_SOCKET_IFNAME", os.environ.get("NCCL_SOCKET_IFNAME")),
+        ("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME")),
+    ):
+        if value:
+            name = chosen_nic(value)
+            if name:
+                return name, source
+            break
+    master = os.environ.get("MASTER_ADDR")
+    name = routed_nic(master) if master else None
+    return (name, ROUTED) if name else (None, None)
+
+
 def nic_address(name: str) -> str | None:
     text = _run(["ip", "-o", "-4", "addr", "show", "dev", name])
     m = re.search(r"inet (\S+)", text or "")
     return m.group(1) if m else None
 
 
-def link_speed_mbps(name: str) -> int | None:
-    """/sys/class/net/<nic>/speed in Mb/s where the driver knows it (-1 or an error otherwise)."""
+def link_speed_mbps(name: str, root: str = "/sys/class/net") -> int | None:
+    """/sys/class/net/<nic>/speed in Mb/s where the driver knows it (-1 or an error otherwise; a veth
+    says 10000)."""
     try:
-        value = int(open(f"/sys/class/net/{name}/speed").read().strip())
+        with open(f"{root}/{name}/speed") as fh:
+            value = int(fh.read().strip())
     except (OSError, ValueError):
         return None
     return value if value > 0 else None
@@ -68,7 +108,7 @@ def ib_ports() -> list[dict[str, str]] | None:
 
 
 def collect(nic: str | None) -> dict[str, Any]:
-    name = chosen_nic(nic or os.environ.get("NCCL_SOCKET_IFNAME") or os.environ.get("GLOO_SOCKET_IFNAME"))
+    name, source = which_nic(nic)
     try:
         st = os.statvfs("/dev/shm")
         shm = human(st.f_blocks * st.f_frsize)
@@ -80,8 +120,10 @@ def collect(nic: str | None) -> dict[str, Any]:
         "devices": int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         "versions": versions.collect(),
         "nic": name,
+        "nic_from": source,
         "address": nic_address(name) if name else None,
         "link_mbps": link_speed_mbps(name) if name else None,
         "shm": shm,
         "ib": ib_ports(),
+        "ib_disabled": os.environ.get("NCCL_IB_DISABLE") == "1",
     }

@@ -103,6 +103,11 @@ def doctor_submit(cluster: harness.Cluster, shared: Path, cfg: Path, tag: str, e
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def newest_report(shared: Path) -> dict:
+    """The doctor's last JSON report (by time: job 10's name sorts before job 9's)."""
+    return json.loads(max(shared.glob("xgen-doctor-*.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
 def test_six_faults_on_node1_each_named_in_one_line(
     cluster: harness.Cluster, tiny: Path, shared_dir: Path
 ) -> None:
@@ -275,6 +280,7 @@ def test_doctor_clean_then_throttled_link(cluster: harness.Cluster, tiny: Path, 
     clean = json.loads(reports[0].read_text())
     assert [n["host"] for n in clean["nodes"]] == ["node0", "node1"] and clean["world_size"] == 4
     assert clean["cross_node_busbw_gbps"] > 0
+    assert "cross-node busbw" not in out, out  # the clean link is not named slow
     node1 = cluster.node("node1")
     tbf = ["root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "400ms"]
     with broken(cluster) as inject:
@@ -287,8 +293,59 @@ def test_doctor_clean_then_throttled_link(cluster: harness.Cluster, tiny: Path, 
         )
         rc, out = doctor_submit(cluster, shared_dir, cfg, "slow")
     assert rc == 0, out[-5000:]  # warnings do not fail the doctor
-    slow = json.loads(sorted(shared_dir.glob("xgen-doctor-*.json"))[-1].read_text())
+    slow = newest_report(shared_dir)
     assert slow["cross_node_busbw_gbps"] < clean["cross_node_busbw_gbps"] / 2, (slow, clean)
     assert re.search(
-        r"xgen: doctor: warning: node\d: cross-node busbw .* under a tenth of eth0's link speed", out
+        r"xgen: doctor: warning: node0, node1: cross-node busbw .* under a tenth of eth0's link speed "
+        r"\(10 Gbit/s\)",
+        out,
     ), out
+
+
+def test_doctor_names_a_slow_link_without_nic(cluster: harness.Cluster, tiny: Path, shared_dir: Path) -> None:
+    """The field trap (`NCCL_IB_DISABLE=1`: "it runs, but slowly") with neither `cluster.nic` nor
+    `cluster.min_bandwidth_gbps`: the doctor finds eth0 as the route to MASTER_ADDR and reads its speed (a
+    veth: 10000 Mb/s); clean, it names no link; with node1's link shaped by tbf both ways, ONE warning line
+    names eth0, its speed and the cross-node busbw."""
+    config = e2e.merge(
+        e2e.base_config(tiny, shared_dir, name="xgt-doctor-nonic"),
+        {"cluster": {"nic": None, "ib_disable": True, "preflight_timeout": 30}},
+    )
+    assert "nic" not in config["cluster"] and "min_bandwidth_gbps" not in config["cluster"]
+    cfg = e2e.write_config(shared_dir, config)
+
+    def doctor(tag: str) -> str:
+        rc, out = doctor_submit(cluster, shared_dir, cfg, tag)
+        assert rc == 0, out[-5000:]  # warnings do not fail the doctor
+        result = newest_report(shared_dir)
+        intra = ", ".join(f"{n['intra_busbw_gbps']:.3f}" for n in result["nodes"])
+        print(
+            f"--- {tag}: cross-node busbw {result['cross_node_busbw_gbps']:.4f} GB/s, intra-node {intra} GB/s"
+        )
+        assert [(n["host"], n["nic"], n["nic_from"], n["link_mbps"]) for n in result["nodes"]] == [
+            (host, "eth0", "route to MASTER_ADDR", 10000) for host in ("node0", "node1")
+        ], result["nodes"]
+        return out
+
+    out = doctor("clean-nonic")
+    assert "cross-node busbw" not in out, out
+    node1 = cluster.node("node1")
+    tbf = ["root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "400ms"]
+    with broken(cluster) as inject:
+        inject(
+            ["tc", "qdisc", "add", "dev", node1.veth, *tbf], ["tc", "qdisc", "del", "dev", node1.veth, "root"]
+        )
+        inject(
+            ["tc", "-n", node1.netns, "qdisc", "add", "dev", "eth0", *tbf],
+            ["tc", "-n", node1.netns, "qdisc", "del", "dev", "eth0", "root"],
+        )
+        out = doctor("slow-nonic")
+    lines = re.findall(r"(?m)^xgen: doctor: warning: .*cross-node busbw.*$", out)
+    assert len(lines) == 1, out[-5000:]
+    assert re.fullmatch(
+        r"xgen: doctor: warning: node0, node1: cross-node busbw \d\.\d{3} GB/s \(\d+\.\d\d Gbit/s\) is "
+        r"under a tenth of eth0's link speed \(10 Gbit/s, the route to MASTER_ADDR\) and a twentieth of the "
+        r"intra-node \d\.\d{3} GB/s; NCCL_IB_DISABLE=1 is set, so NCCL uses TCP sockets: .* check eth0 .*"
+        r"cluster\.nic.*",
+        lines[0],
+    ), lines[0]

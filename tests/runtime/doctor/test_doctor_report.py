@@ -46,7 +46,10 @@ def test_bandwidth_and_ib_warnings():
     warns = report.warnings(result, 100)
     assert any("under cluster.min_bandwidth_gbps=100" in w for w in warns)
     assert any(
-        w.startswith("node0: cross-node busbw 0.40 Gbit/s is under a tenth of eth0's link") for w in warns
+        w.startswith(
+            "node0, node1: cross-node busbw 0.050 GB/s (0.40 Gbit/s) is under a tenth of eth0's link"
+        )
+        for w in warns
     )
     assert any("node1: InfiniBand mlx5_0 port 1 is Initializing: no subnet manager" in w for w in warns)
     result["cross_node_busbw_gbps"] = 5.0

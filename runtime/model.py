@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from runtime.config import ConfigError, TrainConfig
+from runtime.contract.say import say
 from runtime.data.packing import check_packing_support
+from runtime.distributed import launch_ranks
 from runtime.levers import sdpa_varlen
 
 log = logging.getLogger("xgen-runtime")
@@ -82,11 +84,13 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     """Causal LM, or a one-label sequence classifier for rm (head seeded identically on every rank)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
-    path = path or cfg.model_name_or_path
     attn, warning = attn_implementation(cfg.flash_attn, device)
     if warning:
         log.warning(warning)
     kwargs: dict[str, Any] = dict(dtype=model_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code)
+    if path is None and cfg.quantization_bit is not None:  # the model being trained; not a ref_model
+        kwargs.update(quantization_kwargs(cfg, device))
+    path = path or cfg.model_name_or_path
     config = model_config(cfg, path)
     if config is not None:
         kwargs["config"] = config
@@ -108,6 +112,80 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype quantised layers compute in (LLaMA-Factory's compute_dtype): bf16, fp16, else fp32.
+    train.adjust_for_device has already turned fp16 off on CPU."""
+    if cfg.bf16 or cfg.pure_bf16:
+        return torch.bfloat16
+    return torch.float16 if cfg.fp16 else torch.float32
+
+
+def quantization_kwargs(cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """from_pretrained keywords that quantise the base on the fly, as LLaMA-Factory 0.9.5 builds them
+    (model_utils/quantization.py); the config rules (runtime/config/quantization.py) have checked the
+    bits, the method and the strategy."""
+    import transformers
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    dtype = compute_dtype(cfg)
+    if cfg.quantization_method == "hqq":
+        # LLaMA-Factory's choice: axis 0 (hqq's ATen kernel). Not run here: hqq is not installed.
+        config: Any = transformers.HqqConfig(nbits=cfg.quantization_bit, axis=0)
+    elif cfg.quantization_method == "eetq":
+        config = transformers.EetqConfig()  # 8-bit weights; not run here (eetq is CUDA-only)
+    elif cfg.quantization_bit == 8:
+        config = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=cfg.double_quantization,
+            bnb_4bit_quant_type=cfg.quantization_type,
+            # The packed 4-bit weights stored in the compute dtype, as LLaMA-Factory does for every run: the
+            # mixed-precision casts of FSDP and DeepSpeed to that dtype then leave them as they are (fp32
+            # storage under bf16 FSDP2 is cast numerically and the first step fails, measured).
+            bnb_4bit_quant_storage=dtype,
+        )
+    kwargs: dict[str, Any] = {"quantization_config": config}
+    if not (cfg.fsdp or is_deepspeed_zero3_enabled()):
+        # Each rank quantises its whole copy on its own device; FSDP and ZeRO-3 place the weights themselves.
+        _, local_rank, _ = launch_ranks()
+        kwargs["device_map"] = {"": "cpu" if device == "cpu" else f"{device}:{local_rank}"}
+    return kwargs
+
+
+def prepare_quantised(model: nn.Module) -> nn.Module:
+    """peft's prepare_model_for_kbit_training: every base weight frozen, the half-precision ones that are not
+    quantised (norms, embeddings, head) in fp32. Activation checkpointing is left to
+    enable_gradient_checkpointing, which every method shares (use_reentrant_gc, FSDP's non-reentrant)."""
+    from peft import prepare_model_for_kbit_training
+
+    for module in model.modules():
+        # bitsandbytes on an AVX512-BF16 CPU repacks a 4-bit weight in place for its inference kernel at the
+        # first forward in eval mode, and training goes on with the repacked weight. Measured (2 gloo ranks,
+        # an evaluation at step 2): under DDP the next step's grad norm halved (0.26 instead of 0.52), under
+        # FSDP the evaluation loss itself moved (6.329 instead of 6.312). One layout for both, always.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def describe_quantization(model: nn.Module, cfg: TrainConfig) -> str:
+    """One line: what the base was quantised to and how many of its layers."""
+    config = getattr(model.config, "quantization_config", None)
+    method = str(getattr(config, "quant_method", "?")).rsplit(".", 1)[-1].lower()
+    packages = ("bitsandbytes", "hqq", "eetq", "gptqmodel", "awq", "aqlm")
+    quantised = [m for m in model.modules() if type(m).__module__.split(".")[0] in packages]
+    linear = len(quantised) + sum(type(m) is nn.Linear for m in model.modules())
+    if cfg.quantization_bit is None:
+        return f"the model is {method}-quantised: {len(quantised)} of {linear} linear layers"
+    what = f"{cfg.quantization_bit}-bit {cfg.quantization_method}"
+    if cfg.quantization_method == "bnb" and cfg.quantization_bit == 4:
+        double = ", double quantisation" if cfg.double_quantization else ""
+        what += f" {cfg.quantization_type}{double}, compute {str(compute_dtype(cfg)).removeprefix('torch.')}"
+    return f"{what}: {len(quantised)} of {linear} linear layers quantised"
 
 
 def varlen_or_sdpa(cfg: TrainConfig, path: str, config: Any) -> str:
@@ -384,6 +462,9 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
     """load → fit/resize embeddings → (packing check) → upcasts/kernels → freeze | lora | oft → gradient
     checkpointing; the steps every stage shares."""
     model = load_model(cfg, stage=stage, device=device)
+    if getattr(model, "is_quantized", False):  # quantization_bit, or a checkpoint quantised beforehand
+        model = prepare_quantised(model)
+        say(f"quantization: {describe_quantization(model, cfg)}")
     if cfg.resize_vocab:
         resize_embeddings(model, tokenizer)  # LLaMA-Factory's padded resize first; fit_embeddings then only
     model = fit_embeddings(model, tokenizer)  # grows rows a template's added tokens still lack

@@ -98,6 +98,10 @@ def train(cfg: TrainConfig) -> int:
 def run_training(cfg: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """The one entry point behind `xgen-runtime train` and in-process callers such as
     bench/sft_throughput.py: same config path, plus optional TrainerCallbacks (e.g. a throughput meter)."""
+    # Before transformers imports peft, and peft bitsandbytes: on an AVX512-BF16 CPU bitsandbytes warns
+    # "Failed to load CPU gemm_4bit_forward from kernels-community" when the optional `kernels` package
+    # is absent, and then uses its own kernel. Noise in every QLoRA log.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from runtime.fit.disk_full import EXIT_DISK_FULL, DiskFull
     from runtime.fit.preemption import PreemptCallback
 

@@ -1,6 +1,7 @@
 """`xgen-runtime export CFG`: a standalone model in export_dir.
 
-With adapter_name_or_path: the LoRA adapter merged into its base. Without: the model re-saved (as
+With adapter_name_or_path: the LoRA adapter merged into its base (a QLoRA adapter into the unquantised
+base, as LLaMA-Factory merges it). Without: the model re-saved (as
 LLaMA-Factory does, to change shard size or format). Keys as LLaMA-Factory: model_name_or_path,
 adapter_name_or_path, export_dir, export_size (GB per shard), export_device (cpu|auto),
 export_legacy_format (pytorch_model*.bin instead of safetensors). The weights keep the base
@@ -27,6 +28,7 @@ def export(cfg: TrainConfig) -> Path:
         raise ConfigError(
             "model_name_or_path", f"{cfg.model_name_or_path} has no config.json (a model directory)"
         )
+    _check_quantised_base(cfg)
     for message in cfg.notes:
         note(message)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +59,26 @@ def export(cfg: TrainConfig) -> Path:
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     say(f"export: {'merged ' + adapter if adapter else 're-saved'} on {device}, dtype {dtype}")
     return out
+
+
+def _check_quantised_base(cfg: TrainConfig) -> None:
+    """A QLoRA adapter is merged into the unquantised base, as LLaMA-Factory's merge_lora examples do
+    (they drop quantization_bit; it refuses to merge into a quantised model). The export job reuses the
+    training config, so quantization_bit is noted here, not refused: the base always loads unquantised."""
+    from runtime.config.quantization import pre_quantised_method
+
+    method = pre_quantised_method(cfg.model_name_or_path)
+    if method is not None and cfg.adapter_name_or_path:
+        raise ConfigError(
+            "model_name_or_path",
+            f"the base is a {method}-quantised checkpoint: an adapter cannot be merged into it; "
+            "give the unquantised model it was quantised from",
+        )
+    if cfg.quantization_bit is not None:
+        cfg.notes.append(
+            f"quantization_bit {cfg.quantization_bit} is not applied on export: the adapter is merged into "
+            "the unquantised base"
+        )
 
 
 def _export_device(choice: str) -> str:

@@ -1,8 +1,8 @@
 """What happens to a key that is not a TrainConfig field: passed to transformers, noted, or refused.
 
 In this order (`classify`):
-1. a refused key (REFUSED: multimodal, quantised training, Ray, hubs, …) with a non-default value:
-   an error with the reason; with LLaMA-Factory's default value (`quantization_bit: null`) a note;
+1. a refused key (REFUSED: multimodal, Ray, hubs, GPTQ export, …) with a non-default value:
+   an error with the reason; with LLaMA-Factory's default value (`export_quantization_bit: null`) a note;
 2. a transformers.TrainingArguments field (hf_keys.py): passed through, transformers validates it;
    the few the runtime sets itself (RUNTIME_OWNED) are noted instead;
 3. any other LLaMA-Factory key (lf_keys.py): its default value is noted, another value refused;
@@ -18,7 +18,6 @@ from runtime.config.lf_keys import LF_KEYS
 from runtime.config.suggest import suggest
 
 _MULTIMODAL = "multimodal training is out of scope (text models and text datasets only)"
-_QUANT = "quantised (QLoRA) training is not supported on this runtime; train LoRA on the unquantised model"
 _RAY = "Ray is not supported; xgen launches with Slurm, torchrun, DeepSpeed or accelerate (see README)"
 _HUB = "nothing is pushed to or pulled from a hub (no network on the nodes); use local paths"
 _INFER = "inference engines are out of scope: xgen-runtime trains and exports (serve the export with vLLM)"
@@ -45,18 +44,11 @@ REFUSED: dict[str, str] = {
         ),
         _MULTIMODAL,
     ),
-    **dict.fromkeys(
-        (
-            "quantization_bit",
-            "quantization_method",
-            "quantization_type",
-            "double_quantization",
-            "quantization_device_map",
-            "ref_model_quantization_bit",
-            "reward_model_quantization_bit",
-        ),
-        _QUANT,
-    ),
+    "quantization_device_map": "LLaMA-Factory's device map for quantised inference (it refuses it in "
+    "training too); xgen-runtime trains and exports: drop it",
+    "ref_model_quantization_bit": "a separately quantised reference model is not supported; drop it "
+    "(with LoRA the reference is the policy's own base, quantised when quantization_bit is set)",
+    "reward_model_quantization_bit": "PPO's reward model: PPO is not supported",
     **dict.fromkeys(
         (
             "export_quantization_bit",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from runtime.config.files import load_deepspeed, load_json
+from runtime.config.files import load_deepspeed, load_json, unseen_json
 from runtime.config.methods import check_methods
+from runtime.config.quantization import QUANT_KEYS, check_quantization, quantization_problems
 from runtime.config.schema import (
     REFERENCE_FREE_LOSSES,
     ROPE_SCALINGS,
@@ -19,11 +20,15 @@ from runtime.config.schema import (
     train_fields,
 )
 from runtime.config.suggest import suggest
+from runtime.config.template_names import template_problem
 
 
-def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = None) -> None:
+def normalise(
+    cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = None, visible_only: bool = False
+) -> None:
     """Choices, ranges, contradictions and derived values, in the order a user would fix them.
-    Relative file paths are read from `base_dir` when given (see files.resolve)."""
+    Relative file paths are read from `base_dir` when given (see files.resolve); with `visible_only`
+    a DeepSpeed JSON whose folder is not visible from here is noted, not read (files.unseen_json)."""
     if cfg.flash_attn == "disabled":
         cfg.flash_attn = "eager"
     if cfg.stage in UNSUPPORTED_STAGES:
@@ -38,6 +43,10 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
                 p + name,
                 f"must be one of {', '.join(choices)}; got {value!r}" + suggest(str(value), list(choices)),
             )
+    if cfg.template:  # static data: a typo fails here, not after the ranks have started
+        problem = template_problem(cfg.template)
+        if problem:
+            raise ConfigError(p + "template", problem)
     if not cfg.model_name_or_path:
         raise ConfigError(p + "model_name_or_path", "required (a model directory)")
     if cfg.do_train and not cfg.dataset and cfg.export_dir is None:
@@ -52,9 +61,10 @@ def normalise(cfg: TrainConfig, given: set[str], p: str, base_dir: str | None = 
     _check_token_budget(cfg, p)
     _check_fused_lora(cfg, p)
     _check_losses(cfg, p)
-    _normalise_distributed(cfg, p, base_dir)
+    _normalise_distributed(cfg, p, base_dir, visible_only)
     check_methods(cfg, p)
     _normalise_model_keys(cfg, given, p)
+    check_quantization(cfg, p)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
     if isinstance(cfg.resume_from_checkpoint, str) and cfg.resume_from_checkpoint in ("true", "false"):
@@ -235,11 +245,15 @@ def _check_losses(cfg: TrainConfig, p: str) -> None:
         raise ConfigError(p + chosen[1], f"{' and '.join(chosen)} are both true; choose one SFT loss")
 
 
-def _normalise_distributed(cfg: TrainConfig, p: str, base_dir: str | None) -> None:
-    """Resolve `deepspeed` to a dict and `fsdp` strings to fsdp + fsdp_config."""
+def _normalise_distributed(cfg: TrainConfig, p: str, base_dir: str | None, visible_only: bool) -> None:
+    """Resolve `deepspeed` to a dict and `fsdp` strings to fsdp + fsdp_config. An fsdp_config JSON is
+    always read: the generator writes its settings into the accelerate config."""
     if cfg.deepspeed is not None and cfg.fsdp:
         raise ConfigError(p + "fsdp", "deepspeed and fsdp are both set; choose one")
-    if cfg.deepspeed is not None:
+    unseen = unseen_json(cfg.deepspeed, base_dir) if visible_only and cfg.deepspeed is not None else None
+    if unseen:  # deepspeed_config stays None: the nodes read the JSON (their check and preflight)
+        cfg.notes.append(f"{p}deepspeed: {unseen}")
+    elif cfg.deepspeed is not None:
         cfg.deepspeed_config = load_deepspeed(cfg.deepspeed, p + "deepspeed", base_dir)
     if isinstance(cfg.fsdp_config, str):
         cfg.fsdp_config = load_json(cfg.fsdp_config, p + "fsdp_config", base_dir)
@@ -345,8 +359,9 @@ _TRACKERS = {
 
 def check_at_start(cfg: TrainConfig, world_size: int) -> None:
     """Run by each rank before the model loads: the checks that need the node's packages or the
-    world size. Every problem found is reported (ConfigErrors when several)."""
-    errors = tracker_problems(cfg) + world_size_problems(cfg, world_size)
+    world size, or a model's own files (a pre-quantised checkpoint). Every problem found is reported
+    (ConfigErrors when several)."""
+    errors = tracker_problems(cfg) + world_size_problems(cfg, world_size) + quantization_problems(cfg)
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
@@ -464,6 +479,12 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
         (_SFT_LOSS_KEYS, cfg.stage == "sft", f"stage is {cfg.stage}"),
         (("ref_model",), uses_reference(cfg), _no_reference_why(cfg)),
         (_OFT_KEYS, cfg.finetuning_type == "oft", f"finetuning_type is {cfg.finetuning_type}"),
+        (QUANT_KEYS, cfg.quantization_bit is not None, "quantization_bit is not set"),
+        (
+            ("quantization_type", "double_quantization"),
+            cfg.quantization_bit is None or (cfg.quantization_bit == 4 and cfg.quantization_method == "bnb"),
+            f"they shape bnb 4-bit weights; this is {cfg.quantization_method} {cfg.quantization_bit}-bit",
+        ),
         (
             ("additional_target",),
             cfg.finetuning_type in ("lora", "oft"),

@@ -112,6 +112,7 @@ TOOL_FORMATS = ("default", "qwen", "glm4", "llama3")
 MIX = ("concat", "interleave_under", "interleave_over")
 UNSUPPORTED_STAGES = {"ppo": "PPO"}
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
+QUANTIZATION_TYPES = ("nf4", "fp4")
 
 
 def _f(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -164,6 +165,19 @@ class TrainConfig:
     )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    # --- quantised LoRA (QLoRA): rules in runtime/config/quantization.py, loading in runtime/model.py ---
+    quantization_bit: int | None = _f(
+        None,
+        "QLoRA: load the base quantised on the fly to 4 or 8 bits (bitsandbytes) and train LoRA/OFT over it; "
+        "null: no quantisation.",
+    )
+    quantization_method: str = _f(
+        "bnb",
+        "On-the-fly quantisation: bnb (bitsandbytes; `bitsandbytes` is read as bnb), hqq or eetq "
+        "(their packages needed).",
+    )
+    quantization_type: str = _f("nf4", "bnb 4-bit data type: nf4 | fp4.", choices=QUANTIZATION_TYPES)
+    double_quantization: bool = _f(True, "bnb 4-bit: quantise the quantisation constants too.")
     # --- adapters (LoRA variants, OFT, LLaMA-Pro; runtime/model.py) ---
     loraplus_lr_ratio: float | None = _f(
         None, "LoRA+: learning rate of the B matrices = ratio * learning_rate."

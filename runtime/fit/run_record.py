@@ -85,6 +85,8 @@ SCHEDULE_KEYS = (
     "warmup_steps",
     "seed",
 )
+# Recorded only when quantization_bit is set, so that the records of unquantised runs stay as they were.
+QUANT_KEYS = ("quantization_bit", "quantization_method", "quantization_type", "double_quantization")
 STRATEGY = "strategy"  # ddp | fsdp | deepspeed-zN: how the checkpoint's weights and optimizer are laid out
 GLOBAL_BATCH = "global batch"  # per_device_train_batch_size x gradient_accumulation_steps x world size
 WORLD_SIZE = "world size"
@@ -162,6 +164,8 @@ def run_record(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     record.update(_datasets(cfg))
     for key in DATA_KEYS + METHOD_KEYS + SCHEDULE_KEYS:
         record[key] = _plain(getattr(cfg, key))
+    if cfg.quantization_bit is not None:  # the adapter trained over these quantised weights
+        record.update({key: _plain(getattr(cfg, key)) for key in QUANT_KEYS})
     record[STRATEGY] = cfg.strategy
     return run_record_for_size(record, cfg, world_size)
 

@@ -135,10 +135,12 @@ def resolve_label_logits(cfg: TrainConfig, liger: bool) -> bool:
 
 
 def resolve_fused_lora(cfg: TrainConfig, device: str) -> bool:
-    """Unset: on for plain LoRA (not DoRA) pt/sft on CPU under perf auto, where bench/lever_ab.py measured
-    it; elsewhere what the key says (the config rules refuse it outside plain LoRA)."""
+    """Unset: on for plain LoRA (not DoRA, not QLoRA) pt/sft on CPU under perf auto, where
+    bench/lever_ab.py measured it; elsewhere what the key says (the config rules refuse it outside plain
+    LoRA)."""
     if auto_chooses(cfg, "fused_lora"):
-        return device == "cpu" and cfg.finetuning_type == "lora" and not cfg.use_dora
+        plain_lora = cfg.finetuning_type == "lora" and not cfg.use_dora and cfg.quantization_bit is None
+        return device == "cpu" and plain_lora
     return bool(cfg.fused_lora)
 
 

@@ -32,7 +32,7 @@ BAD = [
     ({"fsdp": "hybrid_shard"}, "train.fsdp: unsupported 'hybrid_shard'"),
     ({"model_name_or_path": ""}, "train.model_name_or_path: required"),
     ({"do_predict": True}, "train.do_predict: not supported"),
-    ({"quantization_bit": 4}, "train.quantization_bit: quantised (QLoRA) training is not supported"),
+    ({"quantization_bit": 4}, "train.quantization_bit: a quantised base trains adapters only"),
     ({"image_max_pixels": 1024}, "train.image_max_pixels: multimodal training is out of scope"),
     ({"ray_num_workers": 2}, "train.ray_num_workers: Ray is not supported"),
     ({"vllm_maxlen": 2048}, "train.vllm_maxlen: inference engines are out of scope"),
@@ -65,14 +65,14 @@ def test_bad_config_is_one_line_exit_2(tiny_dir: Path, tmp_path: Path, capsys, b
 
 def test_several_bad_keys_one_line_each(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     cfg = base_config(tiny_dir, tmp_path / "out")
-    cfg.update({"quantization_bit": 4, "learnig_rate": 1, "image_max_pixels": 1, "cutoff_len": "x"})
+    cfg.update({"ref_model_quantization_bit": 4, "learnig_rate": 1, "image_max_pixels": 1, "cutoff_len": "x"})
     assert main(["train", str(write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True))]) == 2
     keys = [line.split(": ")[2] for line in capsys.readouterr().err.splitlines()]
     assert sorted(keys) == [
         "train.cutoff_len",
         "train.image_max_pixels",
         "train.learnig_rate",
-        "train.quantization_bit",
+        "train.ref_model_quantization_bit",
     ]
 
 
@@ -218,8 +218,9 @@ def test_check_lists_every_node_local_problem(tiny_dir: Path, tmp_path: Path) ->
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 3, result.stderr
-    assert lines[0].startswith(
-        f"xgen-runtime: error: train.model_name_or_path: {tmp_path / 'no-model'} is not"
+    assert lines[0] == (
+        f"xgen-runtime: error: train.model_name_or_path: {tmp_path / 'no-model'} not found on this node: "
+        f"{tmp_path} has no no-model; fix the path"
     )
     assert lines[1].startswith("xgen-runtime: error: train.dataset: dataset 'rows' ")
     assert "column 'question' (columns.prompt) not found" in lines[1]

@@ -109,7 +109,8 @@ CASES = [
     ("nul-byte", with_("job.name", "a\0b"), [], "job.name: contains a NUL byte"),
     ("train-not-mapping", {**GOOD, "train": ["a"]}, [], "train: must be a mapping"),
     ("zero-unknown", with_("train.deepspeed", "z4"), [], "train.deepspeed: unknown ZeRO stage 'z4'"),
-    ("zero-missing-json", with_("train.deepspeed", "ds/none.json"), [], "train.deepspeed"),
+    # A folder xgen sees without the file: a typo. An unseen folder is only noted (test_xgen_checked_early).
+    ("zero-missing-json", with_("train.deepspeed", "none.json"), [], "train.deepspeed: file not found"),
     (
         "deepspeed-and-fsdp",
         {**GOOD, "train": {**GOOD["train"], "deepspeed": "z3", "fsdp": "full_shard"}},
@@ -176,7 +177,7 @@ def test_good_config_passes(tmp_path):
 
 def test_several_bad_train_keys_one_line_each(tmp_path):
     """The runtime's parser reports every bad train key; xgen prints each as its own line, exit 2."""
-    train = {**GOOD["train"], "quantization_bit": 4, "image_max_pixels": 1024, "learnig_rate": 1e-4}
+    train = {**GOOD["train"], "quantization_device_map": "auto", "image_max_pixels": 1024, "learnig_rate": 1e-4}
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump({**GOOD, "train": train}))
     result = run_xgen("check", str(cfg), cwd=tmp_path)
@@ -185,7 +186,7 @@ def test_several_bad_train_keys_one_line_each(tmp_path):
     assert sorted(line.split(": ")[2] for line in lines) == [
         "train.image_max_pixels",
         "train.learnig_rate",
-        "train.quantization_bit",
+        "train.quantization_device_map",
     ], result.stderr
     assert all(line.startswith("xgen: error: ") for line in lines)
     assert any(line.endswith("did you mean 'learning_rate'?") for line in lines)

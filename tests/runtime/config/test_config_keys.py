@@ -35,7 +35,7 @@ def test_every_bad_key_is_reported_at_once() -> None:
     bad = {
         **BASE,
         "split_special_tokens": True,
-        "quantization_bit": 4,
+        "quantization_device_map": "auto",
         "image_max_pixels": 1024,
         "ray_num_workers": 2,
         "learnig_rate": 1e-4,
@@ -50,7 +50,7 @@ def test_every_bad_key_is_reported_at_once() -> None:
         "train.split_special_tokens: a LLaMA-Factory key (BaseModelArguments) "
         "that xgen-runtime does not implement"
     )
-    assert "quantised (QLoRA) training is not supported" in lines[1]
+    assert "device map for quantised inference" in lines[1]
     assert "multimodal training is out of scope" in lines[2]
     assert "Ray is not supported" in lines[3]
     assert lines[4] == "train.learnig_rate: unknown key; did you mean 'learning_rate'?"
@@ -80,9 +80,9 @@ def test_lf_defaults_are_noted_not_refused() -> None:
     cfg = parse_train_config(
         {
             **BASE,
-            "quantization_bit": None,
+            "export_quantization_bit": None,
             "use_unsloth": False,
-            "quantization_method": "bnb",
+            "quantization_device_map": None,
             "do_sample": True,
         }
     )

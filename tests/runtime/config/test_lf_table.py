@@ -22,7 +22,8 @@ def test_lf_key_table_is_in_sync() -> None:
 
 def test_table_verdicts_follow_the_parser() -> None:
     verdicts = {key: verdict for key, _, verdict, _ in _generator().verdicts()}
-    assert verdicts["quantization_bit"] == "refused"
+    assert verdicts["quantization_bit"] == "honoured"
+    assert verdicts["export_quantization_bit"] == "refused"
     assert verdicts["image_max_pixels"] == "refused"
     assert verdicts["disable_gradient_checkpointing"] == "honoured"
     assert verdicts["neat_packing"] == "honoured"  # a rename

@@ -65,7 +65,8 @@ def test_cpu_gets_one_padding_free_row_with_sdpa_per_example() -> None:
     # fused_rms_norm (no effect measured): off unless written; fused_lora: plain LoRA pt/sft on CPU only
     assert not cfg.fused_rms_norm and cfg.fused_lora
     assert plan("cpu", fused_rms_norm=True)[0].fused_rms_norm
-    for keys in ({"finetuning_type": "full"}, {"use_dora": True}, {"fused_lora": False}, {"perf": "off"}):
+    not_plain_lora = ({"finetuning_type": "full"}, {"use_dora": True}, {"quantization_bit": 4})
+    for keys in (*not_plain_lora, {"fused_lora": False}, {"perf": "off"}):
         assert not plan("cpu", **keys)[0].fused_lora, keys
     assert not plan("cpu", stage="dpo", dataset="p")[0].fused_lora  # measured on sft steps only
     assert not plan("cuda")[0].fused_lora and plan("cuda", fused_lora=True)[0].fused_lora  # unmeasured there

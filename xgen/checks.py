@@ -353,7 +353,8 @@ def _check_container(config: Config) -> None:
 
 def _parse_train(config: Config) -> TrainConfig | None:
     """The runtime owns the `train:` keys: its parser (torch-free) validates them once, reading relative
-    paths (deepspeed/fsdp_config JSON, dataset_dir) from the workdir the scripts cd into."""
+    paths (deepspeed/fsdp_config JSON, dataset_dir) from the workdir the scripts cd into. A DeepSpeed
+    JSON this machine cannot see is noted (training.notes), as datasets are: the nodes check it."""
     if not config.train:
         return None
     from runtime.config import ConfigError, parse_train_config
@@ -361,7 +362,9 @@ def _parse_train(config: Config) -> TrainConfig | None:
 
     prefix = "" if config.bare else "train."  # a bare LLaMA-Factory YAML has its keys at the top level
     try:
-        training = parse_train_config(config.train, key_prefix=prefix, base_dir=config.workdir)
+        training = parse_train_config(
+            config.train, key_prefix=prefix, base_dir=config.workdir, visible_only=True
+        )
     except ConfigError as err:
         first, *rest = err.errors  # ConfigErrors: every bad key, one line each
         raise XgenError(first.key, first.message, also=[(e.key, e.message) for e in rest]) from None

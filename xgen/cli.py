@@ -480,18 +480,19 @@ def zero(name: str, output: str | None) -> None:
 def check(config_file: str) -> None:
     """Validate only: print what would run and exit 0, or one error line per problem and exit 2.
 
-    The datasets are read as the runtime will read them (names through dataset_info.json, files,
-    columns) when the workdir and dataset_dir are visible from here; otherwise it says so.
+    The model paths, a saved tokenized_path and the datasets are read as the runtime will read them
+    (names through dataset_info.json, files, columns) when they are visible from here; what is not
+    visible (a folder only the nodes mount, a hub id not in this machine's cache) is a note.
 
     \b
     Example:
       xgen check examples/cpu-tiny.yaml
       xgen check my_lf_config.yaml --nodes 2 --devices-per-node 8
     """
-    from xgen.targets.check import datasets, summary
+    from xgen.targets.check import devices, runtime_check, summary
 
     def action(cfg: Config) -> None:
-        sys.stdout.write(summary(cfg) + datasets(cfg) + "\nok\n")
+        sys.stdout.write(summary(cfg) + runtime_check(cfg) + devices(cfg) + "ok\n")
         if cfg.secrets_written():
             warn_secrets(cfg, cfg.secrets_written(), "the generated scripts will hold them (owner-only)")
 

@@ -9,11 +9,14 @@ the dataset registry, the loaders and the column check that training uses — an
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.config import ConfigError, TrainConfig
+from runtime.preflight.inputs import path_like
 
 DATASET_KEYS = ("dataset", "eval_dataset")
 
@@ -34,13 +37,17 @@ def error_lines(err: ConfigError) -> list[str]:
 
 
 def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> Report:
-    """Datasets (and, unless visible_only, local model paths) as training will read them."""
+    """Model paths, a saved tokenized_path and the datasets as training will read them. visible_only
+    (`xgen check`, on a machine that may not mount what the nodes do): what is not visible from here is a
+    note, not a problem."""
     report = Report()
+    _check_models(cfg, prefix, report, visible_only)
     if not visible_only:
-        _check_paths(cfg, prefix, report)
         report.problems += _resume_problems(cfg)
     elif Path(cfg.output_dir).is_dir():  # xgen check, where output_dir is visible: said, not refused
         report.notes += [f"training would refuse: {line}" for line in _resume_problems(cfg)]
+    if cfg.tokenized_path and _check_tokenized(cfg, prefix, report):
+        return report  # the saved rows are trained on: the dataset keys are not read
     if not any(getattr(cfg, key) for key in DATASET_KEYS):
         return report
     found = _check_datasets(cfg, prefix)
@@ -55,6 +62,24 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
     return report
 
 
+def _check_tokenized(cfg: TrainConfig, prefix: str, report: Report) -> bool:
+    """A tokenized_path holding saved splits: can they serve this run (runtime.data.tokenized)? True when
+    the run will load them instead of reading the datasets."""
+    from runtime.data.tokenized import saved_splits, split_problem
+
+    splits = saved_splits(str(cfg.tokenized_path))
+    if splits is None:
+        return False
+    problem = split_problem(cfg, splits)
+    if problem:
+        report.problems.append(f"{prefix}tokenized_path: {problem}")
+    report.notes.append(
+        f"datasets not read: tokenized_path {cfg.tokenized_path} holds the tokenized splits "
+        + ", ".join(splits)
+    )
+    return True
+
+
 def _resume_problems(cfg: TrainConfig) -> list[str]:
     """What training would refuse at start for output_dir's checkpoints (runtime/fit/run_record.py):
     said here, on each node before the launcher, as one line per key. The world size is the one the
@@ -67,31 +92,96 @@ def _resume_problems(cfg: TrainConfig) -> list[str]:
     return run_record.decide(copy.deepcopy(cfg), int(size) if size.isdigit() else None).problems
 
 
-def _check_paths(cfg: TrainConfig, prefix: str, report: Report) -> None:
-    """Model paths: a local directory, or a hub id already in this node's Hugging Face cache (the
-    runtime never downloads)."""
-    for key in ("model_name_or_path", "adapter_name_or_path", "ref_model"):
+# --- models: a folder, or a hub id in the Hugging Face cache ---
+MODEL_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?\Z")  # `name` or `org/name`, as huggingface_hub validates them
+SHARED_HF_HOME = "/shared/hf"  # the example folder in the download hint
+
+
+def _check_models(cfg: TrainConfig, prefix: str, report: Report, visible_only: bool) -> None:
+    """Each model path: a folder (a typo in a visible folder names the close entries), or a hub id already
+    in the Hugging Face cache. The runtime does not download: every rank of every node would fetch the
+    model at once after the job started, into node-local caches, and a mistyped id would only fail there.
+    On a node (the scripts' check) a missing model is a problem; in `xgen check`, which runs where the
+    nodes' folders and cache may not be, what it cannot see is a note."""
+    for key in MODEL_KEYS:
         value = getattr(cfg, key, None)
-        if (
-            isinstance(value, str)
-            and value
-            and not Path(value).expanduser().exists()
-            and not _cached(value, key)
-        ):
+        if not isinstance(value, str) or not value or Path(value).expanduser().exists():
+            continue
+        where = f"{prefix}{key}"
+        if _looks_local(value):
+            path = Path(value).expanduser().absolute()
+            if path.parent.is_dir():
+                here = "" if visible_only else " on this node"
+                report.problems.append(
+                    f"{where}: {value} not found{here}: {path.parent} has no {path.name}"
+                    f"{_close_entry(path)}; fix the path"
+                )
+            elif visible_only:
+                report.notes.append(
+                    f"{where}: not checked: {value} is not visible from here ({path.parent} is not); "
+                    "each node's check reads it"
+                )
+            else:
+                report.problems.append(
+                    f"{where}: {value} not found on this node (no folder {path.parent}); fix the path, or "
+                    "put the model on a filesystem every node mounts"
+                )
+            continue
+        cache = _hub_cache(value, key)
+        if cache is None:  # huggingface_hub is not importable here: nothing to say about the hub
+            continue
+        cached, folder = cache
+        if cached:
+            continue
+        fix = (
+            f"`HF_HOME={SHARED_HF_HOME} hf download {value}` (older huggingface_hub: huggingface-cli "
+            f"download) where there is network, and export HF_HOME={SHARED_HF_HOME} for the job "
+            "(cluster.env): any folder every node mounts"
+        )
+        if visible_only:
+            report.notes.append(
+                f"{where}: {value} is not a folder here nor a hub id in the Hugging Face cache here "
+                f"({folder}), and the nodes do not download; unless they have it, for a hub id: {fix}"
+            )
+        else:
             report.problems.append(
-                f"{prefix}{key}: {value} is not a directory on this node (from {os.getcwd()}) "
-                "nor a model in its Hugging Face cache; fix the path"
+                f"{where}: {value} is not a folder on this node (from {os.getcwd()}) nor in its Hugging Face "
+                f"cache ({folder}), and the runtime does not download: {fix}"
             )
 
 
-def _cached(repo_id: str, key: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+def _looks_local(value: str) -> bool:
+    """A local path rather than a hub id: absolute, ./ ../ ~, not an `org/name` shape, or an `org/name`
+    whose first part is a folder here (models/qwen3)."""
+    if path_like(value) or not _HUB_ID.match(value) or ".." in value:
+        return True
+    return "/" in value and Path(value.split("/", 1)[0]).is_dir()
 
+
+def _close_entry(path: Path) -> str:
+    """` (did you mean …?)` with the closest name in the folder (case is a common typo: Qwen3-8b)."""
+    try:
+        names = [entry.name for entry in os.scandir(path.parent)][:2000]
+    except OSError:
+        return ""
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(path.name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {path.parent / lowered[close[0]]}?)" if close else ""
+
+
+def _hub_cache(repo_id: str, key: str) -> tuple[bool, str] | None:
+    """(in the cache, the cache folder) for a hub id; None when huggingface_hub is not importable."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return None
     name = "adapter_config.json" if key == "adapter_name_or_path" else "config.json"
     try:
-        return isinstance(try_to_load_from_cache(repo_id, name), str)
+        found = isinstance(try_to_load_from_cache(repo_id, name), str)
     except ValueError:  # not even a valid hub id (HFValidationError)
-        return False
+        found = False
+    return found, str(constants.HF_HUB_CACHE)
 
 
 def _check_datasets(cfg: TrainConfig, prefix: str) -> Report:

@@ -34,12 +34,48 @@ def load_deepspeed(value: str | dict, key: str, base_dir: str | os.PathLike[str]
     return load_json(value, key, base_dir)
 
 
+# LLaMA-Factory's examples/deepspeed/ds_z3_offload_config.json and its siblings, by stage name.
+_LF_DEEPSPEED_FILE = re.compile(r"ds_(z\d(?:_offload)?)_config\.json")
+
+
+def named_stage_hint(path: str) -> str:
+    """What a named stage could replace: the one LLaMA-Factory's file of that name stands for."""
+    match = _LF_DEEPSPEED_FILE.fullmatch(os.path.basename(path))
+    if match and match.group(1) in NAMED_STAGES:
+        return (
+            f"LLaMA-Factory's {match.group(0)} is the named stage `deepspeed: {match.group(1)}` here, "
+            "which needs no file"
+        )
+    return (
+        f"or name a stage, which needs no file ({', '.join(NAMED_STAGES)} stand for LLaMA-Factory's "
+        "examples/deepspeed/ds_z*_config.json)"
+    )
+
+
+def unseen_json(value: str | dict, base_dir: str | os.PathLike[str] | None) -> str | None:
+    """For a JSON path whose folder is not visible from here (a login node that does not mount what the
+    nodes do): why it was not read, as a note; None when it can be read here, or refused (a folder
+    that is visible but lacks the file is a typo, as for datasets). Named stages are never unseen."""
+    if isinstance(value, dict) or value in NAMED_STAGES or not value.endswith(".json"):
+        return None
+    path = resolve(value, base_dir)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) or os.path.isdir(folder):
+        return None
+    return (
+        f"not checked: {path} is not visible from here ({folder} is not); each node's preflight reads it; "
+        + named_stage_hint(path)
+    )
+
+
 def load_json(path: str, key: str, base_dir: str | os.PathLike[str] | None = None) -> dict:
     path = resolve(path, base_dir)
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(key, f"file not found: {path}") from None
+        lf_file = key.endswith("deepspeed") and _LF_DEEPSPEED_FILE.fullmatch(os.path.basename(path))
+        hint = f"; {named_stage_hint(path)}" if lf_file else ""
+        raise ConfigError(key, f"file not found: {path}{hint}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(key, f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):

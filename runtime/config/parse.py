@@ -57,7 +57,11 @@ def _type_names(allowed: tuple[type, ...]) -> str:
 
 
 def parse_train_config(
-    mapping: Mapping[str, Any], *, key_prefix: str = "", base_dir: str | os.PathLike[str] | None = None
+    mapping: Mapping[str, Any],
+    *,
+    key_prefix: str = "",
+    base_dir: str | os.PathLike[str] | None = None,
+    visible_only: bool = False,
 ) -> TrainConfig:
     """Validate a `train:` mapping (or a flat LLaMA-Factory YAML) into a TrainConfig.
 
@@ -68,6 +72,9 @@ def parse_train_config(
     Touches the file system only to read a `deepspeed`/`fsdp_config` JSON path. Relative paths
     (those JSON files, dataset_dir) are taken from `base_dir` when given: the generator passes
     job.workdir, where the runtime will run; the runtime itself passes nothing (it runs there).
+    `visible_only` (the generator, `xgen-runtime check --visible-only`): a DeepSpeed JSON whose folder
+    is not visible from here is noted in `cfg.notes` and left unread (deepspeed_config None), as
+    datasets are; each node's check and preflight read it.
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(key_prefix.rstrip(".") or "config", "expected a mapping of keys to values")
@@ -98,7 +105,7 @@ def parse_train_config(
     cfg.explicit = frozenset(values)
     cfg.training_args = passthrough
     base = None if base_dir is None else os.fspath(base_dir)
-    normalise(cfg, set(values), key_prefix, base)
+    normalise(cfg, set(values), key_prefix, base, visible_only)
     if base is not None:
         cfg.dataset_dir = resolve(cfg.dataset_dir, base)
     return cfg
@@ -126,7 +133,7 @@ def train_overrides() -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+def load_config(path: str | os.PathLike[str], *, visible_only: bool = False) -> TrainConfig:
     """Read an xgen YAML (its `train:` section) or a flat LLaMA-Factory YAML, with XGEN_TRAIN_OVERRIDES
     (a sweep task's values, an export job's paths) over it."""
     data = read_yaml(path)
@@ -134,9 +141,11 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     if "train" in data:
         if not isinstance(data["train"], dict):
             raise ConfigError("train", "must be a mapping of training keys")
-        cfg = parse_train_config({**data["train"], **overrides}, key_prefix="train.")
+        cfg = parse_train_config(
+            {**data["train"], **overrides}, key_prefix="train.", visible_only=visible_only
+        )
     else:
-        cfg = parse_train_config({**data, **overrides})
+        cfg = parse_train_config({**data, **overrides}, visible_only=visible_only)
     if overrides:
         shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         cfg.notes.append(f"{OVERRIDES_ENV} (sweep task / export job) set {shown}")

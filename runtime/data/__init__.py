@@ -131,6 +131,12 @@ def save_tokenized(path: str, splits: DatasetSplits) -> None:
 def load_tokenized(cfg: TrainConfig) -> DatasetSplits:
     from datasets import load_from_disk
 
+    from runtime.data.tokenized import saved_splits, split_problem
+
+    splits = saved_splits(cfg.tokenized_path)
+    problem = split_problem(cfg, splits) if splits is not None else None
+    if problem:  # before the model loads, not as transformers' eval_dataset error on every rank
+        raise ConfigError("tokenized_path", problem)
     try:
         loaded = load_from_disk(cfg.tokenized_path)
     except Exception as exc:  # not a saved dataset: say which key, not a traceback

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import ConfigError
+from runtime.config.template_names import template_problem
 from runtime.contract.say import note
 from runtime.data.template_spec import CONTENT, Marker, Piece, Slot, Spec, Tok
 from runtime.data.template_table import TEMPLATES
@@ -504,8 +505,8 @@ def resolve_template(
             return ChatFormat(name="tokenizer's own", spec=None, **options)
         note(f"the tokenizer has no chat template; using {FALLBACK_TEMPLATE}")
         name = FALLBACK_TEMPLATE
-    if name not in NAMED_TEMPLATES:
-        raise ConfigError("template", f"unknown template {name!r}; {_suggest(name)}")
+    if name not in NAMED_TEMPLATES:  # the parser already refused it (runtime.config.template_names)
+        raise ConfigError("template", template_problem(name) or f"unknown template {name!r}")
     spec = NAMED_TEMPLATES[name]
     chat = ChatFormat(name=name, spec=spec, **options)
     added = fix_tokenizer(spec, tokenizer)
@@ -515,12 +516,3 @@ def resolve_template(
         note(f"template {name} is a multimodal template; text conversations only (no images/videos/audio)")
     tokenizer.chat_template = chat.chat_template_for_saving(tokenizer)
     return chat
-
-
-def _suggest(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, NAMED_TEMPLATES, n=3, cutoff=0.75)
-    if close:
-        return f"did you mean {' or '.join(close)}? (LLaMA-Factory 0.9.5's names are accepted)"
-    return f"use one of LLaMA-Factory 0.9.5's names: {', '.join(sorted(NAMED_TEMPLATES))}"

@@ -9,8 +9,11 @@ import re
 import shutil
 import subprocess
 
+from runtime.contract.devices import GPU, NPU, Seen, id_problem, parse_gpu_list, parse_npu_count, split_ids
 from runtime.preflight.findings import Finding
 from runtime.preflight.settings import Settings
+
+__all__ = ["check_cann", "check_devices", "npu_node", "parse_gpu_list", "parse_npu_count"]
 
 TOOL_TIMEOUT = 15.0
 STALE_FIX = "stop the stale process (kill the pid) or keep that device out of CUDA/ASCEND_RT_VISIBLE_DEVICES"
@@ -34,12 +37,27 @@ def visible(env_name: str) -> list[str] | None:
     value = os.environ.get(env_name)
     if value is None or value == "":
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return split_ids(value)
 
 
-def parse_npu_count(text: str) -> int | None:
-    m = re.search(r"Total Count\s*:\s*(\d+)", text)
-    return int(m.group(1)) if m else None
+def _chosen(s: Settings, kind: tuple[str, str, str]) -> tuple[list[str] | None, str, str]:
+    """(ids, who named them, the key a line is about) for the devices this node's ranks will use:
+    DeepSpeed's --include over ssh (the launching node's exported list, the same for every host), else
+    this node's visible-devices variable. ids None: nothing names them (all devices, in order)."""
+    include = s.include_npu if kind[0] == NPU[0] else s.include_cuda
+    if include is not None:
+        ids = split_ids(include)
+        if s.devices_per_node is not None:
+            ids = ids[: s.devices_per_node]  # --include takes the first devices_per_node of the list
+        return (ids or None), f"{include} (the launching node's {kind[2]}, given to every host)", "--include"
+    ids = visible(kind[2])
+    return ids, os.environ.get(kind[2], ""), kind[2]
+
+
+def _id_findings(s: Settings, chosen: tuple[list[str] | None, str, str], seen: Seen) -> list[Finding]:
+    ids, named_by, key = chosen
+    problem = id_problem(ids, seen, named_by) if ids is not None else None
+    return [Finding(s.host, key, problem)] if problem else []
 
 
 def parse_npu_processes(text: str) -> list[tuple[str, str, int]]:
@@ -55,11 +73,6 @@ def parse_npu_processes(text: str) -> list[tuple[str, str, int]]:
             if m:
                 rows.append((m.group(1), m.group(2), int(m.group(3))))
     return rows
-
-
-def parse_gpu_list(text: str) -> list[tuple[str, str]]:
-    """(index, uuid) per `nvidia-smi -L` line."""
-    return re.findall(r"^GPU (\d+):.*\(UUID: ([^)]+)\)", text, re.MULTILINE)
 
 
 def parse_gpu_apps(text: str) -> list[tuple[str, str, str]]:
@@ -95,11 +108,11 @@ def check_npu(s: Settings) -> tuple[list[Finding], bool]:
     total = parse_npu_count(text) or 0
     if total == 0:
         return [], False
-    shown = visible("ASCEND_RT_VISIBLE_DEVICES")
+    chosen = _chosen(s, NPU)
+    out = _id_findings(s, chosen, Seen(*NPU[:2], total))
+    shown = chosen[0]
     ids = shown if shown is not None else [str(i) for i in range(total)]
-    out = _pinned_problem(
-        s, "NPU", len(ids), "npu-smi info -l" if shown is None else "ASCEND_RT_VISIBLE_DEVICES"
-    )
+    out += _pinned_problem(s, "NPU", len(ids), "npu-smi info -l" if shown is None else chosen[2])
     table, why = _run(["npu-smi", "info"])
     if table is None:
         out.append(Finding(s.host, "devices", why + "; NPU processes not checked", level="note"))
@@ -121,12 +134,14 @@ def check_gpu(s: Settings) -> list[Finding]:
     gpus = parse_gpu_list(text)
     if not gpus:
         return []
-    shown = visible("CUDA_VISIBLE_DEVICES")
+    picked = _chosen(s, GPU)
+    out = _id_findings(s, picked, Seen(*GPU[:2], len(gpus), tuple(u for _, u in gpus)))
+    shown = picked[0]
     if shown is None:
         chosen = gpus
     else:  # indexes or UUIDs
         chosen = [g for g in gpus if g[0] in shown or g[1] in shown]
-    out = _pinned_problem(s, "GPU", len(chosen), "nvidia-smi -L" if shown is None else "CUDA_VISIBLE_DEVICES")
+    out += _pinned_problem(s, "GPU", len(chosen), "nvidia-smi -L" if shown is None else picked[2])
     apps, why = _run(
         ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"]
     )
@@ -142,6 +157,38 @@ def check_gpu(s: Settings) -> list[Finding]:
                 )
             )
     return out
+
+
+# --- CANN: the Ascend toolkit's environment ---
+CANN_DEFAULT = "/usr/local/Ascend/ascend-toolkit"
+CANN_ENV = "XGEN_CANN_SET_ENV"  # the script's xgen_cann_env: the set_env.sh it sourced, "" when none
+DAVINCI_MANAGER = "/dev/davinci_manager"  # every node with Ascend NPUs (and its containers) has it
+
+
+def npu_node(s: Settings) -> bool:
+    """This node has (or is pinned to) Ascend NPUs: device npu, or npu-smi or the NPU driver's device."""
+    if s.device != "auto":
+        return s.device == "npu"
+    return shutil.which("npu-smi") is not None or os.path.exists(DAVINCI_MANAGER)
+
+
+def check_cann(s: Settings) -> list[Finding]:
+    """A node with NPUs where the script found no CANN set_env.sh to source: one note, not silence (the
+    device and port checks then run without what it puts on the paths, and so would HCCL)."""
+    if os.environ.get(CANN_ENV) != "" or not npu_node(s):  # unset: not started by a generated script
+        return []
+    path = f"{os.environ.get('ASCEND_TOOLKIT_HOME') or CANN_DEFAULT}/set_env.sh"
+    return [
+        Finding(
+            s.host,
+            "CANN",
+            f"no {path} here, so it was not sourced: npu-smi, HCCL and the TBE modules it puts on the paths "
+            "may be missing",
+            "install the CANN toolkit there, or export ASCEND_TOOLKIT_HOME to its folder where the job "
+            "starts",
+            level="note",
+        )
+    ]
 
 
 def check_devices(s: Settings) -> list[Finding]:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.preflight import inputs, versions
+from runtime.preflight import inputs, network, versions
 from runtime.preflight.findings import Finding
 from runtime.preflight.settings import Settings
 
@@ -256,8 +256,8 @@ def report(
             time.sleep(0.5)
     if conn is None:
         fix = (
-            "open TCP port (and NCCL's ports) between the nodes in the firewall, or set cluster.master_port "
-            "to an open one"
+            f"open TCP port (and {network.comm_ports(s)}) between the nodes in the firewall, or set "
+            "cluster.master_port to an open one"
             if last.startswith("timed out")
             else "check that node 0's script runs and that cluster.master_addr is node 0's address"
         )

@@ -1,12 +1,15 @@
-"""Names and interfaces: the node's hostname, the master address as this node sees it, cluster.nic,
-and the InfiniBand switch. All local, no traffic (the master port is probed in `exchange`)."""
+"""Names, interfaces and ports: the node's hostname, the master address as this node sees it, cluster.nic,
+the InfiniBand switch and, on NPU nodes, HCCL's host ports. All local, no traffic (the master port is
+probed in `exchange`)."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 
+from runtime.preflight.devices import npu_node
 from runtime.preflight.findings import Finding
 from runtime.preflight.settings import Settings
 
@@ -121,3 +124,73 @@ def check_ib(s: Settings) -> list[Finding]:
             )
         ]
     return []
+
+
+# --- HCCL's host ports ---
+# NCCL takes ephemeral ports; HCCL listens on a fixed range from HCCL_IF_BASE_PORT (default 60000): 16
+# ports up to CANN 8.2, 32 from CANN 8.3 on (a port per device, by its physical id). A stale process on
+# one fails HCCL's init ("EJ0003 Failed to bind the IP port") after the model has loaded, and other nodes
+# must reach the range as they reach the master port. A port in use is a warning, not an error: another
+# job on the node's other NPUs legitimately holds its devices' ports, and inside a container the physical
+# ids (hence which ports are this job's) are not known here.
+HCCL_BASE_PORT = 60000
+HCCL_PORTS, HCCL_PORTS_NEW = 16, 32
+
+
+def hccl_ports() -> tuple[int, int]:
+    """(first, last) of HCCL's host ports here, CANN 8.3's 32."""
+    value = os.environ.get("HCCL_IF_BASE_PORT", "")
+    base = int(value) if value.isdigit() else HCCL_BASE_PORT
+    return base, base + HCCL_PORTS_NEW - 1
+
+
+def comm_ports(s: Settings) -> str:
+    """The collective library's ports, for a firewall fix: HCCL's fixed range on NPU nodes."""
+    if not npu_node(s):
+        return "NCCL's ports"
+    first, last = hccl_ports()
+    return f"HCCL's ports {first}-{last}, HCCL_IF_BASE_PORT"
+
+
+def _in_use(port: int) -> bool:
+    """Something listens on `port` here (SO_REUSEADDR: a connection in TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def check_hccl_ports(s: Settings) -> list[Finding]:
+    """On an NPU node: the master port outside HCCL's range (an error), and HCCL's ports free here (a
+    warning; the master port itself is checked by node 0's exchange)."""
+    if not npu_node(s):
+        return []
+    first, last = hccl_ports()
+    if s.master_port is not None and first <= s.master_port <= last:
+        return [
+            Finding(
+                s.host,
+                "cluster.master_port",
+                f"{s.master_port} is one of HCCL's host ports ({first}-{last}, HCCL_IF_BASE_PORT), which "
+                "HCCL binds on every node",
+                "set cluster.master_port outside that range, or move HCCL's with HCCL_IF_BASE_PORT",
+            )
+        ]
+    busy = [p for p in range(first, last + 1) if _in_use(p)]
+    if not busy:
+        return []
+    shown = ", ".join(map(str, busy[:4])) + (", …" if len(busy) > 4 else "")
+    return [
+        Finding(
+            s.host,
+            "HCCL_IF_BASE_PORT",
+            f"HCCL's host ports {first}-{last}: {shown} already in use here; if they are this job's devices' "
+            "(a stale training, or another job on the same NPUs), HCCL fails to bind after the model loads",
+            f"stop that process (`ss -ltnp 'sport = :{busy[0]}'` names it), or export HCCL_IF_BASE_PORT=<a "
+            "free base> on every node (cluster.env)",
+            level="warning",
+        )
+    ]

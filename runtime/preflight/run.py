@@ -31,7 +31,9 @@ def local_checks(
     found += network.check_nic(s)
     found += network.check_ib(s)
     found += resources.check_shm(s)
+    found += devices.check_cann(s)  # CANN's set_env.sh was sourced before this ran (xgen_cann_env)
     found += devices.check_devices(s)
+    found += network.check_hccl_ports(s)
     items = inputs.inputs(cfg, raw_train, s.workdir)
     file_findings, files = inputs.check_local(s, items)
     found += file_findings
@@ -46,7 +48,7 @@ def local_checks(
         "output_dir": str(out_dir),
         "shared_needed": inputs.needs_shared_output(cfg),
     }
-    return found, facts, 8 + len(items)
+    return found, facts, 10 + len(items)
 
 
 def _bounded(fn, seconds: float):
@@ -97,8 +99,9 @@ def preflight(s: Settings) -> int:
         cfg, raw_train = _load(s)
     except ConfigError as err:
         if err.message.startswith("file not found: "):  # a DeepSpeed/FSDP JSON missing on this node
-            path = os.path.join(s.workdir, err.message.split(": ", 1)[1])
-            say([Finding(s.host, err.key, f"{path} not found here", inputs.SHARED_FIX)])
+            path, _, hint = err.message.removeprefix("file not found: ").partition("; ")
+            fix = inputs.SHARED_FIX + (f"; {hint}" if hint else "")
+            say([Finding(s.host, err.key, f"{os.path.join(s.workdir, path)} not found here", fix)])
             return EXIT_PREFLIGHT
         say([Finding(s.host, err.key, err.message, "fix the config")])
         return EXIT_CONFIG

@@ -28,6 +28,10 @@ class Settings:
     ssh_hosts: tuple[str, ...] = ()  # hostfile launchers: run the preflight on these hosts over ssh
     ssh_port: int | None = None
     python: str = "python3"  # the interpreter the remote hosts run (ssh mode)
+    # DeepSpeed over ssh: the device ids --include gives every host (the launching node's exported
+    # CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES; "" = none exported). None: the node's own env.
+    include_cuda: str | None = None
+    include_npu: str | None = None
 
     def name_of(self, rank: int) -> str:
         return self.hosts[rank] if rank < len(self.hosts) else f"node rank {rank}"
@@ -61,6 +65,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh", default="", help="comma list of hosts: run the preflight there over ssh")
     p.add_argument("--ssh-port", type=int, default=None)
     p.add_argument("--python", default="python3", help="interpreter on the ssh hosts")
+    p.add_argument(
+        "--include-cuda",
+        default=None,
+        help="DeepSpeed over ssh: the launching node's CUDA_VISIBLE_DEVICES, which --include gives "
+        "every host",
+    )
+    p.add_argument(
+        "--include-npu",
+        default=None,
+        help="DeepSpeed over ssh: the launching node's ASCEND_RT_VISIBLE_DEVICES, which --include gives "
+        "every host",
+    )
     return p
 
 
@@ -87,4 +103,6 @@ def from_args(argv: list[str] | None = None) -> Settings:
         ssh_hosts=tuple(h for h in a.ssh.split(",") if h),
         ssh_port=a.ssh_port,
         python=a.python,
+        include_cuda=a.include_cuda,
+        include_npu=a.include_npu,
     )

@@ -14,6 +14,15 @@ from runtime.preflight.findings import Finding
 from runtime.preflight.settings import Settings
 
 SSH_TIMEOUT = 10
+# An ssh command starts without the CANN environment the script's own node sourced (xgen_cann_env in
+# templates/_node_env.sh.j2): source CANN's set_env.sh where there is one, say whether it was (the
+# preflight's CANN note reads XGEN_CANN_SET_ENV), then run the preflight.
+# Sourced inside a function, so set_env.sh sees no positional arguments (the preflight's command line).
+SOURCE_CANN = (
+    'c="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"; XGEN_CANN_SET_ENV=""; '
+    'cann() { . "$c"; }; if [ -f "$c" ]; then cann && XGEN_CANN_SET_ENV=$c; fi; export XGEN_CANN_SET_ENV; '
+    'exec "$@"'
+)
 
 
 def ssh_argv(s: Settings, host: str) -> list[str]:
@@ -83,6 +92,8 @@ def remote_command(s: Settings, rank: int, argv: list[str]) -> str:
         "--hosts",
         ",".join(s.ssh_hosts),
     ]
+    if s.device in ("auto", "npu"):  # as xgen_cann_env does in the script: CANN first, then the checks
+        cmd = ["bash", "-c", SOURCE_CANN, "xgen-preflight", *cmd]
     return f"cd {shlex.quote(s.workdir)} && exec {shlex.join(cmd)}"
 
 

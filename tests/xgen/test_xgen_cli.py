@@ -10,6 +10,8 @@ import sys
 import pytest
 from xgen_helpers import EXAMPLES, REPO, run_xgen
 
+from xgen.targets.deepspeed import HOSTFILE_MARK
+
 TINY = REPO / "examples" / "cpu-tiny.yaml"
 COMMANDS = ("slurm", "deepspeed", "shell", "accelerate", "check")
 
@@ -66,7 +68,8 @@ def test_deepspeed_writes_hostfile(tmp_path):
         "deepspeed", str(REPO / "examples" / "deepspeed-hostfile.yaml"), "--hostfile", str(hostfile)
     )
     assert result.returncode == 0, result.stderr
-    assert hostfile.read_text() == "node0 slots=8\nnode1 slots=8\n"
+    # First line: xgen's mark (DeepSpeed skips `#` lines); a file without it is the user's, never replaced.
+    assert hostfile.read_text() == f"{HOSTFILE_MARK}\nnode0 slots=8\nnode1 slots=8\n"
     assert f"XGEN_HOSTFILE={hostfile}" in result.stdout
     assert '--master_addr "$MASTER_ADDR"' in result.stdout and "--ssh_port 2222" in result.stdout
 

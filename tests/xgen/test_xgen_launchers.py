@@ -21,6 +21,7 @@ from xgen.cli import main
 from xgen.load import parse_mapping
 from xgen.render import render
 from xgen.targets.common import context
+from xgen.targets.deepspeed import HOSTFILE_MARK
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
 # fake NVIDIA tool: 4 GPUs (nvidia-smi lists every GPU, whatever CUDA_VISIBLE_DEVICES says)
@@ -204,7 +205,7 @@ def test_fake_nvidia_smi_xgen_deepspeed_two_hosts_passes_include(tmp_path):
     result, calls = run_script(tmp_path, script, tools, {"CUDA_VISIBLE_DEVICES": "0,2"})
     assert result.returncode == 0, result.stderr
     ((args, written),) = calls
-    assert written == "10.255.255.1 slots=4\n10.255.255.2 slots=4\n"
+    assert written == f"{HOSTFILE_MARK}\n10.255.255.1 slots=4\n10.255.255.2 slots=4\n"
     assert flag(args, "--include") == "10.255.255.1:0,2@10.255.255.2:0,2"
     assert "--no_ssh" not in args  # several hosts: DeepSpeed's own pdsh runner
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from runtime.config import TrainConfig
+from runtime.contract.devices import GPU, NPU, id_problem, seen_here, split_ids
 from runtime.contract.secrets import MASK
 from xgen.checks import launcher_commands
 from xgen.config import Config
@@ -25,6 +27,8 @@ def _master(config: Config) -> str:
 
 
 def _strategy(train: TrainConfig) -> str:
+    if isinstance(train.deepspeed, str) and train.deepspeed_config is None:  # not visible from here
+        return f"deepspeed {train.deepspeed} (ZeRO stage read on the nodes)"
     if train.deepspeed_config is not None:
         stage = train.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
         source = train.deepspeed if isinstance(train.deepspeed, str) else "inline JSON"
@@ -52,14 +56,18 @@ def _train(config: Config) -> str:
     return f"{train.stage}/{train.finetuning_type} {train.model_name_or_path}, strategy {_strategy(train)}"
 
 
-def datasets(config: Config) -> str:
-    """The `datasets:` line: the runtime's own check (`xgen-runtime check --visible-only`) run from the
-    workdir, so names, files and columns resolve as they will on the nodes. Run as a subprocess: it
-    reads the files with `datasets`, which xgen itself never imports. Bad datasets raise XgenError."""
-    if config.training is None or not (config.training.dataset or config.training.eval_dataset):
-        return "datasets: none named"
+def runtime_check(config: Config) -> str:
+    """The `datasets:` line and a `note:` line per thing not checked: the runtime's own check
+    (`xgen-runtime check --visible-only`) run from the workdir, so model paths, a saved tokenized_path,
+    dataset names, files and columns resolve as they will on the nodes; what is not visible from here is
+    a note. Run as a subprocess: it reads the files with `datasets`, which xgen itself never imports.
+    Problems raise XgenError."""
+    if config.training is None:
+        return "datasets: none named\n"
+    named = bool(config.training.dataset or config.training.eval_dataset)
     if not Path(config.workdir).is_dir():
-        return f"datasets: not checked: workdir {config.workdir} is not visible from here"
+        what = "datasets" if named else "model paths"
+        return f"datasets: not checked: workdir {config.workdir} is not visible from here ({what})\n"
     command = [sys.executable, "-m", "runtime", "check", "--visible-only", str(config.source)]
     result = subprocess.run(command, cwd=config.workdir, capture_output=True, text=True)
     lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -69,14 +77,43 @@ def datasets(config: Config) -> str:
         raise XgenError(*first, also=rest)
     if result.returncode != 0:
         last = lines[-1] if lines else f"exit status {result.returncode}"
-        return f"datasets: not checked: the runtime's check could not run here ({last})"
+        return f"datasets: not checked: the runtime's check could not run here ({last})\n"
     notes = [
         line.removeprefix("xgen-runtime: note: ") for line in lines if line.startswith("xgen-runtime: note:")
     ]
-    if notes:
-        return "datasets: " + "; ".join(note.removeprefix("datasets ") for note in notes)
-    done = [line for line in result.stdout.splitlines() if line.startswith("xgen-runtime: check: ")]
-    return "datasets: " + (done[-1].removeprefix("xgen-runtime: check: ") if done else "ok")
+    about_data = [n.removeprefix("datasets ") for n in notes if n.startswith("datasets ")]
+    others = [f"note:     {n}\n" for n in notes if not n.startswith("datasets ")]
+    if about_data:
+        head = "datasets: " + "; ".join(about_data)
+    elif not named:
+        head = "datasets: none named"
+    else:
+        done = [line for line in result.stdout.splitlines() if line.startswith("xgen-runtime: check: ")]
+        head = "datasets: " + (done[-1].removeprefix("xgen-runtime: check: ") if done else "ok")
+    return head + "\n" + "".join(others)
+
+
+def devices(config: Config) -> str:
+    """Exported device ids against the devices this machine has, when it is one of the job's nodes (a
+    hand-run or DeepSpeed cluster: `xgen check` on node 0), judged as the preflight does on each node
+    (runtime.contract.devices). The ids are cluster.env's, else this shell's; DeepSpeed's --include
+    gives every host the same list. Elsewhere (a login node) the preflight on each node checks them."""
+    c = config.cluster
+    here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}  # no DNS lookup
+    names = {h.name for h in config.host_list} | {c.master_addr or ""}
+    if c.device == "cpu" or not here & names:
+        return ""
+    seen = [s for s in seen_here() if c.device == "auto" or s.kind == ("NPU" if c.device == "npu" else "GPU")]
+    if not seen:
+        return ""
+    kind = seen[0]  # auto: NPUs first, as the scripts detect them
+    var = NPU[2] if kind.kind == NPU[0] else GPU[2]
+    value = c.env.get(var) or os.environ.get(var, "")
+    ids = split_ids(value)[: config.pinned_devices or None]
+    problem = id_problem(ids, kind, value) if ids else None
+    if problem:
+        raise XgenError(var, problem.replace(" here ", f" on {socket.gethostname()} "))
+    return f"devices:  {var}={value or '(all)'} fits the {kind.count} {kind.kind}s here\n"
 
 
 def _key_and_message(line: str) -> tuple[str, str]:
@@ -118,5 +155,7 @@ def summary(config: Config) -> str:
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
         *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),
         *([_sweep(config)] if config.sweep else []),
+        # What the parser decided or could not read from here (a DeepSpeed JSON the nodes see).
+        *(f"note:     {n}" for n in (config.training.notes if config.training else [])),
     ]
     return "\n".join(lines) + "\n"

@@ -38,6 +38,9 @@ FORWARDED_ENV = (
     "XGEN_EXPECT_NNODES",  # runtime/contract/expected_world.py: every rank checks the world it joined
     "XGEN_EXPECT_WORLD_SIZE",
 )
+# The first line of every hostfile xgen writes (DeepSpeed skips `#` lines): a file at --hostfile without it
+# is the user's, and xgen never replaces it (docs/launchers.md).
+HOSTFILE_MARK = "# written by xgen deepspeed --hostfile, which rewrites it; delete this line to keep the file"
 # DeepSpeed writes these into a remote shell command unquoted or inside "…": allow only plain text.
 _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]*\Z")
 _NO_DQ_SPECIAL = re.compile(r'[^"$`\\\n\r]*\Z')
@@ -94,8 +97,38 @@ def hosts_and_slots(config: Config) -> tuple[list[str], int | None]:
     return hosts, slots
 
 
+def _hostfile_is_xgens(config: Config, hostfile: str) -> bool:
+    """Whether xgen may write `hostfile`: absent, or written by xgen (its first line is HOSTFILE_MARK).
+    False for the user's own file that is also cluster.hostfile: read there, launched with as it is.
+    Any other existing file is refused in one line: xgen never replaces a file the user wrote."""
+    path = Path(hostfile)
+    if not path.exists():
+        return True
+    try:
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError):
+        first = []
+    if first == [HOSTFILE_MARK]:
+        return True
+    listed = config.cluster.hostfile
+    if listed and (config.source.parent / listed).resolve() == path.resolve():
+        if any(h.slots is None for h in config.host_list):
+            raise XgenError(
+                "--hostfile",
+                f"{hostfile} is your cluster.hostfile, and DeepSpeed's launcher needs slots=N on every line; "
+                "add them, or give --hostfile a new path for xgen to write",
+            )
+        return False
+    raise XgenError(
+        "--hostfile",
+        f"{hostfile} exists and xgen did not write it (no xgen first line), so it is not replaced; give "
+        "--hostfile a new path, or name this file in cluster.hostfile to launch with it as it is",
+    )
+
+
 def build(config: Config, hostfile: str | None, module: str = "runtime train") -> tuple[str, str | None]:
-    """Return (script, hostfile text or None when slots are only known at run time or one node runs alone)."""
+    """Return (script, hostfile text or None when slots are only known at run time, one node runs alone,
+    or --hostfile is the user's own cluster.hostfile)."""
     name = "deepspeed" if module == "runtime train" else "doctor deepspeed"
     container_context(config, name)  # refuses a container first: it would not wrap this launcher
     launcher_for(config, "deepspeed")
@@ -106,6 +139,7 @@ def build(config: Config, hostfile: str | None, module: str = "runtime train") -
         raise XgenError(
             "--hostfile", "required for more than one node: where to write the DeepSpeed hostfile"
         )
+    ours = _hostfile_is_xgens(config, hostfile) if hostfile and not single else False
     ctx = context(config, name, f" --hostfile {hostfile}" if hostfile else "")
     ctx["launch_module"] = module
     ctx.update(
@@ -115,8 +149,11 @@ def build(config: Config, hostfile: str | None, module: str = "runtime train") -
         ssh_hosts=[] if single else hosts,
         hostfile=str(Path(hostfile).absolute()) if hostfile else "",
         env_names=_forwarded_names(config, single),
+        hostfile_mark=HOSTFILE_MARK,
     )
     text = render("deepspeed.sh.j2", ctx)
-    write = slots and hostfile and not single
-    hostfile_text = render("hostfile.j2", {"hosts": hosts, "slots": slots}) if write else None
+    write = slots and ours
+    hostfile_text = (
+        render("hostfile.j2", {"hosts": hosts, "slots": slots, "mark": HOSTFILE_MARK}) if write else None
+    )
     return text, hostfile_text

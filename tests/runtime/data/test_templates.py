@@ -106,6 +106,14 @@ def test_cases_cover_every_name_and_the_main_families():
     assert {row["case"] for row in rows} == {"one_turn", "system_multi_turn", "thoughts", "pair"}
 
 
+def test_parser_knows_exactly_the_names_the_runtime_renders():
+    """The parser checks `template:` against runtime.config.template_names (it may not import this
+    table); every name there is one resolve_template renders (each is rendered above and below)."""
+    from runtime.config.template_names import TEMPLATE_NAMES
+
+    assert sorted(TEMPLATE_NAMES) == sorted(NAMED_TEMPLATES)
+
+
 def test_matches_llamafactory_recorded(tiny_tokenizer):
     meta, rows = _load(CASES)
     assert meta.get("vocab_sha") == _vocab_sha(tiny_tokenizer), "tiny tokenizer changed: regenerate the cases"

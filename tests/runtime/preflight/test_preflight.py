@@ -487,7 +487,7 @@ def test_ssh_batchmode_failure_gives_ssh_reason(fake_bin):
 
 
 def test_remote_command_quotes_and_sets_rank():
-    s = settings(workdir="/runs/my run", python="/venv/bin/python", ssh_hosts=("a", "b"))
+    s = settings(workdir="/runs/my run", python="/venv/bin/python", ssh_hosts=("a", "b"), device="cuda")
     argv = [
         "cfg.yaml",
         "--workdir",
@@ -579,4 +579,103 @@ def test_clock_skew_is_a_warning():
         and f.host == "node1"
         and f.what == "clock"
         and "+42 s off node0's clock" in f.wrong
+    )
+
+
+# --- issue 27: visible-device ids, CANN before the checks, HCCL's ports (fake npu-smi / nvidia-smi) -----
+
+NPU_SMI_2 = """#!/bin/sh
+# fake: a container with 2 NPUs (npu-smi shows what the container has)
+if [ "$1" = info ] && [ "$2" = -l ]; then echo "        Total Count                    : 2"; exit 0; fi
+if [ "$1" = info ]; then echo "| No running processes found in NPU 0 |"; fi
+"""
+
+
+def test_fake_npu_smi_ascend_visible_devices_beyond_the_node(fake_bin, monkeypatch):
+    """ASCEND_RT_VISIBLE_DEVICES=4,5 (host ids) where npu-smi shows 2 NPUs: one line naming the ids."""
+    fake_bin("npu-smi", NPU_SMI_2)
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "4,5")
+    lines = [f.line() for f in devices.check_devices(settings(device="auto"))]
+    assert lines == [
+        "xgen: preflight: nodeX: ASCEND_RT_VISIBLE_DEVICES: 4,5 names NPU 4, 5, but `npu-smi info -l` shows "
+        "2 NPUs here (ids 0-1); ids count from 0 among the devices this node or container shows, not the "
+        "host's numbering: use ids 0-1"
+    ]
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0,1")
+    assert devices.check_devices(settings(device="npu")) == []
+
+
+def test_fake_nvidia_smi_cuda_visible_devices_beyond_the_node(fake_bin, monkeypatch):
+    fake_bin("nvidia-smi", NVIDIA_SMI.format(n=4))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,5")
+    (f,) = devices.check_devices(settings(device="cuda"))
+    assert (f.what, f.level) == ("CUDA_VISIBLE_DEVICES", "error")
+    assert f.wrong.startswith("0,5 names GPU 5, but `nvidia-smi -L` shows 4 GPUs here (ids 0-3)")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-uuid-2,1")  # a UUID (prefix) of a GPU here is fine
+    assert devices.check_devices(settings(device="cuda")) == []
+
+
+def test_fake_npu_smi_deepspeed_include_over_ssh_is_checked_on_every_host(fake_bin, monkeypatch):
+    """DeepSpeed's --include gives every host the launching node's list; a host's own env does not count."""
+    fake_bin("npu-smi", NPU_SMI_2)
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0")  # ignored: the launcher sets it from --include
+    (f,) = devices.check_devices(settings(device="npu", include_npu="2,3", include_cuda=""))
+    assert f.line().startswith(
+        "xgen: preflight: nodeX: --include: 2,3 (the launching node's ASCEND_RT_VISIBLE_DEVICES, given to "
+        "every host) names NPU 2, 3, but `npu-smi info -l` shows 2 NPUs here (ids 0-1)"
+    )
+    assert devices.check_devices(settings(device="npu", include_npu="1,0")) == []
+    assert devices.check_devices(settings(device="npu", include_npu="")) == []  # none exported: 0 … n-1
+    s = from_args(["c.yaml", "--ssh", "a,b", "--include-npu", "4,5", "--include-cuda", ""])
+    assert (s.include_npu, s.include_cuda) == ("4,5", "")
+
+
+def test_missing_cann_set_env_on_an_npu_node_is_one_note(fake_bin, monkeypatch):
+    """The script sourced CANN before the preflight (XGEN_CANN_SET_ENV: what it sourced, "" = nothing)."""
+    monkeypatch.setattr(devices, "DAVINCI_MANAGER", "/nonexistent/davinci_manager")
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", "/opt/no-cann")
+    monkeypatch.setenv("XGEN_CANN_SET_ENV", "")
+    (f,) = devices.check_cann(settings(device="npu"))
+    assert f.line() == (
+        "xgen: preflight: nodeX: CANN: note: no /opt/no-cann/set_env.sh here, so it was not sourced: "
+        "npu-smi, HCCL and the TBE modules it puts on the paths may be missing; install the CANN toolkit "
+        "there, or export ASCEND_TOOLKIT_HOME to its folder where the job starts"
+    )
+    assert devices.check_cann(settings(device="auto")) == []  # no NPU here: a GPU or CPU node says nothing
+    fake_bin("npu-smi", NPU_SMI_2)
+    assert len(devices.check_cann(settings(device="auto"))) == 1
+    monkeypatch.setenv("XGEN_CANN_SET_ENV", "/opt/cann/set_env.sh")  # sourced: nothing to say
+    assert devices.check_cann(settings(device="npu")) == []
+
+
+def test_hccl_ports_in_use_on_an_npu_node(fake_bin, monkeypatch):
+    """HCCL listens on HCCL_IF_BASE_PORT … +31: one in use is named (a warning: another job on the node's
+    other NPUs holds its own); the master port inside the range is an error; NCCL nodes are not asked."""
+    base = next(  # a base whose 32 ports are all free right now
+        b for b in range(61000, 65000, 32) if not any(network._in_use(p) for p in range(b, b + 32))
+    )
+    monkeypatch.setenv("HCCL_IF_BASE_PORT", str(base))
+    assert network.check_hccl_ports(settings(device="npu")) == []
+    with socket.create_server(("", base + 3)):
+        (f,) = network.check_hccl_ports(settings(device="npu"))
+        assert f.level == "warning"
+        assert f.line().startswith(
+            f"xgen: preflight: nodeX: HCCL_IF_BASE_PORT: warning: HCCL's host ports {base}-{base + 31}: "
+            f"{base + 3} already in use here; if they are this job's devices'"
+        )
+        assert f"`ss -ltnp 'sport = :{base + 3}'` names it" in f.fix
+        assert network.check_hccl_ports(settings(device="cuda")) == []  # NCCL takes ephemeral ports
+    (f,) = network.check_hccl_ports(settings(device="npu", master_port=base + 1))
+    assert (f.what, f.level) == ("cluster.master_port", "error") and "one of HCCL's host ports" in f.wrong
+    assert network.comm_ports(settings(device="npu")) == f"HCCL's ports {base}-{base + 31}, HCCL_IF_BASE_PORT"
+    assert network.comm_ports(settings(device="cuda")) == "NCCL's ports"
+
+
+def test_remote_preflight_sources_cann_first():
+    """Over ssh nothing sourced CANN on the other hosts: the remote command does, then runs the checks."""
+    s = settings(workdir="/runs/w", python="/venv/bin/python", ssh_hosts=("a", "b"), device="npu")
+    cmd = ssh.remote_command(s, 1, ["cfg.yaml", "--device", "npu"])
+    assert cmd.startswith("cd /runs/w && exec bash -c ")
+    assert "set_env.sh" in cmd and cmd.endswith(
+        "xgen-preflight /venv/bin/python -m runtime.preflight cfg.yaml --device npu --node-rank 1 --hosts a,b"
     )

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--visible-only",
         action="store_true",
-        help="datasets only, and say 'not checked' when dataset_dir is not visible here (xgen check)",
+        help="what is not visible from here (a model, dataset_dir, a DeepSpeed JSON) is a note, "
+        "not an error (xgen check)",
     )
     tiny = sub.add_parser("make-tiny", help="write a tiny model (DIR/model) and datasets (DIR/data)")
     tiny.add_argument("dir")
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # `xgen-runtime` / `python -m runtime`, not an in-process caller (tests)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:  # every argument after it is torch.distributed.run's own
         from runtime.commands.launch import launch
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"wrote {out}; train it with use_llama_pro: true, freeze_trainable_layers: {args.num_expand}")
             return 0
         load_secret_env_file()  # before anything reads the environment (DeepSpeed multi-node only)
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, visible_only=getattr(args, "visible_only", False))
         if args.command == "check":
             return _check(cfg, args.config, args.visible_only)
         if args.command == "export":
@@ -85,19 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             say(f"exported model to {export(cfg)}")
             return 0
         check_test_assert_env()
-        return _train_recorded(cfg)
+        return _train_recorded(cfg, own_process=own_process)
     except ConfigError as exc:
         _print_errors([redact(line) for line in error_lines(exc)])
         return EXIT_CONFIG
 
 
-def _train_recorded(cfg) -> int:
+def _train_recorded(cfg, *, own_process: bool = False) -> int:
     """Train under torch.distributed.elastic's `record`: an exception on any rank is written to the
     error file torch.distributed.run gives each worker, so its summary shows the first failing rank's
     real traceback instead of "To enable traceback see …" (imported here: check/export stay torch-free)."""
-    from runtime.perf.lean_imports import hide_unused_bitsandbytes
+    from runtime.perf.lean_imports import hide_unused_bitsandbytes, hide_unused_deepspeed
 
     hide_unused_bitsandbytes(cfg)  # before torch: nothing may have imported it yet
+    if own_process:  # a process of its own: every start and restart (lean_imports says why only there)
+        hide_unused_deepspeed(cfg)
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from runtime.train import train

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import ConfigError, TrainConfig
+from runtime.contract.slurm import RDZV_ROUND
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
@@ -89,15 +90,24 @@ def join_restarted_world(device: str, timeout_s: float) -> bool:
     Why our own code: with the c10d rendezvous the workers of every attempt share the agent's TCPStore
     without a per-attempt prefix (torch's `_create_c10d_store` assumes a new store per retry), so gloo's
     address exchange of the new workers reads the dead workers' addresses and fails with "Connection
-    refused" (measured on torch 2.13, 2 ranks, one SIGKILLed). The first attempt is left to accelerate
-    and DeepSpeed as before; they reuse a process group that already exists."""
+    refused" (measured on torch 2.13, 2 ranks, one SIGKILLed). The first attempt of a static rendezvous
+    is left to accelerate and DeepSpeed as before; they reuse a process group that already exists. Under
+    c10d every round gets its prefix, the first included: a node that restarts because another failed
+    may still be at restart count 0, and must meet the others under the same prefix (measured on the
+    suite's two-node cluster: without it the restarted workers waited for each other until the timeout)."""
     import torch
     import torch.distributed as dist
 
+    # c10d: the round every node met in (`runtime launch` exports it); the restart count differs between
+    # nodes there, as a node restarted because another node failed does not count a restart. Static: the
+    # restart count, the same on every node (each node's workers fail, and restart, together).
+    rdzv_round = os.environ.get(RDZV_ROUND)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    if attempt == "0" or not agent_store or dist.is_initialized() or device not in BACKENDS:
+    first = attempt == "0" and rdzv_round is None
+    if first or not agent_store or dist.is_initialized() or device not in BACKENDS:
         return False
+    prefix = f"xgen/round_{rdzv_round}" if rdzv_round is not None else f"xgen/attempt_{attempt}"
     from datetime import timedelta
 
     timeout = timedelta(seconds=timeout_s)
@@ -111,7 +121,7 @@ def join_restarted_world(device: str, timeout_s: float) -> bool:
         torch.npu.set_device(local_rank)  # type: ignore[attr-defined]
     dist.init_process_group(
         BACKENDS[device],
-        store=dist.PrefixStore(f"xgen/attempt_{attempt}", store),
+        store=dist.PrefixStore(prefix, store),
         rank=rank,
         world_size=world_size,
         timeout=timeout,

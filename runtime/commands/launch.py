@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.contract.slurm import EXIT_PREEMPTED, PROGRESS_FILE, RESTART_FAILED_AT
+from runtime.contract.slurm import EXIT_PREEMPTED, PROGRESS_FILE, RDZV_ROUND, RESTART_FAILED_AT
 
 EXIT_WORKER_KILLED = 1  # a worker killed by a signal: torchrun's own status for it
 # Exit codes whose one line the worker itself printed: a config refused (2), a full disk (28).
@@ -58,8 +58,15 @@ def _message(failure: Any) -> str:
 def _first(failures: dict[int, Any]) -> tuple[int, Any]:
     """The failure that caused the others: a worker killed by a signal (no error file; its timestamp is
     only when the agent noticed) before one that raised, then the earliest. A rank whose peer died
-    raises too ("Connection closed by peer"), often before the agent notices the dead one."""
-    return min(failures.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp))
+    raises too ("Connection closed by peer"), often before the agent notices the dead one. SIGTERM comes
+    last: it is how the agent stops the rest of a node's workers once one of them failed (measured: a
+    node lost, its peer node's rank 1 raised, and the agent's SIGTERM to rank 0 was named first)."""
+
+    def cause(item: tuple[int, Any]) -> tuple[int, float]:
+        code = item[1].exitcode
+        return (2 if code == -signal.SIGTERM else 0 if code < 0 else 1, item[1].timestamp)
+
+    return min(failures.items(), key=cause)
 
 
 # A worker the agent stopped while the others were already exiting (SIGTERM, then SIGKILL after 30 s).
@@ -113,6 +120,15 @@ def _announce_restarts(args: Any) -> None:
     if getattr(LocalElasticAgent, "_xgen_announces", False):
         return
     monitor, restart = LocalElasticAgent._monitor_workers, LocalElasticAgent._restart_workers
+    rendezvous = LocalElasticAgent._rendezvous
+
+    def met(self: Any, worker_group: Any) -> None:
+        # c10d: the workers get the round every node just met in (the agent's environment is theirs), so
+        # that all of them create their process group under the same store prefix.
+        rendezvous(self, worker_group)
+        holder = getattr(worker_group.spec.rdzv_handler, "_state_holder", None)
+        if holder is not None:
+            os.environ[RDZV_ROUND] = str(holder.state.round)
 
     def monitored(self: Any, worker_group: Any) -> Any:
         _AGENT[:] = [self]
@@ -129,17 +145,19 @@ def _announce_restarts(args: Any) -> None:
             rank, failure = _first(failures)
             what = f"rank {rank} on {socket.gethostname()} failed ({_message(failure)})"
             failed_at = min(failed_at, float(failure.timestamp))
-        else:
-            what = f"another node's workers failed or a node joined ({socket.gethostname()} restarts too)"
-        _say(
-            f"restart {number}/{spec.max_restarts}: {what}; "
-            f"the workers restart and resume from {_newest_checkpoint(_output_dir(args))}"
-        )
+            said = f"restart {number}/{spec.max_restarts}: {what}"
+        else:  # c10d: not counted against this node's max_restarts
+            said = (
+                f"restart: another node's workers failed or a node joined ({socket.gethostname()} restarts "
+                f"with them; {number}/{spec.max_restarts} of its own restarts used)"
+            )
+        _say(f"{said}; the workers restart and resume from {_newest_checkpoint(_output_dir(args))}")
         os.environ[RESTART_FAILED_AT] = str(failed_at)  # the new workers inherit it
         restart(self, worker_group)
 
     LocalElasticAgent._monitor_workers = monitored  # type: ignore[method-assign]
     LocalElasticAgent._restart_workers = restarted  # type: ignore[method-assign]
+    LocalElasticAgent._rendezvous = met  # type: ignore[method-assign]
     LocalElasticAgent._xgen_announces = True  # type: ignore[attr-defined]
 
 

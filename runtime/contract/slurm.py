@@ -42,6 +42,9 @@ EXIT_PREEMPTED = 75
 # `runtime launch` (runtime/commands/launch.py) sets it, in the workers' environment, to the UNIX time of
 # the failure it restarts them for; rank 0 then prints the restart cost at its first step.
 RESTART_FAILED_AT = "XGEN_RESTART_FAILED_AT"
+# The c10d rendezvous round the workers were started in: the same on every node, unlike
+# TORCHELASTIC_RESTART_COUNT (a node restarted because another node failed does not count a restart).
+RDZV_ROUND = "XGEN_RDZV_ROUND"
 # Signals that mean "checkpoint and stop" (SIGTERM: what a hand-run node or a plain `scancel` sends).
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -10,9 +10,13 @@ a rank stuck outside a collective. This one is device-neutral and needs no proce
 - a rank whose own last step is older than the timeout (checkpoint saves and evaluations pause the clock:
   they report their own progress) reads every heartbeat: a rank whose heartbeat stopped (a stopped or
   dead process) or, when all still beat, the ranks at the lowest step are the stuck ones;
-- it writes its Python stacks (faulthandler, all threads) to `<run dir>/stacks/<host>-rank<R>.txt`, the
-  lowest rank that is not stuck prints one line naming the stuck ranks, and it exits EXIT_HUNG, which
-  torch.distributed.run counts as a failure: with cluster.max_restarts the workers restart and resume.
+- it writes its Python stacks (faulthandler, all threads) to `<run dir>/stacks/<host>-rank<R>.txt`; a
+  stuck rank cannot (a stopped process runs no code, a blocked one may never return to Python), so the
+  lowest live rank on its host reads its stacks from outside with py-spy when installed (`py-spy dump
+  --nonblocking`: reads memory, needs ptrace permission: root, or kernel.yama.ptrace_scope 0);
+- the lowest rank that is not stuck prints one line naming the stuck ranks, and every rank exits
+  EXIT_HUNG, which torch.distributed.run counts as a failure: with cluster.max_restarts the workers
+  restart and resume.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -38,6 +44,26 @@ DEFAULT_HANG_TIMEOUT = 0.0
 HEARTBEAT_S = 5.0
 EXIT_HUNG = 124  # timeout(1)'s status for "ran out of time"
 HEARTBEATS = ".xgen-heartbeat"
+PY_SPY_TIMEOUT_S = 20.0  # the agent SIGKILLs a node's workers 30 s after the first of them exits
+
+
+def outside_stacks(pid: int) -> str | None:
+    """Another process's Python stacks, read by py-spy; None without py-spy, or when it could not read
+    them (no ptrace permission, the process is gone)."""
+    beside = Path(sys.executable).parent / "py-spy"  # a venv's bin/ need not be on PATH
+    tool = str(beside) if beside.is_file() else shutil.which("py-spy")
+    if tool is None:
+        return None
+    try:
+        done = subprocess.run(
+            [tool, "dump", "--pid", str(pid), "--nonblocking"],
+            capture_output=True,
+            text=True,
+            timeout=PY_SPY_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 and done.stdout.strip() else None
 
 
 def hang_timeout() -> float:
@@ -99,6 +125,7 @@ class Watchdog:
 
     def _beat(self) -> None:
         beat = {"step": self.step, "phase": self.phase, "time": time.time(), "host": self.host}
+        beat["pid"] = os.getpid()
         write_atomic(self.folder / f"rank-{self.rank}.json", json.dumps(beat))
 
     def _beats(self) -> dict[int, dict[str, Any]]:
@@ -132,6 +159,9 @@ class Watchdog:
             )
             faulthandler.dump_traceback(file=handle, all_threads=True)
         live = [r for r in range(self.world_size) if r not in stuck] or stuck
+        here = [r for r in live if beats.get(r, {}).get("host") == self.host]
+        if here and self.rank == min(here):
+            self._read_stuck_stacks(stuck, beats)
         if self.rank == min(live):
             named = ", ".join(f"rank {r} on {beats.get(r, {}).get('host', '?')}" for r in stuck)
             print(
@@ -142,6 +172,21 @@ class Watchdog:
                 flush=True,
             )
         os._exit(EXIT_HUNG)
+
+    def _read_stuck_stacks(self, stuck: list[int], beats: dict[int, dict[str, Any]]) -> None:
+        """The stacks of the stuck ranks on this host, read from outside (py-spy)."""
+        for rank in stuck:
+            beat = beats.get(rank, {})
+            if rank == self.rank or beat.get("host") != self.host or not beat.get("pid"):
+                continue
+            text = outside_stacks(int(beat["pid"]))
+            if text is None:
+                continue
+            path = self.stacks / f"{self.host}-rank{rank}.txt"
+            said = (
+                f"rank {rank} on {self.host}, stuck (last heartbeat: step {beat.get('step')}), read by py-spy"
+            )
+            path.write_text(f"{said} from rank {self.rank}\n{text}")
 
 
 _ACTIVE: list[Watchdog] = []  # the one started in this process, for phase() below

@@ -5,7 +5,8 @@
   XGEN_FAULT_SIGNAL_AT_STEP=N[@R]  rank R (default 0) sends itself SIGUSR1 after step N: a deterministic
                                    preemption (R > 0: the signal reaches another rank first).
   XGEN_FAULT_KILL_AT_STEP=N[@R]    rank R (default 0) SIGKILLs itself after step N, on the first attempt
-                                   only (TORCHELASTIC_RESTART_COUNT 0): a worker that dies mid-run.
+                                   only (TORCHELASTIC_RESTART_COUNT and SLURM_RESTART_COUNT 0): a worker
+                                   that dies mid-run.
   XGEN_FAULT_STOP_AT_STEP=N[@R]    the same with SIGSTOP: a rank that hangs (the hang watchdog's proof).
   XGEN_TEST_ASSERT_ENV=NAME,NAME   every rank checks these variables are set and non-empty and prints
                                    their names only (the cluster test for cluster.pass_env uses it).
@@ -53,7 +54,9 @@ def signal_at_step(step: int) -> None:
 
 def kill_at_step(step: int) -> None:
     """XGEN_FAULT_KILL_AT_STEP / XGEN_FAULT_STOP_AT_STEP: called at the end of every optimizer step."""
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get(
+        "SLURM_RESTART_COUNT", "0"
+    ) in ("", "0")
     for variable, sig in ((FAULT_KILL_AT_STEP, signal.SIGKILL), (FAULT_STOP_AT_STEP, signal.SIGSTOP)):
         at, _, rank = os.environ.get(variable, "").partition("@")
         if at == str(step) and _rank() == int(rank or 0) and first_attempt:

@@ -1,4 +1,4 @@
-"""A real two-node cluster on one machine: network namespaces, Slurm, munge and sshd.
+"""A real cluster of three nodes on one machine (two plus a spare): network namespaces, Slurm, munge, sshd.
 
 Why this exists: the generated scripts are only proven when they run on real launchers across
 real separate nodes. Each "node" is a network namespace with its own address on a private /24
@@ -77,7 +77,10 @@ class ClusterSpec:
     subnet: str = "10.201.7"  # a /24 that the harness creates; only these addresses get traffic
     # Outside /tmp: every node gets its own /tmp, but all of them must see the state dir.
     state_dir: Path = Path("/var/tmp/xgt-cluster")
-    node_count: int = 2
+    # node0 and node1 run every two-node job; node2 is a spare (a higher Slurm Weight: Slurm fills the
+    # lowest weight first) that takes over when a test loses one of them for good.
+    node_count: int = 3
+    spare_from: int = 2  # nodes with this index and up are spares
     cpus_per_node: int = 2  # two ranks per node fit (CPUs are oversubscribed on a 2-core machine)
     real_memory_mb: int = 8000
     slurmctld_port: int = 16817
@@ -324,8 +327,8 @@ def slurm_conf(spec: ClusterSpec, paths: Paths) -> str:
     r = paths.root
     node_lines = "\n".join(
         f"NodeName={n.name} NodeAddr={n.addr} CPUs={spec.cpus_per_node} "
-        f"RealMemory={spec.real_memory_mb} State=UNKNOWN"
-        for n in spec.nodes
+        f"RealMemory={spec.real_memory_mb} Weight={100 if i >= spec.spare_from else 1} State=UNKNOWN"
+        for i, n in enumerate(spec.nodes)
     )
     node_names = ",".join(n.name for n in spec.nodes)
     return f"""# Written by tests/cluster/harness.py; removed on teardown.
@@ -366,6 +369,9 @@ KillWait=5
 InactiveLimit=0
 Waittime=0
 MessageTimeout=10
+# A node whose slurmd stops answering is DOWN after 30 s (default 300), and its jobs NODE_FAIL (and
+# requeue when they may): the node-loss test waits for this.
+SlurmdTimeout=30
 {node_lines}
 PartitionName={spec.partition} Nodes={node_names} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """
@@ -491,6 +497,43 @@ class Cluster:
         """Every process inside a node's namespace (daemons included)."""
         proc = run(["ip", "netns", "pids", self.node(node).netns], check=False)
         return [int(p) for p in proc.stdout.split()]
+
+    def lose_node(self, node: str) -> None:
+        """The node dies for good, as a power loss would: every process in its namespace (slurmd, sshd,
+        slurmstepd, the job's ranks) is SIGKILLed. Slurm finds out by itself (SlurmdTimeout)."""
+        for _ in range(3):  # a process forked while we kill is caught by the next round
+            for pid in self.node_pids(node):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+
+    def restore_node(self, node: str, timeout: float = 90) -> None:
+        """Bring a lost node back: its daemons again, RESUME in Slurm, wait until it is idle."""
+        _start_node_daemons(self.spec, self.paths, self.node(node))
+        wait_until(
+            lambda: (
+                self.slurm(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False).returncode
+                == 0
+                or "idle" in self._node_state(node)
+            ),
+            timeout,
+            f"Slurm to accept {node} back",
+            interval=1,
+        )
+        wait_until(lambda: self._node_state(node).startswith("idle"), timeout, f"{node} to be idle", 1)
+
+    def _node_state(self, node: str) -> str:
+        return self.slurm(["sinfo", "-h", "-n", node, "-o", "%t"], check=False).stdout.strip()
+
+    def stopped_processes(self, node: str) -> list[int]:
+        """Pids in a node that are stopped (state T: SIGSTOP), e.g. a rank a fault hook froze."""
+        stopped = []
+        for pid in self.node_pids(node):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if stat.rpartition(")")[2].split()[0] == "T":
+                    stopped.append(pid)
+        return stopped
 
     def node_processes(self, node: str, contains: str) -> list[int]:
         """Pids in a node whose command line contains `contains` (for fault injection)."""
@@ -622,25 +665,30 @@ def _start_daemons(spec: ClusterSpec, paths: Paths) -> None:
         paths.pid_file("slurmctld"),
         paths.logs / "slurmctld.out",
     )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     for node in spec.nodes:
-        start_daemon(
-            in_node(node, ["slurmd", "-D", "-N", node.name, "-f", conf], spec),
-            paths.pid_file(f"slurmd-{node.name}"),
-            paths.logs / f"slurmd-{node.name}.out",
-        )
-        sshd = [
-            shutil.which("sshd") or "/usr/sbin/sshd",
-            "-D",
-            "-e",
-            "-f",
-            str(paths.root / "ssh" / f"sshd_{node.name}.conf"),
-        ]
-        start_daemon(
-            in_node(node, sshd, spec),
-            paths.pid_file(f"sshd-{node.name}"),
-            paths.logs / f"sshd-{node.name}.log",
-        )
+        _start_node_daemons(spec, paths, node)
+
+
+def _start_node_daemons(spec: ClusterSpec, paths: Paths, node: Node) -> None:
+    """One node's slurmd and sshd (at bring-up, and when a lost node comes back)."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    start_daemon(
+        in_node(node, ["slurmd", "-D", "-N", node.name, "-f", str(paths.slurm_conf)], spec),
+        paths.pid_file(f"slurmd-{node.name}"),
+        paths.logs / f"slurmd-{node.name}.out",
+    )
+    sshd = [
+        shutil.which("sshd") or "/usr/sbin/sshd",
+        "-D",
+        "-e",
+        "-f",
+        str(paths.root / "ssh" / f"sshd_{node.name}.conf"),
+    ]
+    start_daemon(
+        in_node(node, sshd, spec),
+        paths.pid_file(f"sshd-{node.name}"),
+        paths.logs / f"sshd-{node.name}.log",
+    )
 
 
 def _wait_ready(cluster: Cluster, timeout: float = 60) -> None:
@@ -649,7 +697,7 @@ def _wait_ready(cluster: Cluster, timeout: float = 60) -> None:
         states = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
         return all(states.get(n.name, "").startswith("idle") for n in cluster.nodes)
 
-    wait_until(nodes_idle, timeout, "both slurmd nodes to be idle in sinfo", interval=0.2)
+    wait_until(nodes_idle, timeout, "every slurmd node to be idle in sinfo", interval=0.2)
     for node in cluster.nodes:
         wait_until(
             lambda node=node: (

@@ -43,6 +43,11 @@ def directives(config: Config) -> list[str]:
         lines.append("--exclusive")
     if s.requeue:
         lines += [f"--signal=B:USR1@{s.signal_seconds}", "--requeue", "--open-mode=append"]
+    elif config.cluster.max_restarts > 0:
+        # A run that restarts its workers also survives a node lost for good: Slurm requeues a job with
+        # --requeue after a node failure (even where the site's JobRequeue=0), and the next allocation
+        # resumes from the newest checkpoint. append: the requeued script adds to the same log.
+        lines += ["--requeue", "--open-mode=append"]
     array = sweep.array_spec(config)
     if array:
         lines.append(f"--array={array}")

@@ -102,7 +102,8 @@ def test_a_hung_worker_is_named_its_peers_stacks_written_and_the_run_restarts(
 ):
     """Rank 1 is SIGSTOPped after step 3 (a hang: alive, silent); rank 0 waits in the next collective. With
     XGEN_HANG_TIMEOUT=15 the watchdog names rank 1 within the timeout plus its heartbeat period, writes
-    rank 0's Python stacks to the run directory, ends the workers, and the restart completes the run."""
+    rank 0's Python stacks and (py-spy) rank 1's to the run directory, ends the workers, and the restart
+    completes the run."""
     out, run_dir = tmp_path / "out", tmp_path / "run"
     env = {"XGEN_FAULT_STOP_AT_STEP": "3@1", "XGEN_HANG_TIMEOUT": "15", "XGEN_RUN_DIR": str(run_dir)}
     run = _launch(_config(tiny_dir, tmp_path), tmp_path, "--max-restarts", "1", env=env)
@@ -115,6 +116,12 @@ def test_a_hung_worker_is_named_its_peers_stacks_written_and_the_run_restarts(
     assert f"stuck: rank 1 on {host} (no heartbeat)" in hang[0]
     stacks = run_dir / "stacks" / f"{host}-rank0.txt"
     assert "Thread" in stacks.read_text() or "File" in stacks.read_text()  # faulthandler's dump
+    # The stopped rank's own stacks, read from outside by py-spy (installed with the runtime): the frame
+    # it stopped in is the fault hook's os.kill, inside the trainer's step callback.
+    stopped = (run_dir / "stacks" / f"{host}-rank1.txt").read_text()
+    assert stopped.startswith(f"rank 1 on {host}, stuck (last heartbeat: step "), stopped
+    assert "read by py-spy from rank 0\n" in stopped, stopped
+    assert "kill_at_step (runtime/scaffolding/testing.py" in stopped, stopped
     assert "xgen-runtime: restart 1/1: rank " in run.stdout  # the hang ended the workers: a restart
     assert max_diff(weights(out), weights(uninterrupted)) == 0.0
 

@@ -273,6 +273,8 @@ xgen_preflight() {
     --ssh node0,node1 \
     --python "$PYTHON" \
     --ssh-port 2222 \
+    --include-cuda "${CUDA_VISIBLE_DEVICES:-}" \
+    --include-npu "${ASCEND_RT_VISIBLE_DEVICES:-}" \
     --nnodes "$NNODES" \
     --hosts "$XGEN_PREFLIGHT_HOSTS" \
     --master-addr "$MASTER_ADDR" \

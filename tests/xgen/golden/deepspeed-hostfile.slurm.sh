@@ -392,6 +392,11 @@ xgen_node() {
 XGEN_RUN_DIR=$XGEN_WORKDIR/xgen-runs/$SLURM_JOB_ID
 xgen_freeze_config
 xgen_say "run directory $XGEN_RUN_DIR (frozen config, one log per node and attempt)"
+if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then
+  # Slurm requeued this job (a planned stop, a node lost, or scontrol requeue): the run resumes from its
+  # newest complete checkpoint on these nodes; the earlier attempts' lines are above in this log.
+  xgen_say "requeued: attempt $SLURM_RESTART_COUNT of job $SLURM_JOB_ID, on ${SLURM_JOB_NODELIST:-?}"
+fi
 
 # --- rendezvous ---
 if [[ "${SLURM_JOB_NUM_NODES:-}" != "$NNODES" ]]; then

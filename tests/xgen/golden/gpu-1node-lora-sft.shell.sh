@@ -262,7 +262,8 @@ xgen_launch() {
   # worker's error.json (traceback, rank, time) next to them.
   # `python -m runtime launch` is torch.distributed.run with the same arguments (never the torchrun
   # binary: its shebang breaks when a conda env is copied or moved); it says each restart, a planned stop
-  # and the first failure in one line (runtime/commands/launch.py).
+  # and the first failure in one line (runtime/commands/launch.py). It runs as a child this shell waits
+  # for (below), so that a TERM ends this shell only after the launcher.
   # Static rendezvous: every node names the same master and its own node rank.
   "$PYTHON" -m runtime launch \
     --nnodes "$NNODES" \
@@ -274,7 +275,20 @@ xgen_launch() {
     --rdzv_conf "timeout=$XGEN_RDZV_TIMEOUT" \
     --log-dir "${XGEN_NODE_LOG%.log}.ranks" \
     --tee 3 \
-    -m runtime train "$XGEN_CONFIG"
+    -m runtime train "$XGEN_CONFIG" &
+  # TERM/INT are passed on to the launcher, and this shell lives until the launcher ends. A shell killed
+  # first orphans the launcher, and an orphan is outside what Slurm (proctrack/linuxproc) or a kill of
+  # this script reaches: measured, after a node was lost the launcher on node 0, still waiting for its
+  # peer, held MASTER_PORT into the requeued job.
+  local launcher=$! rc=0
+  trap 'kill -TERM "$launcher" 2>/dev/null || true' TERM INT
+  while true; do
+    wait "$launcher" && rc=0 || rc=$?
+    # A trap interrupts wait (status > 128); wait again for the launcher's own status.
+    kill -0 "$launcher" 2>/dev/null || break
+  done
+  trap - TERM INT
+  return "$rc"
 }
 
 # ======================================================================================================

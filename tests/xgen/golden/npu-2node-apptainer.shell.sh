@@ -148,18 +148,28 @@ xgen_list_count() {
   echo "${#items[@]}"
 }
 
-xgen_devices() {
-  local count
+xgen_cann_env() {
   # CANN's set_env.sh puts npu-smi, HCCL and the TBE python modules on the paths; without it NPU jobs
-  # fail with "EC0010: Failed to import Python module … tbe".
+  # fail with "EC0010: Failed to import Python module … tbe". Sourced once per process, before the
+  # preflight and the detection look for npu-smi. XGEN_CANN_SET_ENV says what was sourced ("" = no
+  # set_env.sh here: the preflight notes it on a node with NPUs).
+  [[ -z "${XGEN_CANN_SET_ENV+set}" ]] || return 0
   local cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"
+  XGEN_CANN_SET_ENV=""
   if [[ -f "$cann" ]]; then
     xgen_say "sourcing $cann"
     set +u  # set_env.sh reads variables that may be unset
     # shellcheck source=/dev/null  # the CANN script lives on the node, not next to this one
     source "$cann"
     set -u
+    XGEN_CANN_SET_ENV=$cann
   fi
+  export XGEN_CANN_SET_ENV
+}
+
+xgen_devices() {
+  local count
+  xgen_cann_env
   XGEN_DEVICE=npu
   if [[ -z "${ASCEND_RT_VISIBLE_DEVICES:-}" ]]; then
     count=$(xgen_npu_count)
@@ -317,6 +327,7 @@ xgen_runtime_check() {
 xgen_preflight() {
   xgen_check_python
   (( XGEN_PREFLIGHT )) || return 0
+  xgen_cann_env  # before the checks: npu-smi and HCCL come from CANN's set_env.sh
   local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 30 ))
   xgen_container_argv
   timeout -k 5 "$limit" "${XGEN_IN_CONTAINER[@]}" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \
@@ -357,7 +368,8 @@ xgen_launch() {
   xgen_container_argv
   # `python -m runtime launch` is torch.distributed.run with the same arguments (never the torchrun
   # binary: its shebang breaks when a conda env is copied or moved); it says each restart, a planned stop
-  # and the first failure in one line (runtime/commands/launch.py).
+  # and the first failure in one line (runtime/commands/launch.py). It runs as a child this shell waits
+  # for (below), so that a TERM ends this shell only after the launcher.
   # Static rendezvous: every node names the same master and its own node rank.
   "${XGEN_IN_CONTAINER[@]}" "$PYTHON" -m runtime launch \
     --nnodes "$NNODES" \
@@ -369,7 +381,20 @@ xgen_launch() {
     --rdzv_conf "timeout=$XGEN_RDZV_TIMEOUT" \
     --log-dir "${XGEN_NODE_LOG%.log}.ranks" \
     --tee 3 \
-    -m runtime train "$XGEN_CONFIG"
+    -m runtime train "$XGEN_CONFIG" &
+  # TERM/INT are passed on to the launcher, and this shell lives until the launcher ends. A shell killed
+  # first orphans the launcher, and an orphan is outside what Slurm (proctrack/linuxproc) or a kill of
+  # this script reaches: measured, after a node was lost the launcher on node 0, still waiting for its
+  # peer, held MASTER_PORT into the requeued job.
+  local launcher=$! rc=0
+  trap 'kill -TERM "$launcher" 2>/dev/null || true' TERM INT
+  while true; do
+    wait "$launcher" && rc=0 || rc=$?
+    # A trap interrupts wait (status > 128); wait again for the launcher's own status.
+    kill -0 "$launcher" 2>/dev/null || break
+  done
+  trap - TERM INT
+  return "$rc"
 }
 
 # ======================================================================================================

@@ -142,18 +142,28 @@ xgen_list_count() {
   echo "${#items[@]}"
 }
 
-xgen_devices() {
-  local count
+xgen_cann_env() {
   # CANN's set_env.sh puts npu-smi, HCCL and the TBE python modules on the paths; without it NPU jobs
-  # fail with "EC0010: Failed to import Python module … tbe".
+  # fail with "EC0010: Failed to import Python module … tbe". Sourced once per process, before the
+  # preflight and the detection look for npu-smi. XGEN_CANN_SET_ENV says what was sourced ("" = no
+  # set_env.sh here: the preflight notes it on a node with NPUs).
+  [[ -z "${XGEN_CANN_SET_ENV+set}" ]] || return 0
   local cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"
+  XGEN_CANN_SET_ENV=""
   if [[ -f "$cann" ]]; then
     xgen_say "sourcing $cann"
     set +u  # set_env.sh reads variables that may be unset
     # shellcheck source=/dev/null  # the CANN script lives on the node, not next to this one
     source "$cann"
     set -u
+    XGEN_CANN_SET_ENV=$cann
   fi
+  export XGEN_CANN_SET_ENV
+}
+
+xgen_devices() {
+  local count
+  xgen_cann_env
   XGEN_DEVICE=npu
   if [[ -z "${ASCEND_RT_VISIBLE_DEVICES:-}" ]]; then
     count=$(xgen_npu_count)
@@ -265,6 +275,7 @@ xgen_runtime_check() {
 xgen_preflight() {
   xgen_check_python
   (( XGEN_PREFLIGHT )) || return 0
+  xgen_cann_env  # before the checks: npu-smi and HCCL come from CANN's set_env.sh
   local rc=0 limit=$(( XGEN_PREFLIGHT_TIMEOUT + 30 ))
   timeout -k 5 "$limit" "$PYTHON" -m runtime.preflight "$XGEN_CONFIG" \
     --workdir "$XGEN_WORKDIR" \

@@ -222,6 +222,8 @@ def load_config(path: str | Path, flags: Sequence[Flag] = ()) -> Config:
     relative paths inside an xgen config resolve from its directory."""
     import yaml
 
+    from runtime.contract import strict_yaml
+
     source = Path(path).absolute()
     try:
         # bytes, then decode: read_text would turn CRLF into LF, and the frozen copy and the sha256 in
@@ -232,12 +234,13 @@ def load_config(path: str | Path, flags: Sequence[Flag] = ()) -> Config:
     except (OSError, UnicodeDecodeError) as err:
         raise XgenError(str(path), f"cannot read the config: {err}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = strict_yaml.load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise XgenError(str(path), f"{where}{problem}; fix the YAML syntax") from None
+        fix = "" if isinstance(err, strict_yaml.DuplicateKeyError) else "; fix the YAML syntax"
+        raise XgenError(str(path), f"{where}{problem}{fix}") from None
     # A path on the command line is relative to where the command runs, not to the config's directory.
     flags = [(o, k, os.path.abspath(v) if k == "job.workdir" and v else v) for o, k, v in flags]
     bare = is_bare_training(raw)

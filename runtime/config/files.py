@@ -87,10 +87,15 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The config file as a mapping; ConfigError("config", …) when it is missing or not a mapping."""
     import yaml
 
+    from runtime.contract import strict_yaml
+
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = strict_yaml.load(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError("config", f"file not found: {path}") from None
+    except strict_yaml.DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError("config", f"{path} line {line}: {exc.problem}") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError("config", f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):

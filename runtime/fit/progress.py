@@ -49,6 +49,9 @@ class ProgressCallback(TrainerCallback):
         if not self.enabled or getattr(args, "output_dir", None) is None:
             return
         self.file.update(values)
+        run_dir = os.environ.get("XGEN_RUN_DIR")
+        if run_dir:  # `xgen status OLD_RUN` must not show a later run's progress as its own
+            self.file["run"] = os.path.basename(run_dir.rstrip("/"))
         self.file.update(
             step=int(state.global_step),
             total=int(state.max_steps),

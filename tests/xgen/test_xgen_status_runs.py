@@ -239,3 +239,21 @@ def test_a_job_slurm_forgot_falls_back_to_its_run_directory(tmp_path, monkeypatc
     result = status("777", cwd=tmp_path)
     assert result.returncode == 0 and "scontrol and sacct do not know job 777" in result.stdout
     assert "it has not started" in result.stdout
+
+
+def test_an_older_run_is_not_shown_a_later_runs_progress(tmp_path):
+    """The output_dir's progress file names the run that wrote it; asked about another run, status says
+    whose progress it is instead of passing it off as the asked run's."""
+    workdir = make_job(tmp_path)
+    old = run_node(workdir, 0, "nodea")
+    out = workdir / "saves" / "x"
+    out.mkdir(parents=True)
+    progress = {"step": 7, "total": 9, "phase": "training", "run": "20991231T000000Z-nodez-1"}
+    (out / "xgen_progress.json").write_text(json.dumps(progress))
+    result = status(old.name, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "now holds run 20991231T000000Z-nodez-1's progress: step 7/9" in result.stdout, result.stdout
+    progress["run"] = old.name  # its own progress
+    (out / "xgen_progress.json").write_text(json.dumps(progress))
+    result = status(old.name, cwd=workdir)
+    assert "step 7/9" in result.stdout and "now holds run" not in result.stdout, result.stdout

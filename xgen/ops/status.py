@@ -523,7 +523,12 @@ def status_lines(target: str, workdir: str | None = None) -> list[tuple[str, str
         output_dir_of(run_dir, workdir_path or workdir_of(run_dir)) if run_dir else None
     )
     progress = read_progress(out) if out else None
-    if progress:
+    mine = {d.name for d in found.run_dirs}
+    if progress and progress.get("run") and mine and progress["run"] not in mine:
+        # output_dir was reused by a later run: its progress is that run's, not this one's.
+        lines.append(("", f"{out} now holds run {progress['run']}'s progress: {progress_line(progress)}"))
+        progress = None
+    elif progress:
         lines.append(("", progress_line(progress)))
     elif out:
         lines.append(("", f"no progress yet: no {PROGRESS_FILE} in {out}"))

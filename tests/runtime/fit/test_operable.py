@@ -8,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
 import yaml
 from trainer_harness import base_config, run_inprocess, run_torchrun, write_config
 
@@ -23,8 +24,11 @@ def test_redact_masks_credential_keys_only() -> None:
     }
 
 
-def test_resolved_config_has_every_key_after_translation(tiny_dir: Path, tmp_path: Path) -> None:
+def test_resolved_config_has_every_key_after_translation(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
+    monkeypatch.setenv("XGEN_RUN_DIR", str(tmp_path / "xgen-runs" / "4242"))  # as a script exports it
     # LLaMA-Factory spelling in, resolved name and default values out.
     cfg = base_config(tiny_dir, out, max_steps=1, deepspeed="z2")
     assert run_inprocess(write_config(tmp_path / "cfg.yaml", cfg)) == 0
@@ -38,6 +42,7 @@ def test_resolved_config_has_every_key_after_translation(tiny_dir: Path, tmp_pat
     # The progress file `xgen status` reads.
     progress = json.loads((out / "xgen_progress.json").read_text())
     assert (progress["step"], progress["total"], progress["phase"]) == (1, 1, "done")
+    assert progress["run"] == "4242"  # whose progress it is (xgen status RUNID)
     assert progress["loss"] > 0 and progress["tokens_per_s"] > 0
 
 

@@ -1,5 +1,5 @@
-"""Read one resolved dataset from disk: json/jsonl/parquet/csv/arrow/txt files, a directory of
-such files, or a directory written by `Dataset.save_to_disk` (read with load_from_disk).
+"""Read one resolved dataset: json/jsonl/parquet/csv/arrow/txt files, a directory of such files, a
+directory written by `Dataset.save_to_disk` (read with load_from_disk), or a hub dataset (runtime.data.hub).
 
 load_dataset's arrow cache is what lets a second rank (or a second run) skip the work.
 """
@@ -12,6 +12,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from runtime.config import ConfigError
+from runtime.data.hub import load_hub
 from runtime.data.registry import RANKING_COLUMNS, DatasetAttr
 
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -19,21 +20,35 @@ FILE_TYPES[".txt"] = "text"
 
 
 def load_raw(
-    attr: DatasetAttr, *, cache_dir: str | None, seed: int, max_samples: int | None, streaming: bool = False
+    attr: DatasetAttr,
+    *,
+    cache_dir: str | None,
+    seed: int,
+    max_samples: int | None,
+    streaming: bool = False,
+    num_proc: int | None = None,
+    network: bool = True,
 ) -> Any:
     """The dataset's rows as stored (num_samples and max_samples applied), formatting decided.
 
+    A hub dataset (attr.hub) comes through runtime.data.hub: downloaded into the datasets cache, or read
+    from it (network=False: only from it, else hub.NotCached). num_proc: load_dataset's, for hub datasets.
+
     streaming: as LLaMA-Factory does for local files, the file is read into datasets' memory-mapped arrow
     cache and returned as an IterableDataset, so conversion and tokenization happen as training consumes
-    rows (num_samples is ignored, as there)."""
-    if not attr.path.exists():
+    rows (num_samples is ignored, as there). A hub dataset is streamed the same way from the cache rank 0
+    downloaded it into (LLaMA-Factory streams it over HTTP on every rank)."""
+    if attr.hub is not None:
+        dataset = load_hub(attr, cache_dir=cache_dir, num_proc=num_proc, network=network)
+    elif not attr.path.exists():
         raise ConfigError(attr.key, f"{attr.where()}: file not found")
-    try:
-        dataset = _read(attr, cache_dir)
-    except ConfigError:
-        raise
-    except Exception as exc:  # pyarrow/json errors: say which file, not a 40-line traceback
-        raise ConfigError(attr.key, f"{attr.where()}: cannot read: {exc}") from exc
+    else:
+        try:
+            dataset = _read(attr, cache_dir)
+        except ConfigError:
+            raise
+        except Exception as exc:  # pyarrow/json errors: say which file, not a 40-line traceback
+            raise ConfigError(attr.key, f"{attr.where()}: cannot read: {exc}") from exc
     if streaming:
         if attr.formatting == "auto" or attr.ranking is None:
             detect_format(attr, dataset.column_names, dataset[0] if len(dataset) else {})

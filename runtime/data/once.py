@@ -13,6 +13,8 @@ file, tokenizer, template and keys reads the cache files instead of mapping) or 
   tokenization longer than the process-group timeout (`ddp_timeout`) cannot fail the run.
 * a builder that fails writes its error into the `done` file (the waiters stop with it); one that dies
   stops touching its heartbeat file, and the waiters stop after STALE_S without a sign of life.
+* a waiter builds with `after_builder()` true: a hub dataset is then read from what the builder
+  downloaded (runtime.data.hub), with no request to the hub.
 
 Why our own files and not `TrainingArguments.main_process_first`: that waits in a process-group barrier,
 whose timeout a long tokenization exceeds, and its `local=True` makes every node tokenize.
@@ -20,6 +22,7 @@ whose timeout a long tokenization exceeds, and its `local=True` makes every node
 
 from __future__ import annotations
 
+import contextvars
 import json
 import socket
 import threading
@@ -41,6 +44,7 @@ HEARTBEAT_S = 10.0  # a builder touches its heartbeat file this often
 STALE_S = 600.0  # a waiter gives up when the builder shows no sign of life this long
 POLL_S = 0.5
 KEEP_MARKERS_S = 86400.0  # done files of earlier runs older than this are removed by the next builder
+_AFTER_BUILDER = contextvars.ContextVar("xgen_after_builder", default=False)
 
 
 def cache_root(cfg: TrainConfig) -> Path:
@@ -114,7 +118,16 @@ def run_once(plan: Plan, build: Callable[[], T], say: Callable[[str], None]) -> 
     if plan.builds:
         return _build(plan, build)
     _wait(plan, say)
-    return build()
+    token = _AFTER_BUILDER.set(True)
+    try:
+        return build()
+    finally:
+        _AFTER_BUILDER.reset(token)
+
+
+def after_builder() -> bool:
+    """True while a waiter builds after its builder finished (it reads what the builder left)."""
+    return _AFTER_BUILDER.get()
 
 
 def _heartbeat_file(markers: Path, token: str) -> Path:

@@ -2,13 +2,17 @@
 
 A name is looked up in `dataset_dir/dataset_info.json` first; a name that is not there but is an
 existing file or directory (absolute, relative to the working directory, or to dataset_dir) is
-loaded as a plain path with its format detected from its columns. Hub entries (`hf_hub_url`, ...)
-are refused: the runtime only reads local files. Torch-free and datasets-free.
+loaded as a plain path with its format detected from its columns. Hub entries (`hf_hub_url`,
+`ms_hub_url`, `om_hub_url`) pick their hub as LLaMA-Factory's data/parser.py does (a hub url wins over
+file_name; USE_MODELSCOPE_HUB / USE_OPENMIND_HUB prefer those hubs) and are loaded by runtime.data.hub;
+with `dataset_dir: ONLINE` every name is such a repo. `script_url` and `cloud_file_name` are refused.
+Torch-free and datasets-free.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +47,41 @@ TAG_DEFAULTS = {
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 SHAREGPT_COLUMNS = {"messages": "conversations"}
 RANKING_COLUMNS = {"chosen": "chosen", "rejected": "rejected"}
-HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-ENTRY_KEYS = (*HUB_KEYS, "file_name", "formatting", "ranking", "subset", "split", "folder", "num_samples")
+HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url")
+REFUSED_SOURCES = {
+    "script_url": "a dataset loading script: datasets 5 runs no scripts; convert it to json/parquet files "
+    "and set file_name",
+    "cloud_file_name": "a file in s3/gcs: copy it where the nodes can read it and set file_name",
+}
+ONLINE = "ONLINE"
+ONLINE_HUBS = (("USE_MODELSCOPE_HUB", "ms_hub_url"), ("USE_OPENMIND_HUB", "om_hub_url"))
+ENTRY_KEYS = (
+    *HUB_KEYS,
+    *REFUSED_SOURCES,
+    "file_name",
+    "formatting",
+    "ranking",
+    "subset",
+    "split",
+    "folder",
+    "num_samples",
+)
 ENTRY_KEYS += ("columns", "tags")
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A dataset_info.json entry read from a hub: `url_key` names the entry's key (hf_hub_url, ms_hub_url,
+    om_hub_url), `repo` its value; subset and folder are LLaMA-Factory's (datasets' `name`, `data_dir`)."""
+
+    url_key: str
+    repo: str
+    subset: str | None = None
+    folder: str | None = None
+
+    def describe(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in (("subset", self.subset), ("folder", self.folder)) if v)
+        return f"{self.url_key} {self.repo}{extra}"
 
 
 @dataclass
@@ -62,9 +98,10 @@ class DatasetAttr:
     columns: dict[str, str] = field(default_factory=dict)
     explicit: set[str] = field(default_factory=set)  # column keys the user named (must exist)
     tags: dict[str, str] = field(default_factory=lambda: dict(TAG_DEFAULTS))
+    hub: HubSource | None = None  # set: downloaded from that hub (runtime.data.hub); `path` is unused
 
     def where(self) -> str:
-        return f"dataset '{self.name}' ({self.path})"
+        return f"dataset '{self.name}' ({self.hub.describe() if self.hub else self.path})"
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
@@ -83,6 +120,9 @@ def resolve_datasets(
     if not names:
         return []
     base = Path(dataset_dir)
+    if base.name == ONLINE and not base.exists():  # LLaMA-Factory's `dataset_dir: ONLINE`: names are repos
+        url_key = next((u for v, u in ONLINE_HUBS if _env_enabled(v)), "hf_hub_url")
+        return [_from_entry(name, {url_key: name}, base, Path(ONLINE), key=key) for name in names]
     info_path = base / "dataset_info.json"
     info = _read_info(info_path) if info_path.is_file() else None
     attrs = []
@@ -127,13 +167,12 @@ def _from_entry(name: str, entry: Any, base: Path, info_path: Path, *, key: str)
     where = f"{info_path} entry '{name}'"
     if not isinstance(entry, dict):
         raise ConfigError(key, f"{where} must be a JSON object")
-    if "file_name" not in entry:
-        hub = next((k for k in HUB_KEYS if k in entry), None)
-        if hub:
-            raise ConfigError(
-                key, f"{where} is a hub dataset ({hub}); this runtime reads local files only: set file_name"
-            )
-        raise ConfigError(key, f"{where} has no file_name")
+    hub = _hub_source(entry, where, key)
+    if hub is None and "file_name" not in entry:
+        refused = next((k for k in REFUSED_SOURCES if k in entry), None)
+        if refused:
+            raise ConfigError(key, f"{where}: {refused} is {REFUSED_SOURCES[refused]}")
+        raise ConfigError(key, f"{where} has no file_name (nor hf_hub_url, ms_hub_url, om_hub_url)")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise ConfigError(key, f"{where}: formatting must be alpaca or sharegpt, not {formatting!r}")
@@ -149,7 +188,7 @@ def _from_entry(name: str, entry: Any, base: Path, info_path: Path, *, key: str)
         raise ConfigError(key, f"{where}: num_samples must be a positive integer")
     return DatasetAttr(
         name=name,
-        path=base / str(entry["file_name"]),
+        path=Path(hub.repo) if hub else base / str(entry["file_name"]),
         key=key,
         formatting=formatting,
         ranking=ranking,
@@ -158,7 +197,32 @@ def _from_entry(name: str, entry: Any, base: Path, info_path: Path, *, key: str)
         columns={k: v for k, v in columns.items() if v},
         explicit={k for k, v in user_columns.items() if v},
         tags={**TAG_DEFAULTS, **user_tags},
+        hub=hub,
     )
+
+
+def _env_enabled(name: str) -> bool:
+    """LLaMA-Factory's is_env_enabled."""
+    return os.environ.get(name, "0").lower() in ("true", "y", "1")
+
+
+def _hub_source(entry: dict[str, Any], where: str, key: str) -> HubSource | None:
+    """LLaMA-Factory's choice of hub: ModelScope when the entry has ms_hub_url and USE_MODELSCOPE_HUB is
+    on or there is no hf_hub_url; likewise OpenMind (USE_OPENMIND_HUB); else the Hugging Face hub."""
+    if not any(k in entry for k in HUB_KEYS):
+        return None
+    has_hf = "hf_hub_url" in entry
+    if "ms_hub_url" in entry and (_env_enabled("USE_MODELSCOPE_HUB") or not has_hf):
+        url_key = "ms_hub_url"
+    elif "om_hub_url" in entry and (_env_enabled("USE_OPENMIND_HUB") or not has_hf):
+        url_key = "om_hub_url"
+    else:
+        url_key = "hf_hub_url"
+    extra = {k: entry.get(k) for k in (url_key, "subset", "folder")}
+    bad = next((k for k, v in extra.items() if v is not None and (not isinstance(v, str) or not v)), None)
+    if bad:
+        raise ConfigError(key, f"{where}: {bad} must be a non-empty string")
+    return HubSource(url_key, str(entry[url_key]), entry.get("subset"), entry.get("folder"))
 
 
 def _string_map(value: Any, allowed: tuple[str, ...], where: str, key: str) -> dict[str, str]:

@@ -147,7 +147,10 @@ def _datasets(cfg: TrainConfig) -> dict[str, str]:
             continue
         for attr in attrs:
             path = Path(attr.path)
-            found[f"{key} {attr.name}"] = fingerprint(path) if path.exists() else f"missing: {path}"
+            if attr.hub is not None:  # its revision is the hub's business: the record names the source
+                found[f"{key} {attr.name}"] = attr.hub.describe()
+            else:
+                found[f"{key} {attr.name}"] = fingerprint(path) if path.exists() else f"missing: {path}"
     return found
 
 

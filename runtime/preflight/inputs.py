@@ -21,6 +21,7 @@ SMALL = 1 << 20  # files up to 1 MiB are hashed; larger ones are compared by siz
 MAX_FILES = 200  # a directory is described by at most this many top-level files
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SHARED_FIX = "put it on a filesystem every node mounts at the same path (or copy it to every node)"
+HUB_URLS = {"hf_hub_url", "ms_hub_url", "om_hub_url"}  # such an entry's file_name is not read (LLaMA-Factory)
 
 
 def path_like(value: str) -> bool:
@@ -55,6 +56,8 @@ def inputs(cfg: Any, raw_train: dict[str, Any], workdir: str) -> list[tuple[str,
             add("train.dataset_dir", str(info_path), True)
         for name in names:
             entry = (info or {}).get(name)
+            if isinstance(entry, dict) and HUB_URLS & set(entry):
+                continue  # downloaded from a hub by rank 0 (runtime.data.hub), not read from dataset_dir
             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
                 add(f"train.dataset ({name})", str(data_dir / entry["file_name"]), True)
             elif entry is None:

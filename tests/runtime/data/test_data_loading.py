@@ -210,7 +210,7 @@ def test_dataset_info_errors(data_cfg, tiny_tokenizer, tmp_path: Path):
             "missing_file": {"file_name": "gone.json"},
             "missing_column": {"file_name": "a.json", "columns": {"prompt": "question"}},
             "bad_key": {"file_name": "a.json", "columns": {"promt": "instruction"}},
-            "hub": {"hf_hub_url": "org/name"},
+            "script": {"script_url": "org_script"},
             "sft_needs_output": {"file_name": "a.json", "columns": {"response": "answer"}},
         },
     )
@@ -218,7 +218,7 @@ def test_dataset_info_errors(data_cfg, tiny_tokenizer, tmp_path: Path):
         "missing_file": "file not found",
         "missing_column": "column 'question' (columns.prompt) not found",
         "bad_key": "unknown key 'promt'",
-        "hub": "local files only",
+        "script": "datasets 5 runs no scripts",
         "sft_needs_output": "column 'answer' (columns.response)",
     }
     for name, fragment in cases.items():

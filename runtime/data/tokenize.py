@@ -221,3 +221,31 @@ def _restart_first(positions: list[int]) -> list[int]:
         result[i] = positions[i] - offset
         i += 1
     return result
+
+
+def tokenize_generate(
+    batch: dict, *, tokenizer, chat: ChatFormat, cutoff_len: int, tool_format: str | None = None
+) -> dict[str, list]:
+    """LLaMA-Factory's rows for generation (its processor/unsupervised.py, do_predict): input_ids the
+    prompt ending with the assistant header, labels the reply to compare with (an empty reply when the row
+    has none), within cutoff_len by the same split as training. A long prompt loses its start, as in
+    tokenize_sft (LLaMA-Factory cuts its end), so it still ends with the header the reply follows."""
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    end = [tokenizer.eos_token_id] if chat.efficient_eos else []
+    tools_column = batch.get("_tools") or [""] * len(batch["_prompt"])
+    rows = zip(batch["_prompt"], batch["_response"], batch["_system"], tools_column, strict=True)
+    for prompt, response, system, tools in rows:
+        if len(prompt) % 2 != 1:
+            continue
+        reply = response if len(response) == 1 else [{"role": "assistant", "content": ""}]
+        messages, system, tool_text = _with_tools(prompt + reply, system, tools, chat, tool_format)
+        source, target = chat.encode_oneturn(tokenizer, messages, system, tool_text=tool_text)
+        target = target + end
+        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len)
+        source = _keep_end(source, source_len)
+        if not source:
+            continue
+        out["input_ids"].append(source)
+        out["attention_mask"].append([1] * len(source))
+        out["labels"].append(target[:target_len])
+    return out

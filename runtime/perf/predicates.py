@@ -28,8 +28,10 @@ def is_set(cfg: TrainConfig, key: str) -> bool:
 
 
 def auto_chooses(cfg: TrainConfig, key: str) -> bool:
-    """perf auto may choose this key: it is unset and the stage is pt/sft (runtime/perf/npu.py too)."""
-    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES
+    """perf auto may choose this key: it is unset, the stage is pt/sft and the run trains (one that only
+    predicts, do_predict, generates from left-padded prompts: no lever applies; runtime/perf/npu.py too)."""
+    trains = cfg.do_train or not cfg.do_predict
+    return cfg.perf == "auto" and not is_set(cfg, key) and cfg.stage in TUNED_STAGES and trains
 
 
 def tunes(cfg: TrainConfig, key: str, device: str) -> bool:

@@ -26,11 +26,23 @@ from xgen.checks import validate
 from xgen.config import SECTIONS, Config, JobConfig
 from xgen.errors import XgenError
 
-TOP_LEVEL = ("job", "cluster", "slurm", "container", "launcher", "sweep", "python", "train")
+TOP_LEVEL = (
+    "job",
+    "cluster",
+    "slurm",
+    "container",
+    "launcher",
+    "accelerate_config",
+    "sweep",
+    "python",
+    "train",
+)
 
 # (the option as typed, the config key it sets, its value as typed):
 # `--nodes 2` is ("--nodes", "cluster.nodes", "2").
 Flag = tuple[str, str, str]
+# Keys whose flag value is a path: taken from the current directory (in a file: from the config's).
+_PATH_FLAGS = ("job.workdir", "accelerate_config")
 
 
 @functools.cache
@@ -205,7 +217,7 @@ def parse_mapping(
     sections = {name: _section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
     scalars = {
         key: _convert(key, raw[key], hints[key])
-        for key in ("launcher", "sweep", "python", "train")
+        for key in ("launcher", "accelerate_config", "sweep", "python", "train")
         if raw.get(key) is not None
     }
     if text is None:
@@ -242,7 +254,7 @@ def load_config(path: str | Path, flags: Sequence[Flag] = ()) -> Config:
         fix = "" if isinstance(err, strict_yaml.DuplicateKeyError) else "; fix the YAML syntax"
         raise XgenError(str(path), f"{where}{problem}{fix}") from None
     # A path on the command line is relative to where the command runs, not to the config's directory.
-    flags = [(o, k, os.path.abspath(v) if k == "job.workdir" and v else v) for o, k, v in flags]
+    flags = [(o, k, os.path.abspath(v) if k in _PATH_FLAGS and v else v) for o, k, v in flags]
     bare = is_bare_training(raw)
     if not bare and not flags:
         return parse_mapping(raw, source, text)  # the file is the config: the scripts freeze its bytes

@@ -51,11 +51,12 @@ def test_golden(example, target):
 def test_most_combinations_render():
     """Refused: the hostfile launcher without a host list (Slurm examples), a command asked for a launcher
     it does not start (the launcher matrix, docs/launchers.md), and a generator a container runtime cannot
-    wrap (pyxis: xgen slurm only; Apptainer: not deepspeed/accelerate); nothing else."""
+    wrap (pyxis: xgen slurm only; Apptainer: not deepspeed/accelerate; docker: xgen shell, and xgen
+    deepspeed on one node); nothing else."""
     for example, target in CASES:
         kind, text = rendered(example, target)
         if kind == "err":
-            container = "pyxis" in example.stem or "apptainer" in example.stem
+            container = any(runtime in example.stem for runtime in ("pyxis", "apptainer", "docker"))
             assert (
                 text.startswith("xgen: error: launcher: ")
                 or (container and text.startswith("xgen: error: container.runtime:"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import textwrap
 import time
 from typing import Any
@@ -79,7 +81,16 @@ _CONTAINER_REFUSED = {
         "apptainer",
         "accelerate",
     ): "the accelerate script has no container support; use xgen slurm or xgen shell",
+    ("docker", "slurm"): "Slurm neither starts nor stops docker containers (a container outlives a "
+    "cancelled job, and its devices are not the job's); use runtime: pyxis or apptainer with xgen slurm, "
+    "or docker with xgen shell",
+    ("docker", "accelerate"): "the accelerate script has no container support; use xgen shell",
 }
+# docker with xgen deepspeed on several hosts: DeepSpeed's launcher reaches the others over ssh.
+_DOCKER_HOSTS = (
+    "DeepSpeed's launcher starts the other hosts' ranks over ssh, outside any container; use xgen shell "
+    "on every node, or one node (cluster.nodes: 1)"
+)
 
 
 # What the launch relies on inside the container (set by this script or its Slurm/launcher world).
@@ -127,19 +138,38 @@ _FORWARDED = (
 )
 
 
+# docker passes in nothing but what it is told: also what Apptainer lets through from the host's environment.
+_DOCKER_FORWARDED = (
+    *_FORWARDED,
+    "DS_ACCELERATOR",  # xgen deepspeed: DeepSpeed's accelerator, from the detection
+    "HCCL_IF_BASE_PORT",  # the preflight's HCCL port check
+    "XGEN_DOCTOR_DIR",  # xgen doctor: where the report goes
+)
+
+
 def container_forward(config: Config, runtime: str | None) -> list[str]:
     """Names whose host value must win over the image's inside the container.
 
     Apptainer: everything the launch relies on (the host side sets them) plus cluster.env and the
-    credentials. pyxis: the node step sets its own inside, so only what comes from the submitting
-    environment: PYTHONUNBUFFERED and the credentials (pass_env, secret cluster.env keys). container.env
-    keys are left out: their container value wins."""
+    credentials. docker: the same, and the few more Apptainer lets through from the host's environment
+    (docker passes in nothing else). pyxis: the node step sets its own inside, so only what comes from the
+    submitting environment: PYTHONUNBUFFERED and the credentials (pass_env, secret cluster.env keys).
+    container.env keys are left out: their container value wins."""
     own = set(config.container.env)
     if runtime == "pyxis":
         names = ["PYTHONUNBUFFERED", *config.cluster.hidden_env]
     else:
-        names = [*_FORWARDED, *config.cluster.env, *config.cluster.pass_env]
+        every = _DOCKER_FORWARDED if runtime == "docker" else _FORWARDED
+        names = [*every, *config.cluster.env, *config.cluster.pass_env]
     return [n for n in dict.fromkeys(names) if n not in own]
+
+
+def docker_name(config: Config, target: str) -> str:
+    """The docker containers' name on a node, less its `-node<rank>`: one per job and node, the same on
+    every run of this config (so a rerun finds what a killed run left), different per config file."""
+    job = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.job.name).strip("-._") or "job"
+    tag = hashlib.sha256(str(config.source).encode()).hexdigest()[:8]
+    return f"xgen-{'doctor-' if target.startswith('doctor') else ''}{job}-{tag}"
 
 
 def container_context(config: Config, target: str) -> dict[str, Any]:
@@ -151,6 +181,11 @@ def container_context(config: Config, target: str) -> dict[str, Any]:
         raise XgenError(
             "container.runtime", f"{runtime} with xgen {kind}: {_CONTAINER_REFUSED[runtime, kind]}"
         )
+    if runtime == "docker" and kind == "deepspeed" and config.cluster.nodes > 1:
+        raise XgenError(
+            "container.runtime",
+            f"docker with xgen deepspeed on {config.cluster.nodes} nodes: {_DOCKER_HOSTS}",
+        )
     return {
         "container": c,
         "container_runtime": runtime or "",
@@ -161,8 +196,9 @@ def container_context(config: Config, target: str) -> dict[str, Any]:
         ),
         "container_forward": container_forward(config, runtime),
         "container_forward_lines": textwrap.wrap(" ".join(container_forward(config, runtime)), 96),
-        # Apptainer: the prefix that runs a $PYTHON command inside (xgen_container_argv fills it).
-        "in_container": '"${XGEN_IN_CONTAINER[@]}" ' if runtime == "apptainer" else "",
+        # Apptainer, docker: the prefix that runs a $PYTHON command inside (xgen_container_argv fills it).
+        "in_container": '"${XGEN_IN_CONTAINER[@]}" ' if runtime in ("apptainer", "docker") else "",
+        "docker_name": docker_name(config, target) if runtime == "docker" else "",
         # pyxis: the srun options that put a step inside the image.
         "pyxis_args": '"${XGEN_PYXIS[@]}" ' if runtime == "pyxis" else "",
         # Set inside the container only; credential values are never echoed (see secret_names).

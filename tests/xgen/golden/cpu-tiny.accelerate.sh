@@ -265,7 +265,7 @@ fi
 XGEN_ACCELERATE_CONFIG=$(mktemp "${TMPDIR:-/tmp}/xgen-accelerate.XXXXXX")
 trap 'rm -f "$XGEN_ACCELERATE_CONFIG"' EXIT
 cat >"$XGEN_ACCELERATE_CONFIG" <<'XGEN_ACCELERATE_YAML'
-# accelerate config written by xgen; the per-node values follow from the script's detection.
+# accelerate config written by xgen from train:; the per-node values follow from the script's detection.
 compute_environment: LOCAL_MACHINE
 debug: false
 mixed_precision: "no"

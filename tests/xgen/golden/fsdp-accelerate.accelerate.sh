@@ -296,23 +296,21 @@ xgen_runtime_check
 XGEN_ACCELERATE_CONFIG=$(mktemp "${TMPDIR:-/tmp}/xgen-accelerate.XXXXXX")
 trap 'rm -f "$XGEN_ACCELERATE_CONFIG"' EXIT
 cat >"$XGEN_ACCELERATE_CONFIG" <<'XGEN_ACCELERATE_YAML'
-# accelerate config written by xgen; the per-node values follow from the script's detection.
+# accelerate config written by xgen from train:; the per-node values follow from the script's detection.
 compute_environment: LOCAL_MACHINE
 debug: false
 mixed_precision: "bf16"
 rdzv_backend: static
 same_network: true
 main_training_function: main
+# FSDP2 as the runtime's Trainer runs it (train.fsdp, train.fsdp_config).
 fsdp_config:
-  fsdp_sharding_strategy: FULL_SHARD
-  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_version: 2
   fsdp_offload_params: false
-  fsdp_use_orig_params: true
-  fsdp_cpu_ram_efficient_loading: true
-  fsdp_sync_module_states: true
-  fsdp_backward_prefetch: BACKWARD_PRE
-  fsdp_forward_prefetch: false
+  fsdp_reshard_after_forward: true
+  fsdp_cpu_ram_efficient_loading: false
+  fsdp_state_dict_type: "FULL_STATE_DICT"
+  fsdp_auto_wrap_policy: "TRANSFORMER_BASED_WRAP"
 XGEN_ACCELERATE_YAML
 XGEN_DISTRIBUTED_TYPE=FSDP
 {

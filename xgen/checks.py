@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import TrainConfig
-from xgen import sweep
+from runtime.contract.plan.devices import memory_setting_problem
+from xgen import accelerate_file, sweep
 from xgen.config import Config, Host
 from xgen.errors import XgenError
 
@@ -30,7 +31,8 @@ _RESERVED_ENV = (
 
 
 def validate(config: Config) -> Config:
-    """Apply every rule; return the config with `host_list` (from hosts or hostfile) and `training` set."""
+    """Apply every rule; return the config with `host_list` (from hosts or hostfile), `training` and
+    `accelerate_file` set."""
     _no_nul(config)
     _check_job(config)
     hosts = _check_cluster(config)
@@ -40,7 +42,7 @@ def validate(config: Config) -> Config:
         raise XgenError("python", "must name the interpreter on the nodes, e.g. python3")
     checked = dataclasses.replace(config, host_list=hosts, training=_parse_train(config))
     sweep.check(checked)
-    return checked
+    return accelerate_file.attach(checked)  # read like cluster.hostfile, checked against train:
 
 
 def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
@@ -65,6 +67,11 @@ OWN_LAUNCHER = {
     "shell": "torchrun",
     "deepspeed": "deepspeed",
     "accelerate": "accelerate",
+}
+_STARTS = {
+    "torchrun": "torch.distributed.run",
+    "deepspeed": "DeepSpeed's launcher",
+    "accelerate": "accelerate's launcher",
 }
 _REFUSED = {
     ("slurm", "accelerate"): "xgen slurm starts torch.distributed.run (launcher: torchrun) or DeepSpeed's "
@@ -91,6 +98,12 @@ def launcher_for(config: Config, command: str) -> str:
     problem = _REFUSED.get((command, value))
     if problem:
         raise XgenError("launcher", f"{value}: {problem}")
+    if config.accelerate_config is not None and command != "accelerate":
+        raise XgenError(
+            "accelerate_config",
+            f"only xgen accelerate reads it, and xgen {command} starts {_STARTS[value]}; run xgen "
+            "accelerate, or remove accelerate_config",
+        )
     return value
 
 
@@ -143,6 +156,9 @@ def _check_cluster(config: Config) -> tuple[Host, ...]:
     _positive("cluster.preflight_timeout", c.preflight_timeout, 5)
     _positive("cluster.min_shm_gb", c.min_shm_gb, 0)
     _positive("cluster.min_bandwidth_gbps", c.min_bandwidth_gbps)
+    memory_problem = memory_setting_problem(c.device_memory_gb)
+    if memory_problem:
+        raise XgenError("cluster.device_memory_gb", memory_problem)
     if c.master_addr is not None and not _HOST.match(c.master_addr):
         raise XgenError("cluster.master_addr", f"{c.master_addr!r} is not a hostname or address")
     if c.nic is not None:
@@ -289,6 +305,10 @@ def _check_slurm(config: Config) -> None:
 _MOUNT_PATH = re.compile(r"/[^,:\n\r]*\Z")
 _PYXIS_FLAGS = re.compile(r"[a-z]+(\+[a-z]+)*\Z")
 _APPTAINER_FLAGS = ("ro", "rw")
+# docker -v's options, joined by "," (a path holds no ","): read-only/write, SELinux labels, propagation.
+_DOCKER_FLAGS = re.compile(
+    r"(ro|rw|z|Z|r?shared|r?slave|r?private|nocopy)(,(ro|rw|z|Z|r?shared|r?slave|r?private|nocopy))*\Z"
+)
 
 
 def container_mounts(config: Config) -> list[tuple[str, str, str]]:
@@ -320,7 +340,9 @@ def _check_container(config: Config) -> None:
             "container.image", f"{c.image!r} is not an image; name a .sif, squashfs or registry image"
         )
     if c.runtime is None:
-        raise XgenError("container.runtime", "required with container.image: pyxis (Slurm) or apptainer")
+        raise XgenError(
+            "container.runtime", "required with container.image: pyxis (Slurm), apptainer or docker"
+        )
     for i, item in enumerate(c.mounts):
         where = f"container.mounts[{i}]"
         parts = item.split(":")
@@ -331,11 +353,11 @@ def _check_container(config: Config) -> None:
                 "e.g. /shared/models:/models:ro",
             )
         if len(parts) == 3:
-            ok = parts[2] in _APPTAINER_FLAGS if c.runtime == "apptainer" else _PYXIS_FLAGS.match(parts[2])
+            allowed, ok = {
+                "apptainer": ("ro or rw", parts[2] in _APPTAINER_FLAGS),
+                "docker": ("-v options joined by , (ro,rslave)", bool(_DOCKER_FLAGS.match(parts[2]))),
+            }.get(c.runtime, ("mount options joined by + (ro+rprivate)", bool(_PYXIS_FLAGS.match(parts[2]))))
             if not ok:
-                allowed = (
-                    "ro or rw" if c.runtime == "apptainer" else "mount options joined by + (ro+rprivate)"
-                )
                 raise XgenError(where, f"mount flags {parts[2]!r}: {c.runtime} takes {allowed}")
     if c.workdir is not None and not _MOUNT_PATH.match(c.workdir):
         raise XgenError(

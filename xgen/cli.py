@@ -52,11 +52,18 @@ SLURM_FLAGS = {
     "--qos": ("slurm.qos", "NAME"),
     "--gpus-per-node": ("slurm.gpus_per_node", "N"),
 }
+PLAN_FLAGS = {"--device-memory": ("cluster.device_memory_gb", "GIB|auto|NAME")}
+# xgen accelerate only: your own accelerate config file (docs/launchers.md).
+ACCELERATE_FLAGS = {"--accelerate-config": ("accelerate_config", "FILE")}
 _FLAGS = "xgen.flags"  # ctx.meta: the flags given, in command-line order
 _FLAG_HELP = {
     "cluster.hosts": "Node names, comma-separated, first = master (hostfile launchers).",
     "job.workdir": "Directory the job runs in; relative to the current directory. Default: the config's "
     "directory; for a bare LLaMA-Factory YAML the current directory (where llamafactory-cli would run).",
+    "accelerate_config": "Your own accelerate config file (LLaMA-Factory's examples/accelerate/*.yaml), "
+    "relative to the current directory: kept, with each node's machine_rank, main_process_ip/port, "
+    "num_machines and num_processes filled in at run time (each change said in one line); a setting that "
+    "contradicts the config is refused.",
 }
 
 
@@ -316,13 +323,16 @@ def shell(config_file: str, node_rank: int | None, output: str | None) -> None:
 @NODE_RANK
 @OUTPUT
 @config_flags(CLUSTER_FLAGS)
+@config_flags(ACCELERATE_FLAGS)
 def accelerate(config_file: str, node_rank: int | None, output: str | None) -> None:
-    """An accelerate config (MULTI_GPU or FSDP) and its `accelerate launch` line, for one node.
+    """An accelerate config (MULTI_GPU or FSDP, or your own) and its `accelerate launch` line, for one node.
 
     \b
     Example:
       xgen accelerate examples/fsdp-accelerate.yaml --node-rank 0 > node0.sh && bash node0.sh
       xgen accelerate my_lf_config.yaml --nodes 2 --master-addr n0 --node-rank 0 > node0.sh
+      xgen accelerate llama3_lora_sft.yaml --accelerate-config fsdp_config.yaml --nodes 2 \\
+        --hosts n0,n1 --node-rank 1 > node1.sh
     """
     from xgen.targets import accelerate as target
 
@@ -477,6 +487,7 @@ def zero(name: str, output: str | None) -> None:
 @CONFIG
 @config_flags(CLUSTER_FLAGS)
 @config_flags(SLURM_FLAGS)
+@config_flags(ACCELERATE_FLAGS)
 def check(config_file: str) -> None:
     """Validate only: print what would run and exit 0, or one error line per problem and exit 2.
 
@@ -490,13 +501,39 @@ def check(config_file: str) -> None:
       xgen check my_lf_config.yaml --nodes 2 --devices-per-node 8
     """
     from xgen.targets.check import devices, runtime_check, summary
+    from xgen.targets.plan import fit_warning
 
     def action(cfg: Config) -> None:
         sys.stdout.write(summary(cfg) + runtime_check(cfg) + devices(cfg) + "ok\n")
+        misfit = fit_warning(cfg)
+        if misfit:
+            click.echo(f"xgen: warning: {misfit}", err=True)
         if cfg.secrets_written():
             warn_secrets(cfg, cfg.secrets_written(), "the generated scripts will hold them (owner-only)")
 
     run(action, config_file)
+
+
+@main.command()
+@CONFIG
+@config_flags(CLUSTER_FLAGS)
+@config_flags(PLAN_FLAGS)
+@config_flags(SLURM_FLAGS)
+def plan(config_file: str) -> None:
+    """Memory per device before submitting: parameters, gradients, optimizer states, activations, buffers.
+
+    Reads only the model's config.json. Prints the configured run's terms and peak, the alternatives
+    (DDP, ZeRO-1/2/3, offload, FSDP2, checkpointing, micro-batch), which fit the device memory
+    (cluster.device_memory_gb or --device-memory; 10% kept free) and the one with the least
+    communication per step, with the keys to change. docs/plan.md says where each term comes from.
+
+    \b
+    Example:
+      xgen plan job.yaml --device-memory H100-80GB --nodes 2 --devices-per-node 8
+    """
+    from xgen.targets.plan import plan as plan_of
+
+    run(lambda cfg: sys.stdout.write(plan_of(cfg)), config_file)
 
 
 # --- operable: watching and stopping a submitted run ---

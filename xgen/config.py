@@ -1,7 +1,7 @@
 """The typed config: every key, its type, its default and a one-line doc (the README table is built from it).
 
-One YAML file holds the sections `job`, `cluster`, `slurm`, `container`, `launcher`, `sweep`, `python` and
-`train`.
+One YAML file holds the sections `job`, `cluster`, `slurm`, `container`, `launcher`, `accelerate_config`,
+`sweep`, `python` and `train`.
 This module holds only the types; `xgen.load` reads a file into them and `xgen.checks` applies the
 cross-key rules.
 The `train:` keys belong to the runtime: its parser validates them and `Config.training` holds the result.
@@ -216,6 +216,15 @@ class ClusterConfig:
             "8",
         ),
     )
+    device_memory_gb: int | str | None = field(
+        default=None,
+        metadata=doc(
+            "Memory of one device for `xgen plan` and the fit checks: GiB, `auto` (what nvidia-smi/npu-smi "
+            "report on each node) or a device name (H100-80GB, A100-40GB, 910B-64GB, …; docs/plan.md). Set, "
+            "`xgen check` warns and the preflight stops a run whose plan does not fit. Unset: not checked.",
+            "H100-80GB",
+        ),
+    )
     min_bandwidth_gbps: int | None = field(
         default=None,
         metadata=doc(
@@ -277,34 +286,38 @@ class SlurmConfig:
 
 
 # --- containers: the per-node launch inside an image; docs/containers.md ---
-ContainerRuntime = Literal["pyxis", "apptainer"]
+ContainerRuntime = Literal["pyxis", "apptainer", "docker"]
 
 
 @dataclass(frozen=True)
 class ContainerConfig:
-    """Run each node's python commands inside a container image (pyxis under Slurm, Apptainer anywhere)."""
+    """Run each node's python commands inside a container image (pyxis under Slurm, Apptainer anywhere,
+    docker on hand-run nodes)."""
 
     image: str | None = field(
         default=None,
         metadata=doc(
             "Image the launch runs in: an enroot URI or squashfs path (pyxis), a .sif path or docker:// URI "
-            "(Apptainer). Unset: no container.",
+            "(Apptainer), an image name docker pulls or has (docker). Unset: no container.",
             "nvcr.io#nvidia/pytorch:24.05-py3",
         ),
     )
     runtime: ContainerRuntime | None = field(
         default=None,
         metadata=doc(
-            "`pyxis` (srun --container-image …; `xgen slurm` only) or `apptainer` (apptainer exec, with --nv "
-            "on NVIDIA or the Ascend driver binds on NPU). Required with image.",
+            "`pyxis` (srun --container-image …; `xgen slurm` only), `apptainer` (apptainer exec, with --nv "
+            "on NVIDIA or the Ascend driver binds on NPU) or `docker` (docker run --rm --net=host "
+            "--ipc=host, with --gpus all on NVIDIA, or every /dev/davinciN and the Ascend driver mounts on "
+            "NPU; `xgen shell`, and `xgen deepspeed` on one node). Required with image.",
             "apptainer",
         ),
     )
     mounts: tuple[str, ...] = field(
         default=(),
         metadata=doc(
-            "Bind mounts `SRC:DST[:FLAGS]` (absolute paths; `PATH` alone = same path inside). job.workdir is "
-            "always mounted at its own path.",
+            "Bind mounts `SRC:DST[:FLAGS]` (absolute paths; `PATH` alone = same path inside; FLAGS: pyxis "
+            "`ro+rprivate`, Apptainer `ro`/`rw`, docker `ro,rslave`). job.workdir is always mounted at its "
+            "own path.",
             "[/shared/models:/models:ro]",
         ),
     )
@@ -328,6 +341,14 @@ class ContainerConfig:
     def written_secrets(self) -> tuple[str, ...]:
         """container.env keys named like credentials (the script holding them is written owner-only)."""
         return secret_keys(self.env, ())
+
+
+@dataclass(frozen=True)
+class AccelerateFile:
+    """An accelerate config file as read at generation: where it is and its settings (a YAML mapping)."""
+
+    path: str
+    settings: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -357,6 +378,19 @@ class Config:
             "deepspeed",
         ),
     )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata=doc(
+            "Your own accelerate config file (LLaMA-Factory's examples/accelerate/fsdp_config.yaml) for "
+            "`xgen accelerate` (also `--accelerate-config FILE`); read at generation, relative to the "
+            "config's directory like cluster.hostfile. Kept as it is, except: each node's machine_rank, "
+            "main_process_ip/port, num_machines and num_processes are filled in at run time, the FSDP "
+            "settings the runtime takes from train: are written as it runs them, each change said in one "
+            "line; a setting that contradicts train: or cluster: is refused. Unset: xgen writes it from "
+            "train:. Other commands refuse it (docs/launchers.md).",
+            "fsdp_config.yaml",
+        ),
+    )
     # --- sweep: one Slurm job array over combinations of train values; docs/submit.md ---
     sweep: dict[str, Any] = field(
         default_factory=dict,
@@ -382,6 +416,8 @@ class Config:
     # `train:` as the runtime's parser reads it (relative paths from the workdir); None when train: is
     # empty. Generators read this, never the raw `train` mapping.
     training: TrainConfig | None = field(default=None, metadata={"internal": True})
+    # accelerate_config as read at generation (xgen.accelerate_file); None without one.
+    accelerate_file: AccelerateFile | None = field(default=None, metadata={"internal": True})
     # --- operable: the config file's text as read, frozen into every generated script ---
     text: str = field(default="", metadata={"internal": True})
     # --- a bare LLaMA-Factory YAML and command-line flags (xgen.load) ---
@@ -452,6 +488,7 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 
 __all__ = [
     "SECTIONS",
+    "AccelerateFile",
     "ClusterConfig",
     "Config",
     "ContainerConfig",

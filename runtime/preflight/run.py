@@ -10,7 +10,17 @@ import threading
 import time
 from typing import Any
 
-from runtime.preflight import EXIT_PREFLIGHT, devices, exchange, inputs, network, resources, ssh, versions
+from runtime.preflight import (
+    EXIT_PREFLIGHT,
+    devices,
+    exchange,
+    inputs,
+    memory,
+    network,
+    resources,
+    ssh,
+    versions,
+)
 from runtime.preflight.findings import Finding, errors
 from runtime.preflight.settings import Settings, from_args
 
@@ -33,6 +43,7 @@ def local_checks(
     found += resources.check_shm(s)
     found += devices.check_cann(s)  # CANN's set_env.sh was sourced before this ran (xgen_cann_env)
     found += devices.check_devices(s)
+    found += memory.check_memory(s, cfg)  # the plan against the memory the devices report (xgen plan)
     found += network.check_hccl_ports(s)
     items = inputs.inputs(cfg, raw_train, s.workdir)
     file_findings, files = inputs.check_local(s, items)
@@ -48,7 +59,7 @@ def local_checks(
         "output_dir": str(out_dir),
         "shared_needed": inputs.needs_shared_output(cfg),
     }
-    return found, facts, 10 + len(items)
+    return found, facts, 11 + len(items)
 
 
 def _bounded(fn, seconds: float):

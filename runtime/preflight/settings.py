@@ -32,6 +32,7 @@ class Settings:
     # CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES; "" = none exported). None: the node's own env.
     include_cuda: str | None = None
     include_npu: str | None = None
+    device_memory: str | None = None  # cluster.device_memory_gb (GiB, a device name or auto); None: no check
 
     def name_of(self, rank: int) -> str:
         return self.hosts[rank] if rank < len(self.hosts) else f"node rank {rank}"
@@ -77,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
         help="DeepSpeed over ssh: the launching node's ASCEND_RT_VISIBLE_DEVICES, which --include gives "
         "every host",
     )
+    p.add_argument(
+        "--device-memory",
+        default=None,
+        help="cluster.device_memory_gb: GiB, a device name or auto; the run's memory plan is checked",
+    )
     return p
 
 
@@ -105,4 +111,5 @@ def from_args(argv: list[str] | None = None) -> Settings:
         python=a.python,
         include_cuda=a.include_cuda,
         include_npu=a.include_npu,
+        device_memory=a.device_memory,
     )

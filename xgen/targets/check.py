@@ -49,6 +49,19 @@ def _launcher(config: Config) -> str:
     return f"{config.launcher} (started by {commands}; other commands refuse this config)"
 
 
+def _accelerate(config: Config) -> str:
+    """accelerate_config in one line: what xgen accelerate keeps, changes and fills in per node."""
+    from xgen import accelerate_file
+
+    assert config.accelerate_file is not None
+    plan = accelerate_file.plan(config)
+    changed = ", ".join(line.split(" ", 1)[0] for line in plan.changes) or "nothing"
+    return (
+        f"accelerate: {config.accelerate_file.path} (xgen accelerate): kept; changed here: {changed}; per "
+        f"node: distributed_type, {', '.join(accelerate_file.PER_NODE)}"
+    )
+
+
 def _train(config: Config) -> str:
     train = config.training
     if train is None:
@@ -151,6 +164,7 @@ def summary(config: Config) -> str:
         f"hosts:    {hosts}",
         f"master:   {_master(config)}",
         f"launcher: {_launcher(config)} (python: {config.python})",
+        *([_accelerate(config)] if config.accelerate_file else []),
         f"train:    {_train(config)}",
         f"nic:      {c.nic or 'NCCL/HCCL default'}; env: {env}",
         *([f"pass_env: {forwarded(c.pass_env)}"] if c.pass_env else []),

@@ -99,6 +99,19 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm":
         set_seed(cfg.seed)  # the score head is new: every rank must initialise it the same way
         auto, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
+    elif vision_model_type(path):  # Qwen-VL: the vision tower's attention stays transformers' sdpa
+        from transformers import AutoModelForImageTextToText
+
+        if stage != "sft":
+            raise ConfigError(
+                "stage", f"{vision_model_type(path)}: only sft is supported for vision-language models"
+            )
+        if attn not in ("eager", "sdpa"):
+            log.warning(
+                "flash_attn: %s left off for the vision-language model (sdpa; not checked on it)", attn
+            )
+            attn = "sdpa"
+        auto = AutoModelForImageTextToText
     else:
         auto = AutoModelForCausalLM
     try:
@@ -112,6 +125,21 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def vision_model_type(path: str) -> str | None:
+    """The model_type of a vision-language model the runtime trains (runtime.mm), else None."""
+    from runtime.mm.data import FAMILIES, model_type
+
+    kind = model_type(path)
+    return kind if kind in FAMILIES else None
+
+
+def vision_parts(model: nn.Module) -> Any:
+    """runtime.mm.model's Composite (vision tower / projector / language model keys), or None."""
+    from runtime.mm.model import composite_of
+
+    return composite_of(model)
 
 
 def compute_dtype(cfg: TrainConfig) -> torch.dtype:
@@ -130,6 +158,8 @@ def quantization_kwargs(cfg: TrainConfig, device: str) -> dict[str, Any]:
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     dtype = compute_dtype(cfg)
+    if device == "npu" and cfg.quantization_method in ("bnb", "bitsandbytes"):
+        check_bnb_on_npu(cfg.quantization_bit)
     if cfg.quantization_method == "hqq":
         # LLaMA-Factory's choice: axis 0 (hqq's ATen kernel). Not run here: hqq is not installed.
         config: Any = transformers.HqqConfig(nbits=cfg.quantization_bit, axis=0)
@@ -154,6 +184,39 @@ def quantization_kwargs(cfg: TrainConfig, device: str) -> dict[str, Any]:
         _, local_rank, _ = launch_ranks()
         kwargs["device_map"] = {"": "cpu" if device == "cpu" else f"{device}:{local_rank}"}
     return kwargs
+
+
+def bnb_npu_backends() -> list[str]:
+    """The bitsandbytes backends other packages register (entry points `bitsandbytes.backends`, which
+    bitsandbytes loads at import), and whether torch_npu's dispatch key has bitsandbytes' 4-bit kernel."""
+    from importlib.metadata import entry_points
+
+    names = [ep.name for ep in entry_points(group="bitsandbytes.backends")]
+    try:
+        import bitsandbytes  # noqa: F401  (registers its ops and loads those backends)
+        import torch
+
+        if torch._C._dispatch_has_kernel_for_dispatch_key("bitsandbytes::dequantize_4bit", "PrivateUse1"):
+            names.append("PrivateUse1 kernel")
+    except (ImportError, RuntimeError):
+        pass
+    return names
+
+
+def check_bnb_on_npu(bits: int | None, backends: list[str] | None = None) -> None:
+    """bitsandbytes' own wheel has no Ascend kernels: LLaMA-Factory's NPU QLoRA examples
+    (train_qlora/qwen3_lora_sft_bnb_npu.yaml, extras/qoft/llama3_oft_sft_bnb_npu.yaml) need a build that
+    registers an NPU backend. Without one the run stops here, before the model loads, in one line.
+    Not run on an NPU here: this checks what is registered, not that the kernels are right."""
+    found = bnb_npu_backends() if backends is None else backends
+    if any("npu" in name.lower() or "ascend" in name.lower() or "PrivateUse1" in name for name in found):
+        return
+    raise ConfigError(
+        "quantization_bit",
+        f"{bits}-bit bitsandbytes on NPU needs bitsandbytes built for Ascend (an NPU backend registered "
+        f"under the 'bitsandbytes.backends' entry points; found: {', '.join(found) or 'none'}); install it "
+        "as LLaMA-Factory's *_bnb_npu examples require, or train without quantization_bit",
+    )
 
 
 def prepare_quantised(model: nn.Module) -> nn.Module:
@@ -277,8 +340,14 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 
 def _adapter_targets(model: nn.Module, cfg: TrainConfig, names: str) -> list[str]:
-    """`all` = every linear layer but the heads; with use_llama_pro only modules of the expanded blocks."""
+    """`all` = every linear layer but the heads; with use_llama_pro only modules of the expanded blocks.
+    A vision-language model: LLaMA-Factory's choice, outside the frozen vision tower (runtime.mm.model)."""
     targets = [t.strip() for t in names.split(",") if t.strip()]
+    parts = vision_parts(model)
+    if parts is not None:
+        from runtime.mm.model import adapter_targets
+
+        return adapter_targets(model, parts, cfg, targets)
     targets = linear_module_names(model) if targets == ["all"] else targets
     if not cfg.use_llama_pro:
         return targets
@@ -481,7 +550,18 @@ def build_model(cfg: TrainConfig, *, stage: str, device: str, tokenizer: Any) ->
         from runtime.levers.use_v1_kernels import apply_npu_kernels
 
         apply_npu_kernels(model, cfg.npu_kernels or None)  # perf's choice; None (set in code): all three
-    if cfg.finetuning_type == "freeze":
+    parts = vision_parts(model)
+    if parts is not None and cfg.finetuning_type == "full":
+        from runtime.mm.model import apply_frozen_parts
+
+        model = apply_frozen_parts(model, parts, cfg)
+    if cfg.finetuning_type == "freeze" and parts is not None:
+        from runtime.mm.model import apply_vl_freeze
+
+        model = apply_vl_freeze(model, parts, cfg)
+        if not cfg.pure_bf16:
+            upcast_trainable(model)
+    elif cfg.finetuning_type == "freeze":
         model = apply_freeze(model, cfg, stage=stage)
     elif cfg.finetuning_type in ("lora", "oft"):
         model = apply_lora(model, cfg, stage=stage)

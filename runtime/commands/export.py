@@ -5,7 +5,8 @@ base, as LLaMA-Factory merges it). Without: the model re-saved (as
 LLaMA-Factory does, to change shard size or format). Keys as LLaMA-Factory: model_name_or_path,
 adapter_name_or_path, export_dir, export_size (GB per shard), export_device (cpu|auto),
 export_legacy_format (pytorch_model*.bin instead of safetensors). The weights keep the base
-model's dtype (a bf16 base gives a bf16 export). The result loads with AutoModelForCausalLM and vLLM.
+model's dtype (a bf16 base gives a bf16 export). The result loads with AutoModelForCausalLM and vLLM;
+a Qwen-VL model with AutoModelForImageTextToText, its image processor and chat template beside it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def export(cfg: TrainConfig) -> Path:
     _check_quantised_base(cfg)
     for message in cfg.notes:
         note(message)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    from runtime.model import fit_embeddings
+    from runtime.model import fit_embeddings, vision_model_type
 
     # The adapter dir holds the tokenizer the run trained with (pad token, template, added tokens).
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None
@@ -42,7 +43,9 @@ def export(cfg: TrainConfig) -> Path:
     )
     device = _export_device(cfg.export_device)
     # dtype "auto": the checkpoint's own dtype, so a bf16 base is merged and saved in bf16.
-    model = AutoModelForCausalLM.from_pretrained(
+    vision = vision_model_type(cfg.model_name_or_path)  # Qwen-VL: the whole model, vision tower included
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto.from_pretrained(
         cfg.model_name_or_path, dtype="auto", trust_remote_code=cfg.trust_remote_code, device_map=device
     )
     model = fit_embeddings(model, tokenizer)  # training grew them when its template added tokens
@@ -56,9 +59,39 @@ def export(cfg: TrainConfig) -> Path:
     if cfg.export_legacy_format:
         _to_legacy_format(model, out, cfg.export_size)
     tokenizer.save_pretrained(out)
+    if vision:
+        _save_processor_parts(cfg, tokenizer_dir, out)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     say(f"export: {'merged ' + adapter if adapter else 're-saved'} on {device}, dtype {dtype}")
     return out
+
+
+def _save_processor_parts(cfg: TrainConfig, trained_dir: str | None, out: Path) -> None:
+    """The image processor and chat template beside the merged weights (from the training output when
+    it has them, else the base), so AutoProcessor reloads the export where torchvision is installed."""
+    import shutil
+
+    from runtime.mm.stage import load_image_processor
+
+    source = next(
+        (
+            Path(d)
+            for d in (trained_dir, cfg.model_name_or_path)
+            if d and (Path(d) / "preprocessor_config.json").is_file()
+        ),
+        None,
+    )
+    if source is None:
+        raise ConfigError("model_name_or_path", f"{cfg.model_name_or_path} has no preprocessor_config.json")
+    load_image_processor(str(source)).save_pretrained(out)
+    for name in (
+        "chat_template.jinja",
+        "chat_template.json",
+        "processor_config.json",
+        "video_preprocessor_config.json",
+    ):
+        if (source / name).is_file() and not (out / name).is_file():
+            shutil.copyfile(source / name, out / name)
 
 
 def _check_quantised_base(cfg: TrainConfig) -> None:

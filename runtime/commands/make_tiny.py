@@ -1,7 +1,9 @@
 """A tiny Llama model, its tokenizer and small generated datasets, built in code (no downloads).
 
 Tests, the README demo and the cluster tests all train this model: `xgen-runtime make-tiny DIR`
-writes the model to DIR/model and the datasets (with a LLaMA-Factory dataset_info.json) to DIR/data.
+writes the model to DIR/model and the datasets (with a LLaMA-Factory dataset_info.json) to DIR/data,
+and a tiny Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE with small images and image datasets beside them
+(runtime/mm/tiny.py).
 Everything is deterministic for a given seed.
 """
 
@@ -337,9 +339,18 @@ def main_make_tiny(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xgen-runtime make-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="writes DIR/model and DIR/data")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-only", action="store_true", help="skip the vision-language models and images")
     args = parser.parse_args(argv)
     paths = build_tiny(args.dir, seed=args.seed)
     say(f"tiny model in {paths.model}, datasets in {paths.data}")
+    if not args.text_only:
+        from transformers import AutoTokenizer
+
+        from runtime.mm.tiny import build_tiny_vl
+
+        vl = build_tiny_vl(args.dir, AutoTokenizer.from_pretrained(paths.model), seed=args.seed)
+        models = ", ".join(str(vl[name]) for name in ("vl_model", "vl3_model", "vl3moe_model"))
+        say(f"tiny Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE in {models}; images in {vl['data']}/vl_images")
     return 0
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.data import attention_of, build_collator
+from runtime.fit.predict import predict
 from runtime.fit.trainer import XgenTrainer
 from runtime.model import build_model, load_tokenizer
 from runtime.stages.recipe import RunContext, fit, load_datasets, make_trainer, save_outputs
@@ -190,11 +191,20 @@ def loss_options(cfg: Any) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> None:
+    from runtime.mm.data import vision_family
+
+    if vision_family(ctx.cfg):  # a Qwen vision-language model: image rows (runtime/mm)
+        from runtime.mm.stage import run as run_vision
+
+        return run_vision(ctx)
     # --- setup ---
     cfg = ctx.cfg
     tokenizer = load_tokenizer(cfg)
     data = load_datasets(ctx, tokenizer, stage=STAGE)
     model = build_model(cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
+    if not cfg.do_train and cfg.do_predict:  # predict only: no Trainer; each rank's whole model
+        predict(cfg, place_for_generation(model, ctx.args.device), tokenizer, data.eval)
+        return
     ref_model = load_reference(
         cfg, ctx.device, tokenizer
     )  # ASFT only; None with LoRA (the adapter-disabled base)
@@ -215,3 +225,11 @@ def run(ctx: RunContext) -> None:
         return
     # --- save ---
     save_outputs(trainer, ctx, tokenizer, metrics)
+    # --- predict ---
+    if cfg.do_predict:  # with the trained model (the config rules refused FSDP and ZeRO-3)
+        predict(cfg, trainer.model, tokenizer, data.eval)
+
+
+def place_for_generation(model: Any, device: Any) -> Any:
+    """The model on this rank's device (Trainer would have moved it); a quantised one is there already."""
+    return model if getattr(model, "is_quantized", False) else model.to(device)

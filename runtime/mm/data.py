@@ -1,0 +1,335 @@
+"""Image datasets for vision-language SFT, as LLaMA-Factory 0.9.5 reads them:
+
+    dataset_info.json  columns.images names the column (mllm_demo: "images": "images")
+    a row              alpaca or sharegpt, plus a list of image paths (relative to media_dir, which
+                       defaults to dataset_dir; a path that is not a file there is used as given)
+    the text           one `<image>` per image, in order; a row where the counts differ is an error
+                       (one line per bad row, then the run stops: LLaMA-Factory stops at the first)
+
+Each `<image>` is expanded into the vision tokens (runtime.mm.plugin) before the rows are tokenized by
+the same code as text SFT (runtime.data.tokenize), so labels are masked exactly as for text. The images
+stay paths in the tokenized rows; VisionCollator opens them per batch, as LLaMA-Factory's collator does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.config import ConfigError, TrainConfig
+from runtime.contract.say import note, say
+from runtime.data.formats import FEATURES, check_columns, convert_alpaca, convert_sharegpt
+from runtime.data.registry import DatasetAttr, resolve_datasets
+from runtime.mm.plugin import PLUGINS, ImageSettings, count_problem, expand_messages, resolve_paths
+
+# transformers model_type → LLaMA-Factory's template for it (what `template:` must name)
+FAMILIES = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl",
+}
+SHOWN_BAD_ROWS = 20
+
+
+def model_type(path: str) -> str | None:
+    """The model folder's config.json model_type (None when there is none to read)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def vision_family(cfg: TrainConfig) -> str | None:
+    """The model's vision-language family when it is one the runtime trains, else None: the text path
+    then runs, and refuses image/video/audio columns and placeholders in one line (runtime.data.formats).
+    A template that does not fit the family, or a stage other than sft, stops the run."""
+    kind = model_type(cfg.model_name_or_path)
+    if kind in FAMILIES:
+        if cfg.template not in PLUGINS or PLUGINS[cfg.template][0] != FAMILIES[kind]:
+            raise ConfigError(
+                "template",
+                f"{kind} models need template {FAMILIES[kind]} (LLaMA-Factory's); got {cfg.template}",
+            )
+        if cfg.stage != "sft":
+            raise ConfigError(
+                "stage", f"{kind}: only sft is supported for vision-language models (no {cfg.stage})"
+            )
+        return kind
+    return None
+
+
+def image_settings(cfg: TrainConfig) -> ImageSettings:
+    return ImageSettings(max_pixels=cfg.image_max_pixels, min_pixels=cfg.image_min_pixels)
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def convert_with_images(
+    batch: dict[str, list], *, columns: dict, tags: dict, ranking: bool, formatting: str, media_dir: str
+) -> dict[str, list]:
+    """runtime.data.formats' conversion, plus `_images`: the row's image paths found as LF does."""
+    convert = convert_alpaca if formatting == "alpaca" else convert_sharegpt
+    out = convert(batch, columns=columns, tags=tags, ranking=ranking)
+    out.pop("_media")  # placeholders are counted against the images per row instead
+    images = batch.get(columns.get("images", ""))
+    size = len(out["_prompt"])
+    out["_images"] = [resolve_paths(images[i] if images else None, media_dir) for i in range(size)]
+    return out
+
+
+def encode_row(
+    prompt: list[dict],
+    response: list[dict],
+    system: str,
+    tools: str,
+    images: list[str],
+    *,
+    tokenizer: Any,
+    chat: Any,
+    image_processor: Any,
+    settings: ImageSettings,
+    image_token: str,
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> dict[str, list] | None:
+    """One row's input_ids/attention_mask/labels with its `<image>` expanded (None: nothing to learn, or
+    the cutoff cut into an image's tokens). Raises ValueError for a placeholder/image count mismatch."""
+    from runtime.data.tokenize import tokenize_sft
+    from runtime.mm.plugin import image_inputs
+
+    problem = count_problem(prompt + response, images)
+    if problem:
+        raise ValueError(problem)
+    grids = image_inputs(image_processor, images, settings).get("image_grid_thw", [])
+    messages = expand_messages(
+        prompt + response, grids, merge_size=image_processor.merge_size, image_token=image_token
+    )
+    batch = {"_prompt": [messages[:-1]], "_response": [messages[-1:]], "_system": [system], "_tools": [tools]}
+    out = tokenize_sft(
+        batch,
+        tokenizer=tokenizer,
+        chat=chat,
+        cutoff_len=cutoff_len,
+        train_on_prompt=train_on_prompt,
+        mask_history=mask_history,
+    )
+    if not out["input_ids"]:
+        return None
+    merge = image_processor.merge_size**2
+    wanted = sum(int(t) * int(h) * int(w) // merge for t, h, w in grids)
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if out["input_ids"][0].count(token_id) != wanted:
+        return None  # cutoff_len cut into the image tokens: the vision features would not fit
+    return {k: v[0] for k, v in out.items()}
+
+
+def tokenize_images(batch: dict[str, list], **kwargs: Any) -> dict[str, list]:
+    """datasets.map(batched=True): encode_row per row; `images` keeps the paths for the collator.
+    Count mismatches come back as `_bad` lines (the caller reports them all, then stops)."""
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "images": [], "_bad": []}
+    rows = zip(
+        batch["_prompt"], batch["_response"], batch["_system"], batch["_tools"], batch["_images"], strict=True
+    )
+    for prompt, response, system, tools, images in rows:
+        if len(prompt) % 2 != 1 or len(response) != 1:
+            continue
+        try:
+            row = encode_row(prompt, response, system, tools, images, **kwargs)
+        except ValueError as exc:
+            row, bad = None, f"{exc}: {(prompt[0]['content'] if prompt else '')[:60]!r}"
+        else:
+            bad = ""
+        if row is None and not bad:
+            continue
+        for key in ("input_ids", "attention_mask", "labels"):
+            out[key].append(row[key] if row else [])
+        out["images"].append(images)
+        out["_bad"].append(bad)
+    return out
+
+
+def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_processor: Any) -> Any:
+    """Tokenized train (and eval) rows with `images` columns; DatasetSplits as runtime.data returns."""
+    from runtime.data import DatasetSplits, worker_count
+    from runtime.data.loaders import load_raw
+
+    if cfg.streaming:
+        raise ConfigError("streaming", "vision-language datasets are read whole; set streaming: false")
+    if cfg.packing or cfg.neat_packing:
+        raise ConfigError("packing", "packing image rows is not supported (Qwen's M-RoPE positions)")
+    if cfg.tokenized_path:
+        raise ConfigError("tokenized_path", "not supported with image rows yet (the datasets cache is used)")
+    kwargs = {
+        "tokenizer": tokenizer,
+        "chat": chat,
+        "image_processor": image_processor,
+        "settings": image_settings(cfg),
+        "image_token": PLUGINS[cfg.template][1],
+        "cutoff_len": cfg.cutoff_len,
+        "train_on_prompt": cfg.train_on_prompt,
+        "mask_history": cfg.mask_history,
+    }
+    options = {
+        "num_proc": worker_count(cfg.preprocessing_num_workers),
+        "load_from_cache_file": not cfg.overwrite_cache,
+    }
+
+    def one(key: str) -> Any:
+        from datasets import Features, List, Value
+
+        from runtime.data import _mix  # mix_strategy / interleave_probs, as for text
+
+        parts = []
+        for attr in resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=key):
+            raw = load_raw(attr, cache_dir=cfg.cache_dir, seed=cfg.seed, max_samples=cfg.max_samples)
+            _check_image_columns(attr, list(raw.column_names or []), cfg.stage)
+            features = Features(
+                {**{k: v for k, v in FEATURES.items() if k != "_media"}, "_images": List(Value("string"))}
+            )
+            rows = raw.map(
+                convert_with_images,
+                batched=True,
+                fn_kwargs={
+                    "columns": attr.columns,
+                    "tags": attr.tags,
+                    "ranking": bool(attr.ranking),
+                    "formatting": attr.formatting,
+                    "media_dir": cfg.media_dir or cfg.dataset_dir,
+                },
+                remove_columns=list(raw.column_names or []),
+                features=features,
+                desc=f"Converting {attr.name} ({attr.formatting}, images)",
+                **options,
+            )
+            parts.append(rows)
+        dataset = _mix(parts, cfg)
+        tokenized = dataset.map(
+            tokenize_images,
+            batched=True,
+            fn_kwargs=kwargs,
+            remove_columns=list(dataset.column_names or []),
+            desc="Tokenizing (sft, images)",
+            **options,
+        )
+        _stop_on_bad_rows(key, tokenized)
+        tokenized = tokenized.remove_columns("_bad")
+        if len(tokenized) == 0:
+            raise ConfigError(key, f"no usable rows in {getattr(cfg, key)} (check formatting/columns/images)")
+        if len(tokenized) < len(dataset):
+            note(
+                f"{key}: dropped {len(dataset) - len(tokenized)} of {len(dataset)} rows (broken turns, "
+                "nothing left to learn, or cutoff_len cutting into an image's tokens)"
+            )
+        return tokenized
+
+    train = one("dataset")
+    evaluation = one("eval_dataset") if cfg.eval_dataset else None
+    if cfg.val_size and evaluation is None:
+        test_size = int(cfg.val_size) if cfg.val_size > 1 else float(cfg.val_size)
+        parts = train.train_test_split(test_size=test_size, seed=cfg.seed)
+        train, evaluation = parts["train"], parts["test"]
+    return DatasetSplits(train=train, eval=evaluation)
+
+
+def check_dataset_columns(attr: DatasetAttr, column_names: list[str], cfg: TrainConfig) -> None:
+    """`xgen-runtime check`'s column check: with `images` allowed when the model is a Qwen-VL one."""
+    if model_type(cfg.model_name_or_path) in FAMILIES:
+        _check_image_columns(attr, column_names, cfg.stage)
+    else:
+        check_columns(attr, column_names, stage=cfg.stage)
+
+
+def _check_image_columns(attr: DatasetAttr, column_names: list[str], stage: str) -> None:
+    """runtime.data.formats' column check with `images` allowed (videos/audios still refused there);
+    a dataset without images (LLaMA-Factory's examples mix alpaca_en_demo in) gives text rows."""
+    if "images" not in attr.columns:
+        check_columns(attr, column_names, stage=stage)
+        return
+    image_column = attr.columns["images"]
+    if image_column not in column_names:
+        raise ConfigError(attr.key, f"{attr.where()}: column '{image_column}' (columns.images) not found")
+    bare = copy.copy(attr)
+    bare.columns = {k: v for k, v in attr.columns.items() if k != "images"}
+    bare.explicit = attr.explicit - {"images"}
+    check_columns(bare, [c for c in column_names if c != image_column], stage=stage)
+    attr.columns = {**bare.columns, "images": image_column}
+
+
+def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
+    import pyarrow.compute as pc
+
+    column = tokenized.with_format("arrow")["_bad"]
+    bad = (
+        [(i, line) for i, line in enumerate(column.to_pylist()) if line]
+        if pc.any(pc.not_equal(column, "")).as_py()
+        else []
+    )
+    if not bad:
+        return
+    for index, line in bad[:SHOWN_BAD_ROWS]:
+        say(f"{key}: row {index}: {line}")
+    more = f" (first {SHOWN_BAD_ROWS} shown)" if len(bad) > SHOWN_BAD_ROWS else ""
+    raise ConfigError(key, f"{len(bad)} row(s) whose <image> placeholders do not match their images{more}")
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+
+@dataclass
+class VisionCollator:
+    """Pads like runtime.data's PaddingCollator, then opens the batch's images: pixel_values and
+    image_grid_thw from the image processor, mm_token_type_ids (1 on image tokens) for M-RoPE.
+
+    A batch without images gets LLaMA-Factory's dummy image (64x64 white; its vision tokens appended to the
+    first row with attention_mask 0 and labels -100) when the vision marker ids are given: under ZeRO-3 or
+    FSDP every rank must run the vision tower, or the ranks that have images wait forever for the others."""
+
+    pad_token_id: int
+    image_processor: Any
+    settings: ImageSettings
+    image_token_id: int
+    vision_start_id: int | None = None
+    vision_end_id: int | None = None
+    padding: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        from runtime.data.collators import PaddingCollator
+
+        self.padding = PaddingCollator(self.pad_token_id)
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        from runtime.mm.plugin import image_inputs
+
+        images: list[Any] = [path for f in features for path in (f.get("images") or [])]
+        rows = [{k: v for k, v in f.items() if k != "images"} for f in features]
+        if not images and self.vision_start_id is not None and self.vision_end_id is not None:
+            images, rows[0] = self._with_dummy_image(rows[0])
+        batch = self.padding(rows)
+        batch.update(image_inputs(self.image_processor, images, self.settings))
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long()
+        return batch
+
+    def _with_dummy_image(self, row: dict) -> tuple[list[Any], dict]:
+        from PIL import Image
+
+        from runtime.mm.plugin import image_inputs
+
+        dummy = Image.new("RGB", (64, 64), (255, 255, 255))
+        t, h, w = (
+            int(x) for x in image_inputs(self.image_processor, [dummy], self.settings)["image_grid_thw"][0]
+        )
+        count = t * h * w // self.image_processor.merge_size**2
+        ids = [self.vision_start_id, *[self.image_token_id] * count, self.vision_end_id]
+        row = {
+            **row,
+            "input_ids": list(row["input_ids"]) + ids,
+            "attention_mask": list(row.get("attention_mask") or [1] * len(row["input_ids"])) + [0] * len(ids),
+            "labels": list(row.get("labels", row["input_ids"])) + [-100] * len(ids),
+        }
+        return [dummy], row

@@ -36,9 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         help="what is not visible from here (a model, dataset_dir, a DeepSpeed JSON) is a note, "
         "not an error (xgen check)",
     )
+    check.add_argument(
+        "--download",
+        action="store_true",
+        help="download the hub datasets into the datasets cache (cache_dir, else HF_HOME's), as rank 0 of "
+        "a run would; run it where there is network, on a cache the nodes mount",
+    )
     tiny = sub.add_parser("make-tiny", help="write a tiny model (DIR/model) and datasets (DIR/data)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--text-only", action="store_true", help="skip the tiny Qwen-VL models and images")
     pro = sub.add_parser("llama-pro", help="LLaMA-Pro: expand SRC by N zero-output blocks into DST")
     pro.add_argument("src")
     pro.add_argument("dst")
@@ -61,16 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "make-tiny":
-            from runtime.commands.make_tiny import build_tiny
+            from runtime.commands.make_tiny import main_make_tiny
 
             if not sys.stdout.isatty():
                 import transformers
 
                 transformers.utils.logging.disable_progress_bar()
 
-            paths = build_tiny(args.dir, seed=args.seed)
-            say(f"wrote {paths.model} and {paths.data}")
-            return 0
+            return main_make_tiny([args.dir, "--seed", str(args.seed)] + ["--text-only"] * args.text_only)
         if args.command == "llama-pro":
             from runtime.commands.llama_pro import expand_blocks
 
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         load_secret_env_file()  # before anything reads the environment (DeepSpeed multi-node only)
         cfg = load_config(args.config, visible_only=getattr(args, "visible_only", False))
         if args.command == "check":
-            return _check(cfg, args.config, args.visible_only)
+            return _check(cfg, args.config, args.visible_only, args.download)
         if args.command == "export":
             from runtime.commands.export import export
 
@@ -114,19 +119,20 @@ def _print_errors(lines: list[str]) -> None:
         print(f"xgen-runtime: error: {line}", file=sys.stderr, flush=True)
 
 
-def _check(cfg, path: str, visible_only: bool) -> int:
+def _check(cfg, path: str, visible_only: bool, download: bool = False) -> int:
     from runtime.commands.check import check
     from runtime.config.files import read_yaml
 
     prefix = "train." if "train" in read_yaml(path) else ""
-    report = check(cfg, prefix=prefix, visible_only=visible_only)
+    report = check(cfg, prefix=prefix, visible_only=visible_only, download=download)
     for message in report.notes:
         note(message)
     if report.problems:
         _print_errors(report.problems)
         return EXIT_CONFIG
     plural = "" if report.datasets == 1 else "s"
-    say(f"check: ok ({report.datasets} dataset{plural} read, columns present)")
+    unread = f"; {report.unread} from a hub, not read: see the note" if report.unread else ""
+    say(f"check: ok ({report.datasets} dataset{plural} read, columns present{unread})")
     return 0
 
 

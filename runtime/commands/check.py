@@ -28,6 +28,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     datasets: int = 0
+    unread: int = 0  # hub datasets not in the cache: the run downloads them (a note each)
 
 
 def error_lines(err: ConfigError) -> list[str]:
@@ -36,10 +37,14 @@ def error_lines(err: ConfigError) -> list[str]:
     return [line for item in items for line in str(item).splitlines() if line.strip()]
 
 
-def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> Report:
+def check(
+    cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False, download: bool = False
+) -> Report:
     """Model paths, a saved tokenized_path and the datasets as training will read them. visible_only
     (`xgen check`, on a machine that may not mount what the nodes do): what is not visible from here is a
-    note, not a problem."""
+    note, not a problem. A hub dataset is read from the datasets cache when it is there; otherwise it is a
+    note (the run downloads it), a problem on a node that is offline; download: fetch it into the cache
+    now, as rank 0 of a run would."""
     report = Report()
     _check_models(cfg, prefix, report, visible_only)
     if not visible_only:
@@ -50,7 +55,8 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
         return report  # the saved rows are trained on: the dataset keys are not read
     if not any(getattr(cfg, key) for key in DATASET_KEYS):
         return report
-    found = _check_datasets(cfg, prefix)
+    found = _check_datasets(cfg, prefix, visible_only=visible_only, download=download)
+    report.notes += found.notes
     if visible_only and found.problems and not Path(cfg.dataset_dir).is_dir():
         # Only plain file paths could have resolved: the data may just live where this cannot see it.
         report.notes.append(
@@ -58,7 +64,7 @@ def check(cfg: TrainConfig, *, prefix: str = "", visible_only: bool = False) -> 
         )
         return report
     report.problems += found.problems
-    report.datasets = found.datasets
+    report.datasets, report.unread = found.datasets, found.unread
     return report
 
 
@@ -184,13 +190,14 @@ def _hub_cache(repo_id: str, key: str) -> tuple[bool, str] | None:
     return found, str(constants.HF_HUB_CACHE)
 
 
-def _check_datasets(cfg: TrainConfig, prefix: str) -> Report:
+def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, download: bool) -> Report:
     """Resolve, read and check columns exactly as build_datasets does (one line per bad dataset)."""
     import datasets
 
-    from runtime.data.formats import check_columns
+    from runtime.data import hub
     from runtime.data.loaders import load_raw
     from runtime.data.registry import resolve_datasets
+    from runtime.mm.data import check_dataset_columns
 
     datasets.disable_progress_bars()
     report = Report()
@@ -202,10 +209,32 @@ def _check_datasets(cfg: TrainConfig, prefix: str) -> Report:
             continue
         for attr in attrs:
             try:
-                raw = load_raw(attr, cache_dir=cfg.cache_dir, seed=cfg.seed, max_samples=cfg.max_samples)
-                check_columns(attr, raw.column_names, stage=cfg.stage)
+                raw = load_raw(
+                    attr,
+                    cache_dir=cfg.cache_dir,
+                    seed=cfg.seed,
+                    max_samples=cfg.max_samples,
+                    network=download,
+                )
+                check_dataset_columns(attr, raw.column_names, cfg)  # images allowed for Qwen-VL models
+            except hub.NotCached as err:
+                hf = attr.hub is not None and attr.hub.url_key not in hub.CLIENTS
+                if download:  # asked for and not had: HF_HUB_OFFLINE, or the hub out of reach
+                    report.problems += error_lines(err)
+                elif hub.offline() and not visible_only and hf:
+                    report.problems.append(f"{attr.key}: {hub.not_cached(attr, cfg.cache_dir)}")
+                else:
+                    report.notes.append(str(err))
+                    report.unread += 1
             except ConfigError as err:
-                report.problems += error_lines(err)
+                if visible_only and attr.hub is not None and attr.hub.url_key in hub.CLIENTS:
+                    report.notes += [
+                        f"{line} (here; each node's check says whether it has it)"
+                        for line in error_lines(err)
+                    ]
+                    report.unread += 1
+                else:
+                    report.problems += error_lines(err)
             else:
                 report.datasets += 1
     return report

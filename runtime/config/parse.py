@@ -108,6 +108,8 @@ def parse_train_config(
     normalise(cfg, set(values), key_prefix, base, visible_only)
     if base is not None:
         cfg.dataset_dir = resolve(cfg.dataset_dir, base)
+        if cfg.media_dir:
+            cfg.media_dir = resolve(cfg.media_dir, base)
     return cfg
 
 

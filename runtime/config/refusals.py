@@ -17,33 +17,24 @@ from runtime.config.hf_keys import TRAINING_ARGUMENTS
 from runtime.config.lf_keys import LF_KEYS
 from runtime.config.suggest import suggest
 
-_MULTIMODAL = "multimodal training is out of scope (text models and text datasets only)"
+_MULTIMODAL = "audio is not supported; images only, for Qwen2-VL/Qwen2.5-VL/Qwen3-VL (docs/runtime.md)"
+_PAN_SCAN = "Gemma3's pan-and-scan / crop_to_patches: only the Qwen-VL image families are supported"
 _RAY = "Ray is not supported; xgen launches with Slurm, torchrun, DeepSpeed or accelerate (see README)"
-_HUB = "nothing is pushed to or pulled from a hub (no network on the nodes); use local paths"
+_HUB = "nothing is pushed to a hub (no network on the nodes); push the saved output_dir yourself"
+_HUB_TOKEN = (
+    "hub datasets read their token from the environment, not the config (which is copied into the run "
+    "directory): give the job HF_TOKEN (cluster.pass_env or cluster.env), or log in with the "
+    "ModelScope/OpenMind client"
+)
 _INFER = "inference engines are out of scope: xgen-runtime trains and exports (serve the export with vLLM)"
-_GEN = "generation is not supported: xgen-runtime trains and evaluates loss (generate with vLLM)"
 _METHOD = "a training method xgen-runtime does not implement"
 
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
-        (
-            "image_max_pixels",
-            "image_min_pixels",
-            "image_do_pan_and_scan",
-            "crop_to_patches",
-            "video_max_pixels",
-            "video_min_pixels",
-            "video_fps",
-            "video_maxlen",
-            "use_audio_in_video",
-            "audio_sampling_rate",
-            "media_dir",
-            "freeze_vision_tower",
-            "freeze_multi_modal_projector",
-            "freeze_language_model",
-        ),
+        ("use_audio_in_video", "audio_sampling_rate"),
         _MULTIMODAL,
     ),
+    **dict.fromkeys(("image_do_pan_and_scan", "crop_to_patches"), _PAN_SCAN),
     "quantization_device_map": "LLaMA-Factory's device map for quantised inference (it refuses it in "
     "training too); xgen-runtime trains and exports: drop it",
     "ref_model_quantization_bit": "a separately quantised reference model is not supported; drop it "
@@ -66,9 +57,6 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
             "export_hub_model_id",
-            "hf_hub_token",
-            "ms_hub_token",
-            "om_hub_token",
             "push_to_hub",
             "hub_token",
             "hub_private_repo",
@@ -82,8 +70,7 @@ REFUSED: dict[str, str] = {
         ),
         _HUB,
     ),
-    "do_predict": "not supported by xgen-runtime (generate with vLLM or transformers)",
-    "predict_with_generate": _GEN,
+    **dict.fromkeys(("hf_hub_token", "ms_hub_token", "om_hub_token"), _HUB_TOKEN),
     **dict.fromkeys(
         ("infer_backend", "infer_dtype", "use_kv_cache", "vllm_maxlen", "vllm_gpu_util", "vllm_enforce_eager")
         + ("vllm_max_lora_rank", "vllm_config", "sglang_maxlen", "sglang_mem_fraction", "sglang_tp_size")

@@ -7,6 +7,7 @@ import os
 
 from runtime.config.files import load_deepspeed, load_json, unseen_json
 from runtime.config.methods import check_methods
+from runtime.config.prediction import GENERATION_KEYS, check_prediction, predict_defaults, prediction_problems
 from runtime.config.quantization import QUANT_KEYS, check_quantization, quantization_problems
 from runtime.config.schema import (
     REFERENCE_FREE_LOSSES,
@@ -49,6 +50,7 @@ def normalise(
             raise ConfigError(p + "template", problem)
     if not cfg.model_name_or_path:
         raise ConfigError(p + "model_name_or_path", "required (a model directory)")
+    predict_defaults(cfg, given, p)  # a predict-only config trains nothing and names no dataset
     if cfg.do_train and not cfg.dataset and cfg.export_dir is None:
         raise ConfigError(p + "dataset", "required for training (names in dataset_info.json or file paths)")
     _check_ranges(cfg, p)
@@ -65,6 +67,7 @@ def normalise(
     check_methods(cfg, p)
     _normalise_model_keys(cfg, given, p)
     check_quantization(cfg, p)
+    check_prediction(cfg, p)
     if cfg.eval_strategy != "no" and not (cfg.val_size or cfg.eval_dataset):
         raise ConfigError(p + "eval_strategy", f"{cfg.eval_strategy!r} needs val_size > 0 or eval_dataset")
     if isinstance(cfg.resume_from_checkpoint, str) and cfg.resume_from_checkpoint in ("true", "false"):
@@ -135,6 +138,8 @@ def _normalise_data(cfg: TrainConfig, p: str) -> None:
             raise ConfigError(p + "val_size", "with streaming, give a whole number of examples")
         if cfg.packing and cfg.stage == "sft":
             raise ConfigError(p + "streaming", "sft packing needs the whole dataset; set packing: false")
+    if cfg.image_max_pixels < cfg.image_min_pixels:  # LLaMA-Factory's ModelArguments check
+        raise ConfigError(p + "image_max_pixels", "cannot be smaller than image_min_pixels")
     if cfg.buffer_size <= 0:
         raise ConfigError(p + "buffer_size", f"must be > 0; got {cfg.buffer_size}")
 
@@ -358,10 +363,11 @@ _TRACKERS = {
 
 
 def check_at_start(cfg: TrainConfig, world_size: int) -> None:
-    """Run by each rank before the model loads: the checks that need the node's packages or the
-    world size, or a model's own files (a pre-quantised checkpoint). Every problem found is reported
-    (ConfigErrors when several)."""
+    """Run by each rank before the model loads: the checks that need the node's packages (loggers,
+    quantisation, the prediction scorers) or the world size, or a model's own files (a pre-quantised
+    checkpoint). Every problem found is reported (ConfigErrors when several)."""
     errors = tracker_problems(cfg) + world_size_problems(cfg, world_size) + quantization_problems(cfg)
+    errors += prediction_problems(cfg)
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
@@ -490,6 +496,7 @@ def _note_ignored(cfg: TrainConfig, given: set[str], p: str) -> None:
             cfg.finetuning_type in ("lora", "oft"),
             f"finetuning_type is {cfg.finetuning_type}",
         ),
+        (GENERATION_KEYS, cfg.do_predict, "do_predict is false (generation keys)"),
     ]
     groups += [(keys, getattr(cfg, use), f"{use} is false") for use, keys in _OPTIMIZER_PARAM_KEYS.items()]
     for keys, applies, why in groups:

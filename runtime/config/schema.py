@@ -156,6 +156,27 @@ class TrainConfig:
     )
     do_train: bool = _f(True, "Train (false with do_eval: evaluate only).")
     do_eval: bool | None = _f(None, "Evaluate at the end; default: when there is eval data.")
+    # --- prediction: rules in runtime/config/prediction.py, generation in runtime/fit/predict.py ---
+    do_predict: bool = _f(
+        False,
+        "sft: generate a reply to every row of the predict set (eval_dataset; else val_size's held-out rows; "
+        "else, not training, dataset) into generated_predictions.jsonl, scored in predict_results.json.",
+    )
+    predict_with_generate: bool = _f(
+        False, "Needed with do_predict (LLaMA-Factory's switch): predictions are generated text."
+    )
+    max_new_tokens: int = _f(1024, "Generation: most new tokens per reply (<= 0: max_length caps instead).")
+    max_length: int = _f(1024, "Generation: most tokens of prompt + reply, read when max_new_tokens <= 0.")
+    do_sample: bool = _f(True, "Generation: sample (LLaMA-Factory's default); false: greedy or beam search.")
+    temperature: float = _f(0.95, "Generation: sampling temperature.")
+    top_p: float = _f(0.7, "Generation: nucleus sampling, keep the most likely tokens up to this mass.")
+    top_k: int = _f(50, "Generation: sample among the k most likely tokens.")
+    num_beams: int = _f(1, "Generation: beams of beam search (1: none).")
+    repetition_penalty: float = _f(1.0, "Generation: penalty on tokens already present (1.0: none).")
+    length_penalty: float = _f(1.0, "Generation: beam search length exponent.")
+    skip_special_tokens: bool = _f(
+        True, "Predictions and labels decoded without special tokens (jsonl; scores always skip them)."
+    )
     lora_rank: int = _f(8, "LoRA rank r.")
     lora_alpha: int | None = _f(None, "LoRA alpha; default 2 * lora_rank.")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
@@ -199,6 +220,11 @@ class TrainConfig:
         "all", "OFT: comma list of module names, or `all` = every linear layer but the head."
     )
     module_dropout: float = _f(0.0, "OFT: multiplicative dropout on the OFT blocks.")
+    freeze_vision_tower: bool = _f(True, "Vision-language models: the vision tower stays frozen.")
+    freeze_multi_modal_projector: bool = _f(
+        True, "Vision-language models: the projector (Qwen's visual.merger) stays frozen."
+    )
+    freeze_language_model: bool = _f(False, "Vision-language models: the language model stays frozen.")
     freeze_trainable_layers: int = _f(2, "Freeze: train the last N layers (negative: the first N).")
     freeze_trainable_modules: str = _f(
         "all", "Freeze: modules inside those layers to train (`all`, or names)."
@@ -240,6 +266,14 @@ class TrainConfig:
         None,
         "Chat template: any LLaMA-Factory 0.9.5 name (qwen3, llama3, ...); default: the tokenizer's own.",
     )
+    # --- images (vision-language models: Qwen2-VL, Qwen2.5-VL, Qwen3-VL; read by runtime.mm) ---
+    media_dir: str | None = _f(None, "Folder the `images` paths are relative to (default: dataset_dir).")
+    image_max_pixels: int = _f(768 * 768, "Images larger than this area are shrunk to it (aspect kept).")
+    image_min_pixels: int = _f(32 * 32, "Images smaller than this area are grown to it (aspect kept).")
+    video_max_pixels: int = _f(256 * 256, "Accepted for LLaMA-Factory's configs; video rows are refused.")
+    video_min_pixels: int = _f(16 * 16, "Accepted for LLaMA-Factory's configs; video rows are refused.")
+    video_fps: float = _f(2.0, "Accepted for LLaMA-Factory's configs; video rows are refused.")
+    video_maxlen: int = _f(128, "Accepted for LLaMA-Factory's configs; video rows are refused.")
     # --- chat template options (LLaMA-Factory's names; read by runtime.data.templates) ---
     default_system: str | None = _f(
         None, "System prompt for conversations without one (replaces the template's)."

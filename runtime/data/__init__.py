@@ -33,7 +33,13 @@ from runtime.data.packing import (
 )
 from runtime.data.registry import resolve_datasets
 from runtime.data.templates import NAMED_TEMPLATES, ChatFormat, resolve_template
-from runtime.data.tokenize import tokenize_kto, tokenize_pairwise, tokenize_pt, tokenize_sft
+from runtime.data.tokenize import (
+    tokenize_generate,
+    tokenize_kto,
+    tokenize_pairwise,
+    tokenize_pt,
+    tokenize_sft,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -53,8 +59,8 @@ __all__ = [
 
 @dataclass
 class DatasetSplits:
-    train: Dataset
-    eval: Dataset | None
+    train: Dataset | None  # None in a run that only predicts (do_predict, do_train false)
+    eval: Dataset | None  # with do_predict: the rows to generate for (tokenize_generate)
 
 
 def worker_count(requested: int | None) -> int | None:
@@ -164,8 +170,6 @@ def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
             preserve_thinking=cfg.preserve_thinking,
             default_system=cfg.default_system,
         )
-    if not cfg.dataset:
-        raise ConfigError("dataset", "no dataset given: name entries of dataset_info.json or data files")
     streaming = bool(cfg.streaming)
     context = {
         "stage": stage,
@@ -188,6 +192,10 @@ def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
             "load_from_cache_file": not cfg.overwrite_cache,
         },
     }
+    if cfg.do_predict:  # sft only, and never streamed: the config rules (runtime/config/prediction.py)
+        return _predict_splits(cfg, context)
+    if not cfg.dataset:
+        raise ConfigError("dataset", "no dataset given: name entries of dataset_info.json or data files")
     train = _build_one(cfg, "dataset", context)
     evaluation = _build_one(cfg, "eval_dataset", context) if cfg.eval_dataset else None
     val_size = cfg.val_size or 0
@@ -206,7 +214,33 @@ def _build_splits(cfg: TrainConfig, tokenizer, *, stage: str) -> DatasetSplits:
     return DatasetSplits(train=train, eval=evaluation)
 
 
+def _predict_splits(cfg: TrainConfig, context: dict[str, Any]) -> DatasetSplits:
+    """do_predict: LLaMA-Factory's eval set, tokenized for generation (tokenize_generate): eval_dataset;
+    else val_size's held-out rows of dataset, split before tokenizing as LLaMA-Factory splits (training
+    takes the rest); else, in a run that only predicts, dataset itself."""
+    generate = {**context, "generate": True, "mode": "off", "cutoff_len": cfg.cutoff_len}
+    if cfg.eval_dataset and cfg.val_size:
+        raise ConfigError("val_size", "set either val_size or eval_dataset, not both")
+    if cfg.eval_dataset:
+        train = _build_one(cfg, "dataset", context) if cfg.do_train else None
+        return DatasetSplits(train=train, eval=_build_one(cfg, "eval_dataset", generate))
+    if not cfg.val_size:
+        return DatasetSplits(train=None, eval=_build_one(cfg, "dataset", generate))
+    messages = _messages(cfg, "dataset", context)
+    test_size = int(cfg.val_size) if cfg.val_size > 1 else float(cfg.val_size)
+    if len(messages) < 2 or (isinstance(test_size, int) and test_size >= len(messages)):
+        raise ConfigError("val_size", f"{cfg.val_size} leaves no training rows out of {len(messages)}")
+    parts = messages.train_test_split(test_size=test_size, seed=cfg.seed)
+    train = _tokenized(cfg, "dataset", parts["train"], context) if cfg.do_train else None
+    return DatasetSplits(train=train, eval=_tokenized(cfg, "dataset", parts["test"], generate))
+
+
 def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
+    return _tokenized(cfg, key, _messages(cfg, key, context), context)
+
+
+def _messages(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
+    """The datasets `key` names, loaded, converted to messages and mixed."""
     parts = []
     for attr in resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=key):
         raw = load_raw(
@@ -215,6 +249,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
             seed=cfg.seed,
             max_samples=cfg.max_samples,
             streaming=context["streaming"],
+            num_proc=context["map"].get("num_proc"),
         )
         check_columns(attr, list(raw.column_names or []), stage=context["stage"])
         messages = to_messages(raw, attr, **context["map"])
@@ -223,7 +258,10 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
             if media:
                 raise ConfigError(key, f"{attr.where()}: {media} in the text: {MULTIMODAL}")
         parts.append(messages)
-    dataset = _mix(parts, cfg)
+    return _mix(parts, cfg)
+
+
+def _tokenized(cfg: TrainConfig, key: str, dataset: Any, context: dict[str, Any]) -> Any:
     tokenized = _tokenize(dataset, context)
     if context["streaming"]:
         return tokenized
@@ -263,7 +301,11 @@ def _mix(parts: list[Any], cfg: TrainConfig) -> Any:
 def _tokenize(dataset: Any, context: dict[str, Any]) -> Any:
     stage, mode = context["stage"], context["mode"]
     kwargs: dict[str, Any] = {"tokenizer": context["tokenizer"], "cutoff_len": context["cutoff_len"]}
-    if stage == "pt":
+    function: Callable[..., dict[str, list]]
+    if context.get("generate"):  # do_predict: prompt and reply apart, never packed (mode "off")
+        function = tokenize_generate
+        kwargs.update(chat=context["chat"], tool_format=context["tool_format"])
+    elif stage == "pt":
         function = tokenize_pt
         kwargs.update(packing=context["pt_packing"], keep_apart=mode == "padding_free")
     elif stage == "sft":

@@ -34,7 +34,10 @@ FEATURES = Features(
 PAIRWISE_STAGES = ("rm", "dpo")
 MEDIA_COLUMNS = ("images", "videos", "audios")
 MEDIA_TOKENS = ("<image>", "<video>", "<audio>")
-MULTIMODAL = "multimodal data is not supported (xgen-runtime trains text models); use a text-only dataset"
+MULTIMODAL = (
+    "multimodal data is not supported for this model: images train with a Qwen2-VL, Qwen2.5-VL or "
+    "Qwen3-VL model and its template (runtime/mm); use a text-only dataset here"
+)
 KTO_STAGE = "kto"
 
 

@@ -512,7 +512,9 @@ def resolve_template(
     added = fix_tokenizer(spec, tokenizer)
     if added:
         note(f"template {name}: added {', '.join(added)} to the tokenizer as special tokens")
-    if spec.multimodal:
+    if spec.multimodal and spec.multimodal not in ("Qwen2VLPlugin", "Qwen3VLPlugin"):  # runtime/mm: images
         note(f"template {name} is a multimodal template; text conversations only (no images/videos/audio)")
+    elif spec.multimodal:
+        note(f"template {name}: images train on a Qwen-VL model (runtime/mm), text conversations otherwise")
     tokenizer.chat_template = chat.chat_template_for_saving(tokenizer)
     return chat

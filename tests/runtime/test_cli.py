@@ -31,9 +31,9 @@ BAD = [
     ({"packing": True, "stage": "dpo"}, "train.packing: only pt and sft pack examples"),
     ({"fsdp": "hybrid_shard"}, "train.fsdp: unsupported 'hybrid_shard'"),
     ({"model_name_or_path": ""}, "train.model_name_or_path: required"),
-    ({"do_predict": True}, "train.do_predict: not supported"),
+    ({"do_predict": True}, "train.do_predict: needs predict_with_generate: true"),
     ({"quantization_bit": 4}, "train.quantization_bit: a quantised base trains adapters only"),
-    ({"image_max_pixels": 1024}, "train.image_max_pixels: multimodal training is out of scope"),
+    ({"audio_sampling_rate": 8000}, "train.audio_sampling_rate: audio is not supported"),
     ({"ray_num_workers": 2}, "train.ray_num_workers: Ray is not supported"),
     ({"vllm_maxlen": 2048}, "train.vllm_maxlen: inference engines are out of scope"),
     ({"split_special_tokens": True}, "train.split_special_tokens: a LLaMA-Factory key (BaseModelArguments)"),
@@ -65,12 +65,14 @@ def test_bad_config_is_one_line_exit_2(tiny_dir: Path, tmp_path: Path, capsys, b
 
 def test_several_bad_keys_one_line_each(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     cfg = base_config(tiny_dir, tmp_path / "out")
-    cfg.update({"ref_model_quantization_bit": 4, "learnig_rate": 1, "image_max_pixels": 1, "cutoff_len": "x"})
+    cfg.update(
+        {"ref_model_quantization_bit": 4, "learnig_rate": 1, "audio_sampling_rate": 2, "cutoff_len": "x"}
+    )
     assert main(["train", str(write_config(tmp_path / "cfg.yaml", cfg, xgen_style=True))]) == 2
     keys = [line.split(": ")[2] for line in capsys.readouterr().err.splitlines()]
     assert sorted(keys) == [
+        "train.audio_sampling_rate",
         "train.cutoff_len",
-        "train.image_max_pixels",
         "train.learnig_rate",
         "train.ref_model_quantization_bit",
     ]

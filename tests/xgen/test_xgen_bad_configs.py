@@ -177,14 +177,19 @@ def test_good_config_passes(tmp_path):
 
 def test_several_bad_train_keys_one_line_each(tmp_path):
     """The runtime's parser reports every bad train key; xgen prints each as its own line, exit 2."""
-    train = {**GOOD["train"], "quantization_device_map": "auto", "image_max_pixels": 1024, "learnig_rate": 1e-4}
+    train = {
+        **GOOD["train"],
+        "quantization_device_map": "auto",
+        "audio_sampling_rate": 8000,
+        "learnig_rate": 1e-4,
+    }
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump({**GOOD, "train": train}))
     result = run_xgen("check", str(cfg), cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert sorted(line.split(": ")[2] for line in lines) == [
-        "train.image_max_pixels",
+        "train.audio_sampling_rate",
         "train.learnig_rate",
         "train.quantization_device_map",
     ], result.stderr

@@ -36,11 +36,11 @@ def test_every_bad_key_is_reported_at_once() -> None:
         **BASE,
         "split_special_tokens": True,
         "quantization_device_map": "auto",
-        "image_max_pixels": 1024,
+        "audio_sampling_rate": 8000,
         "ray_num_workers": 2,
         "learnig_rate": 1e-4,
         "cutoff_len": "long",
-        "do_predict": True,
+        "use_unsloth": True,
     }
     with pytest.raises(ConfigErrors) as info:
         parse_train_config(bad, key_prefix="train.")
@@ -51,11 +51,11 @@ def test_every_bad_key_is_reported_at_once() -> None:
         "that xgen-runtime does not implement"
     )
     assert "device map for quantised inference" in lines[1]
-    assert "multimodal training is out of scope" in lines[2]
+    assert "audio is not supported" in lines[2]
     assert "Ray is not supported" in lines[3]
     assert lines[4] == "train.learnig_rate: unknown key; did you mean 'learning_rate'?"
     assert lines[5] == "train.cutoff_len: expected an integer, got str 'long'"
-    assert "not supported by xgen-runtime" in lines[6]
+    assert "unsloth is not supported" in lines[6]
     assert isinstance(info.value, ConfigError)  # callers catching ConfigError still catch it
 
 
@@ -83,7 +83,7 @@ def test_lf_defaults_are_noted_not_refused() -> None:
             "export_quantization_bit": None,
             "use_unsloth": False,
             "quantization_device_map": None,
-            "do_sample": True,
+            "eval_num_beams": None,
         }
     )
     assert sum("accepted with no effect" in n for n in cfg.notes) == 4, cfg.notes

@@ -24,7 +24,8 @@ def test_table_verdicts_follow_the_parser() -> None:
     verdicts = {key: verdict for key, _, verdict, _ in _generator().verdicts()}
     assert verdicts["quantization_bit"] == "honoured"
     assert verdicts["export_quantization_bit"] == "refused"
-    assert verdicts["image_max_pixels"] == "refused"
+    assert verdicts["image_max_pixels"] == "honoured"  # Qwen-VL images (runtime/mm)
+    assert verdicts["audio_sampling_rate"] == "refused"
     assert verdicts["disable_gradient_checkpointing"] == "honoured"
     assert verdicts["neat_packing"] == "honoured"  # a rename
     assert set(verdicts.values()) == {"honoured", "noted", "refused"}

@@ -181,3 +181,18 @@ def test_a_checkpoint_records_the_quantisation_it_was_trained_over() -> None:
     assert not any(key.startswith(("quantization", "double")) for key in plain)
     assert differences(four, eight) == [("quantization_bit", 4, 8)]
     assert [key for key, _, _ in differences(plain, four)][0] == "quantization_bit"
+
+
+def test_bnb_on_npu_needs_an_ascend_backend_registered() -> None:
+    """LLaMA-Factory's *_bnb_npu examples on an NPU: bitsandbytes' own wheel (installed here) registers no
+    Ascend backend, so the run stops before the model loads in one line; a registered one passes.
+    Only what is registered is checked; no NPU ran here."""
+    from runtime.model import bnb_npu_backends, check_bnb_on_npu
+
+    here = bnb_npu_backends()
+    assert not any("npu" in name.lower() for name in here), here
+    with pytest.raises(ConfigError) as err:
+        check_bnb_on_npu(4, here)
+    assert err.value.key == "quantization_bit"
+    assert "4-bit bitsandbytes on NPU needs bitsandbytes built for Ascend" in str(err.value)
+    check_bnb_on_npu(4, ["bitsandbytes_npu"])  # a build that registers one

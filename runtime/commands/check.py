@@ -221,7 +221,7 @@ def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, downlo
                 hf = attr.hub is not None and attr.hub.url_key not in hub.CLIENTS
                 if download:  # asked for and not had: HF_HUB_OFFLINE, or the hub out of reach
                     report.problems += error_lines(err)
-                elif hub.offline() and not visible_only and hf:
+                elif hub.offline() and hf:  # xgen check too: Slurm passes HF_HUB_OFFLINE to the job
                     report.problems.append(f"{attr.key}: {hub.not_cached(attr, cfg.cache_dir)}")
                 else:
                     report.notes.append(str(err))

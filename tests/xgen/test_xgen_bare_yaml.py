@@ -123,6 +123,23 @@ def test_slurm_renders_a_bare_yaml_and_freezes_the_equivalent_full_config(projec
     assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n" in body
 
 
+def test_a_bare_yaml_turns_on_runs_that_survive_from_flags(project):
+    """A LLaMA-Factory user gets restarts, c10d and the hang timeout without writing a cluster: section."""
+    flags = ["--nodes", "2", "--max-restarts", "2", "--rendezvous", "c10d", "--hang-timeout", "600"]
+    result = run_xgen("slurm", BARE, *flags, "-o", "job.sh", cwd=project)
+    assert result.returncode == 0, result.stderr
+    script = (project / "job.sh").read_text()
+    assert "#SBATCH --requeue\n" in script  # a lost node requeues the job
+    assert "--max-restarts 2 \\\n" in script and "--rdzv-backend c10d \\\n" in script
+    assert frozen(script)["cluster"] == {
+        "nodes": 2,
+        "max_restarts": 2,
+        "rendezvous": "c10d",
+        "hang_timeout": 600,
+    }
+    shell_clean(project / "job.sh")
+
+
 def test_shell_renders_a_bare_yaml(project):
     result = run_xgen("shell", BARE, "--node-rank", "0", "--nodes", "2", "-o", "node0.sh", cwd=project)
     assert result.returncode == 0, result.stderr

@@ -189,8 +189,8 @@ def test_checks_name_each_dataset_that_needs_the_network(tiny_dir: Path, tmp_pat
     def check(hub: FakeHub | None, *extra: str, offline: bool = False) -> subprocess.CompletedProcess:
         return run_cli(["check", str(cfg), *extra], tmp_path, env=_hub_env(hub, hf_home, offline=offline))
 
-    def xgen_check(hub: FakeHub) -> subprocess.CompletedProcess:
-        env = {**_hub_env(hub, hf_home, offline=False), "PYTHONPATH": str(REPO)}
+    def xgen_check(hub: FakeHub, offline: bool = False) -> subprocess.CompletedProcess:
+        env = {**_hub_env(hub, hf_home, offline=offline), "PYTHONPATH": str(REPO)}
         return run_cli_xgen(["check", str(job)], tmp_path, env)
 
     def needs(name: str) -> str:
@@ -220,6 +220,11 @@ def test_checks_name_each_dataset_that_needs_the_network(tiny_dir: Path, tmp_pat
             needs(n) for n in HUB_INFO
         ]
         assert _hub_calls(hub) == []  # neither check asked the hub
+        # Offline where xgen check runs: Slurm passes HF_HUB_OFFLINE to the job, whose node check refuses
+        # it, so xgen check refuses it too (it was a note, and the job then stopped on every node).
+        result = xgen_check(hub, offline=True)
+        assert result.returncode == 2, result.stdout
+        assert "HF_HUB_OFFLINE=1: download it where there is network" in result.stderr, result.stderr
 
         proc = check(hub, offline=True)
         assert proc.returncode == 2

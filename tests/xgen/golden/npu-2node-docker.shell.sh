@@ -407,13 +407,12 @@ xgen_preflight() {
 xgen_launch() {
   cd "$XGEN_WORKDIR" || xgen_die "job.workdir: cannot cd to $XGEN_WORKDIR on $(hostname); it must exist on every node"
   [[ -f "$XGEN_CONFIG" ]] || xgen_die "config $XGEN_CONFIG not found on $(hostname): the run directory under job.workdir must be on a filesystem every node sees"
-  command -v "$PYTHON" >/dev/null 2>&1 || xgen_die "python: '$PYTHON' not found on $(hostname); set python: to the interpreter that has torch and xgen"
   xgen_runtime_check
   xgen_say "node_rank=$NODE_RANK/$NNODES master=$MASTER_ADDR:$MASTER_PORT"
   # --log-dir/--tee 3: each worker's stdout/stderr also lands in <node log>.ranks/<run>/attempt_0/<local
   # rank>/{stdout,stderr}.log (console lines then start with [default<local rank>]:), and a failing
   # worker's error.json (traceback, rank, time) next to them.
-  # The launcher and its workers run inside the image (container.runtime apptainer).
+  # The launcher and its workers run inside the image (container.runtime); python: is the image's.
   xgen_container_argv
   # `python -m runtime launch` is torch.distributed.run with the same arguments (never the torchrun
   # binary: its shebang breaks when a conda env is copied or moved); it says each restart, a planned stop

@@ -130,15 +130,14 @@ def _divisors_up_to(n: int) -> list[int]:
 
 
 def candidates(configured: Run, memory: int | None, accumulation: int) -> list[Candidate]:
-    """Every strategy x offload x checkpointing x micro-batch (the divisors of the configured micro-batch
-    times gradient accumulation, up to the configured micro-batch), judged against `memory` minus HEADROOM."""
+    """Every strategy x offload x checkpointing x micro-batch (every divisor of the configured micro-batch
+    times gradient accumulation: the same global batch, with gradient accumulation to match), judged
+    against `memory` minus HEADROOM."""
     global_micro = configured.micro_batch * accumulation
     out = []
     for strategy, offload in STRATEGY_KEYS:
         for checkpointing in (False, True):
-            for mb in _divisors_up_to(configured.micro_batch):
-                if global_micro % mb:
-                    continue
+            for mb in _divisors_up_to(global_micro):
                 run = configured.but(
                     strategy=strategy, offload=offload, checkpointing=checkpointing, micro_batch=mb
                 )

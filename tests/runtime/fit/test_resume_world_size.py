@@ -31,6 +31,14 @@ STRATEGIES = {"ddp": {}, "fsdp2": {"fsdp": "full_shard auto_wrap"}, "z1": {"deep
               "z2": {"deepspeed": "z2"}, "z3": {"deepspeed": "z3"}}  # fmt: skip
 
 
+def _fatal(stderr: str) -> str:
+    """A rank that died of a signal: Python's own fatal-error report (which thread, where) comes before
+    the list of extension modules that fills the tail, so show it, then the tail."""
+    at = stderr.find("Fatal Python error")
+    head = stderr[at : at + 6000] if at >= 0 else ""
+    return f"{head}\n...\n{stderr[-3000:]}"
+
+
 def _config(tiny_dir: Path, root: Path, name: str, ranks: int, strategy: str = "ddp") -> Path:
     cfg = base_config(
         tiny_dir,
@@ -74,7 +82,7 @@ def uninterrupted(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         if strategy not in _REFERENCES:
             root = tmp_path_factory.mktemp(f"uninterrupted-{strategy}")
             done = _run(_config(tiny_dir, root, "ref", 2, strategy), root, 2, root / "log")
-            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.returncode == 0, _fatal(done.stderr)
             _REFERENCES[strategy] = (_examples(root / "log"), step_losses(root / "out"))
         return _REFERENCES[strategy]
 
@@ -98,7 +106,7 @@ def test_resume_on_another_world_size_keeps_global_batch_and_data_position(
 
     # The same config as the first run's: only the world size changes (the launcher's --nproc_per_node).
     second = _run(_config(tiny_dir, tmp_path, "first", before, strategy), tmp_path, after, tmp_path / "log2")
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, _fatal(second.stderr)
     accumulation = (2 // before, 2 // after)
     said = (
         f"resume on world size {after} (checkpoint written by {before}): "

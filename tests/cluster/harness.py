@@ -499,16 +499,24 @@ class Cluster:
         return [int(p) for p in proc.stdout.split()]
 
     def lose_node(self, node: str) -> None:
-        """The node dies for good, as a power loss would: every process in its namespace (slurmd, sshd,
-        slurmstepd, the job's ranks) is SIGKILLed. Slurm finds out by itself (SlurmdTimeout)."""
-        for _ in range(3):  # a process forked while we kill is caught by the next round
+        """The node dies for good, as a power loss would: all at once and silently. Every process in its
+        namespace (slurmd, sshd, slurmstepd, the job's ranks) is first stopped, so none of them reacts
+        (a shell that saw its child killed would report exit 137 to srun, a failed task instead of a lost
+        node: measured), then its link goes down, so no peer sees a closing connection, then they are
+        SIGKILLed. Slurm finds out by itself (SlurmdTimeout)."""
+        for _ in range(3):  # a process forked while we stop is caught by the next round
             for pid in self.node_pids(node):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
+                    os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.1)
+        run(["ip", "link", "set", self.node(node).veth, "down"])
+        for pid in self.node_pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def restore_node(self, node: str, timeout: float = 90) -> None:
-        """Bring a lost node back: its daemons again, RESUME in Slurm, wait until it is idle."""
+        """Bring a lost node back: its link up, its daemons again, RESUME in Slurm, wait until it is idle."""
+        run(["ip", "link", "set", self.node(node).veth, "up"])
         _start_node_daemons(self.spec, self.paths, self.node(node))
         wait_until(
             lambda: (

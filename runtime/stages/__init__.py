@@ -20,6 +20,13 @@ def run_pt(ctx: RunContext) -> None:
 
 
 def run_sft(ctx: RunContext) -> None:
+    from runtime.mm.data import vision_family
+
+    if vision_family(ctx.cfg):  # a Qwen vision-language model: image rows (runtime/mm uses sft's trainer)
+        from runtime.mm.stage import run as run_vision
+
+        run_vision(ctx)
+        return
     from runtime.stages import sft
 
     sft.run(ctx)

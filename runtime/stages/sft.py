@@ -191,12 +191,6 @@ def loss_options(cfg: Any) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> None:
-    from runtime.mm.data import vision_family
-
-    if vision_family(ctx.cfg):  # a Qwen vision-language model: image rows (runtime/mm)
-        from runtime.mm.stage import run as run_vision
-
-        return run_vision(ctx)
     # --- setup ---
     cfg = ctx.cfg
     tokenizer = load_tokenizer(cfg)

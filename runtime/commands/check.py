@@ -178,16 +178,11 @@ def _close_entry(path: Path) -> str:
 
 def _hub_cache(repo_id: str, key: str) -> tuple[bool, str] | None:
     """(in the cache, the cache folder) for a hub id; None when huggingface_hub is not importable."""
-    try:
-        from huggingface_hub import constants, try_to_load_from_cache
-    except ImportError:
-        return None
+    from runtime.contract.hf_cache import cached_file
+
     name = "adapter_config.json" if key == "adapter_name_or_path" else "config.json"
-    try:
-        found = isinstance(try_to_load_from_cache(repo_id, name), str)
-    except ValueError:  # not even a valid hub id (HFValidationError)
-        found = False
-    return found, str(constants.HF_HUB_CACHE)
+    found = cached_file(repo_id, name)
+    return None if found is None else (found[0] is not None, found[1])
 
 
 def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, download: bool) -> Report:

@@ -38,20 +38,18 @@ def model_dir(config: Config) -> Path:
     if local.exists() or path.is_absolute() or name.startswith(".") or name.count("/") != 1:
         return local
     # A hub id (org/name): its config.json from the Hugging Face cache, as the nodes would load it.
-    try:
-        from huggingface_hub import constants, try_to_load_from_cache
-    except ImportError:
+    from runtime.contract.hf_cache import cached_file
+
+    found = cached_file(name, "config.json")
+    if found is None:  # no huggingface_hub here
         return local
-    try:
-        cached = try_to_load_from_cache(name, "config.json")
-    except ValueError:  # not a valid hub id after all
-        return local
-    if isinstance(cached, str):
+    cached, cache = found
+    if cached is not None:
         return Path(cached).parent
     raise XgenError(
         "train.model_name_or_path",
         f"{name} is neither a folder here nor a hub id in the Hugging Face cache here "
-        f"({constants.HF_HUB_CACHE}); xgen plan reads only its config.json: `hf download {name} "
+        f"({cache}); xgen plan reads only its config.json: `hf download {name} "
         "config.json` (a few KB), or point model_name_or_path at a local folder",
     )
 

@@ -119,6 +119,39 @@ def load(path: Path, named: str) -> dict[str, Any]:
     return raw
 
 
+def adopt_fsdp(raw: dict[str, Any], source: Path) -> tuple[dict[str, Any], str]:
+    """A bare LLaMA-Factory YAML under an accelerate file that says `distributed_type: FSDP`: LLaMA-Factory
+    trains FSDP from the file (accelerate launch exports it to the Trainer), so the YAML has no fsdp key.
+    Returns (raw with train.fsdp set as the file says, the change line); raw unchanged and "" when the
+    file does not say FSDP or train: already names fsdp or deepspeed (plan() then checks the two)."""
+    train = raw.get("train")
+    named = raw.get("accelerate_config")
+    if (
+        not isinstance(named, str)
+        or not isinstance(train, dict)
+        or train.get("fsdp")
+        or train.get("deepspeed")
+    ):
+        return raw, ""
+    settings = load(source.parent / named, named)
+    if settings.get("distributed_type") != "FSDP":
+        return raw, ""
+    fsdp = dict(settings.get("fsdp_config") or {})
+
+    def refuse(message: str) -> XgenError:
+        return XgenError(KEY, f"{named}: {message}")
+
+    reshard, _ = _file_reshard(fsdp, refuse)
+    words = "shard_grad_op auto_wrap" if reshard is False else "full_shard auto_wrap"
+    if _flag(fsdp.get("fsdp_offload_params")):
+        words += " offload"
+    line = (
+        f"fsdp in {source.name} (unset) -> {words} (this file's distributed_type: FSDP, which LLaMA-Factory "
+        "trains with)"
+    )
+    return {**raw, "train": {**train, "fsdp": words}}, line
+
+
 def plan(config: Config) -> Plan:
     """The file's settings for this config: per-node keys out, the runtime's FSDP settings in; a
     contradiction raises XgenError (key accelerate_config, the message naming both keys)."""
@@ -127,7 +160,7 @@ def plan(config: Config) -> Plan:
     named = config.accelerate_config or found.path
     settings = dict(found.settings)
     train = config.training
-    changes: list[str] = []
+    changes: list[str] = list(config.adopted)
 
     def refuse(message: str) -> XgenError:
         if config.bare:  # a bare LLaMA-Factory YAML: its keys as the user wrote them, at the top level
@@ -317,4 +350,4 @@ def _fsdp(train: TrainConfig, fsdp: dict[str, Any], refuse: Refuse, changes: lis
     return fsdp
 
 
-__all__ = ["FSDP_FROM_TRAIN", "PER_NODE", "Plan", "attach", "plan", "runtime_fsdp", "text"]
+__all__ = ["FSDP_FROM_TRAIN", "PER_NODE", "Plan", "adopt_fsdp", "attach", "plan", "runtime_fsdp", "text"]

@@ -423,6 +423,8 @@ class Config:
     # --- a bare LLaMA-Factory YAML and command-line flags (xgen.load) ---
     # The file held only training keys (now `train`): errors name them as the user wrote them.
     bare: bool = field(default=False, metadata={"internal": True})
+    # What the bare YAML took from elsewhere, one line each (train.fsdp from the accelerate file's FSDP).
+    adopted: tuple[str, ...] = field(default=(), metadata={"internal": True})
     # The flags that set keys, as `xgen <target> CONFIG<regen_flags>` repeats them in the script's header.
     regen_flags: str = field(default="", metadata={"internal": True})
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from xgen.accelerate_file import adopt_fsdp
 from xgen.checks import validate
 from xgen.config import SECTIONS, Config, JobConfig
 from xgen.errors import XgenError
@@ -116,7 +117,9 @@ def wrap_bare(raw: Mapping[Any, Any], source: Path) -> dict[str, Any]:
     return {"job": {"name": name, "workdir": os.getcwd()}, "train": dict(raw)}
 
 
-def _effective_text(raw: Mapping[Any, Any], source: Path, bare: bool, flags: Sequence[Flag]) -> str:
+def _effective_text(
+    raw: Mapping[Any, Any], source: Path, bare: bool, flags: Sequence[Flag], adopted: Sequence[str] = ()
+) -> str:
     """The YAML the scripts freeze when the file alone is not the config that runs: a comment saying where
     it came from, then the full xgen config."""
     import yaml
@@ -126,6 +129,7 @@ def _effective_text(raw: Mapping[Any, Any], source: Path, bare: bool, flags: Seq
         made.append("#   a bare LLaMA-Factory YAML: its keys are train:, job.workdir is where xgen ran")
     if flags:
         made.append(f"#   with {' '.join(option for option, _, _ in flags)} from the command line")
+    made += [f"#   {named}: {line}" for line in adopted for named in [raw.get("accelerate_config")]]
     return "\n".join(made) + "\n" + yaml.safe_dump(dict(raw), sort_keys=False)
 
 
@@ -200,13 +204,20 @@ def _section(name: str, cls: type, raw: Any) -> Any:
 
 
 def parse_mapping(
-    raw: Any, source: Path, text: str | None = None, *, bare: bool = False, flags: Sequence[Flag] = ()
+    raw: Any,
+    source: Path,
+    text: str | None = None,
+    *,
+    bare: bool = False,
+    flags: Sequence[Flag] = (),
+    adopted: Sequence[str] = (),
 ) -> Config:
     """Turn the loaded YAML into a Config, checking types and every cross-key rule.
 
     `text` is the file as read (what the scripts freeze); without it, the mapping dumped as YAML. `bare`:
     the mapping came from a bare LLaMA-Factory YAML (errors name its keys as the user wrote them); `flags`:
-    the command-line flags already applied to it (the scripts' regenerate hint repeats them)."""
+    the command-line flags already applied to it (the scripts' regenerate hint repeats them); `adopted`:
+    what a bare YAML took from elsewhere, one line each (xgen.accelerate_file.adopt_fsdp)."""
     if not isinstance(raw, Mapping):
         raise XgenError(str(source), f"the config must be a YAML mapping of sections, got {_type_name(raw)}")
     _no_stray_training_keys(raw)
@@ -225,7 +236,9 @@ def parse_mapping(
 
         text = yaml.safe_dump(dict(raw), sort_keys=False)
     regen = "".join(f" {option} {shlex.quote(value)}" for option, _, value in flags)
-    config = Config(**sections, **scalars, source=source, text=text, bare=bare, regen_flags=regen)
+    config = Config(
+        **sections, **scalars, source=source, text=text, bare=bare, regen_flags=regen, adopted=tuple(adopted)
+    )
     return validate(config)
 
 
@@ -261,7 +274,12 @@ def load_config(path: str | Path, flags: Sequence[Flag] = ()) -> Config:
     if bare:
         raw = wrap_bare(raw, source)
     raw = apply_flags(raw, flags)
-    return parse_mapping(raw, source, _effective_text(raw, source, bare, flags), bare=bare, flags=flags)
+    adopted: list[str] = []
+    if bare:
+        raw, line = adopt_fsdp(raw, source)
+        adopted = [line] if line else []
+    text = _effective_text(raw, source, bare, flags, adopted)
+    return parse_mapping(raw, source, text, bare=bare, flags=flags, adopted=adopted)
 
 
 __all__ = ["Flag", "apply_flags", "is_bare_training", "load_config", "parse_mapping", "training_keys"]

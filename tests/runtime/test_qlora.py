@@ -139,6 +139,8 @@ def test_lf_fsdp_qlora_example_trains_on_fsdp2_and_the_adapter_reloads(
 ) -> None:
     """examples/extras/fsdp_qlora: 4-bit weights stored in the compute dtype (bf16) so FSDP2 shards them."""
     path, out = _example("fsdp_qlora_llama3_lora_sft.yaml", tiny_dir, tmp_path)
+    # what the example's accelerate file (FULL_SHARD, TRANSFORMER_BASED_WRAP) stands for, under torchrun
+    path.write_text(path.read_text() + "fsdp: full_shard auto_wrap\n")
     _trained(run_torchrun(path, tmp_path), out, "fsdp")
     adapter = weights(out)
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())  # trained (B starts at 0)

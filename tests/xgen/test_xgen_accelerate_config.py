@@ -235,19 +235,39 @@ def test_a_contradiction_is_one_line_naming_both_keys(tmp_path, accelerate, trai
     assert not out.exists()
 
 
-def test_a_bare_lf_yaml_without_fsdp_is_told_where_to_add_it(tmp_path):
-    """LLaMA-Factory takes FSDP from the accelerate file; xgen's runtime from the training keys: the line
-    names the user's own YAML and key."""
+def test_a_bare_lf_yaml_trains_fsdp_as_its_accelerate_file_says(tmp_path):
+    """LLaMA-Factory takes FSDP from the accelerate file (the YAML has no fsdp key): a bare YAML does too,
+    with the file's offload and resharding, and the script says so in one line."""
     (tmp_path / "sft.yaml").write_text(
         yaml.safe_dump({"model_name_or_path": "m", "dataset": "d", "bf16": True})
     )
-    result = run_xgen("accelerate", "sft.yaml", "--accelerate-config", str(FSDP_CONFIG), cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert (
-        "fsdp_config.yaml: distributed_type: FSDP contradicts sft.yaml (no fsdp or deepspeed: DDP); add "
-        in (result.stderr)
+    offload = yaml.safe_load(FSDP_CONFIG.read_text())
+    offload["fsdp_config"].update(fsdp_offload_params=True, fsdp_sharding_strategy="SHARD_GRAD_OP")
+    (tmp_path / "offload.yaml").write_text(yaml.safe_dump(offload))
+    for accelerate, words in (
+        (FSDP2_CONFIG, "full_shard auto_wrap"),
+        ("offload.yaml", "shard_grad_op auto_wrap offload"),
+    ):
+        script = render(tmp_path / "sft.yaml", "--accelerate-config", str(accelerate), cwd=tmp_path)
+        frozen = yaml.safe_load(
+            script[
+                script.index("# The config xgen ran") : script.index(
+                    "XGEN_FROZEN_CONFIG_", script.index("# The config xgen ran")
+                )
+            ]
+        )
+        assert frozen["train"]["fsdp"] == words
+        said = f"accelerate config: fsdp in sft.yaml (unset) -> {words} (this file'\"'\"'s distributed_type"
+        assert said in script
+
+
+def test_an_xgen_config_without_fsdp_is_told_where_to_add_it(tmp_path):
+    """In an xgen config train: is the strategy's one source: the file's FSDP against DDP is refused."""
+    result = run_xgen(
+        "check", str(write(tmp_path, FSDP_CONFIG, {"model_name_or_path": "m", "dataset": "d", "bf16": True}))
     )
-    assert "add fsdp: full_shard auto_wrap to sft.yaml" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "distributed_type: FSDP contradicts train: (no fsdp or deepspeed: DDP); add fsdp" in result.stderr
 
 
 def test_use_cpu_is_refused_on_gpus_and_turned_off_on_cpu(tmp_path):
@@ -323,6 +343,11 @@ def test_seed_fsdp_qlora_command_runs_through_xgen_accelerate_with_lf_fsdp_confi
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     said = [line.split(": ", 2)[2] for line in run.stderr.splitlines() if ": accelerate config: " in line]
+    assert said[0] == (
+        "accelerate config: fsdp in llama3_lora_sft.yaml (unset) -> full_shard auto_wrap (this file's "
+        "distributed_type: FSDP, which LLaMA-Factory trains with)"
+    )
+    said = said[1:]
     assert said[:3] == [
         "accelerate config: fsdp_config.fsdp_version (unset: 1) -> 2 (the runtime trains with FSDP2, from "
         "train.fsdp)",

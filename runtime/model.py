@@ -18,6 +18,7 @@ from runtime.contract.say import say
 from runtime.data.packing import check_packing_support
 from runtime.distributed import launch_ranks
 from runtime.levers import sdpa_varlen
+from runtime.mm.families import vision_model_type
 
 log = logging.getLogger("xgen-runtime")
 
@@ -102,9 +103,9 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     elif vision_model_type(path):  # Qwen-VL: the vision tower's attention stays transformers' sdpa
         from transformers import AutoModelForImageTextToText
 
-        if stage != "sft":
+        if stage not in ("sft", "dpo"):
             raise ConfigError(
-                "stage", f"{vision_model_type(path)}: only sft is supported for vision-language models"
+                "stage", f"{vision_model_type(path)}: vision-language models train with stage sft or dpo"
             )
         if attn not in ("eager", "sdpa"):
             log.warning(
@@ -125,14 +126,6 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
-
-
-def vision_model_type(path: str) -> str | None:
-    """The model_type of a vision-language model the runtime trains (runtime.mm), else None."""
-    from runtime.mm.data import FAMILIES, model_type
-
-    kind = model_type(path)
-    return kind if kind in FAMILIES else None
 
 
 def vision_parts(model: nn.Module) -> Any:

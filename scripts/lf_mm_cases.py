@@ -100,6 +100,112 @@ def trainable_lines(tiny_dir: str) -> list[dict]:
     return lines
 
 
+PAIR_ROWS = 6  # the first rows of tiny_mllm_dpo.json (RLHF-V's shape)
+
+
+def pairwise_lines(tiny_dir: str) -> list[dict]:
+    """What LLaMA-Factory's pairwise processor (DPO) makes of image preference rows, per template: chosen_*
+    and rejected_* ids and labels, and its collator's batch for the first two rows (chosen rows, then
+    rejected, each with its images: input_ids, image_grid_thw and the shape of pixel_values); plus a row
+    whose placeholders do not match its images."""
+    from llamafactory.data.collator import PairwiseDataCollatorWithPadding
+    from llamafactory.data.processor import PairwiseDatasetProcessor
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    data_dir = os.path.join(tiny_dir, "data")
+    with open(os.path.join(data_dir, "tiny_mllm_dpo.json"), encoding="utf-8") as f:
+        rows = json.load(f)[:PAIR_ROWS]
+    roles = {"human": "user", "gpt": "assistant"}
+
+    def turn(message: dict) -> dict:
+        return {"role": roles[message["from"]], "content": message["value"]}
+
+    lines = []
+    for name, folder in MODELS.items():
+        model_dir = os.path.join(tiny_dir, folder)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        args = DataArguments(template=name, cutoff_len=100000)
+        template = get_template_and_fix_tokenizer(tokenizer, args)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+        processor = SimpleNamespace(
+            image_processor=image_processor,
+            video_processor=image_processor,
+            tokenizer=tokenizer,
+            model_input_names=["pixel_values", "image_grid_thw"],
+            image_max_pixels=768 * 768,
+            image_min_pixels=32 * 32,
+        )
+        encoder = PairwiseDatasetProcessor(
+            template=template, tokenizer=tokenizer, processor=processor, data_args=args
+        )
+        cases = [
+            (
+                f"pair{i}",
+                [turn(m) for m in r["conversations"]],
+                [turn(r["chosen"]), turn(r["rejected"])],
+                r["images"],
+            )
+            for i, r in enumerate(rows)
+        ]
+        cases.append(("pair_too_many_images", cases[0][1], cases[0][2], cases[0][3] * 2))
+        features = []
+        for case, prompt, response, images in cases:
+            paths = [os.path.join(data_dir, p) for p in images]
+            line = {
+                "kind": "pairwise",
+                "template": name,
+                "model": folder,
+                "case": case,
+                "prompt": prompt,
+                "response": response,
+                "images": images,
+            }
+            try:
+                ids = encoder._encode_data_example(
+                    prompt=prompt, response=response, system="", tools="", images=paths, videos=[], audios=[]
+                )
+            except ValueError as exc:
+                line["error"] = str(exc)
+                lines.append(line)
+                continue
+            names = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+            line.update(dict(zip(names, ids, strict=True)))
+            lines.append(line)
+            features.append(
+                {
+                    "chosen_input_ids": ids[0],
+                    "chosen_attention_mask": [1] * len(ids[0]),
+                    "chosen_labels": ids[1],
+                    "rejected_input_ids": ids[2],
+                    "rejected_attention_mask": [1] * len(ids[2]),
+                    "rejected_labels": ids[3],
+                    "images": paths,
+                    "videos": [],
+                    "audios": [],
+                }
+            )
+        collator = PairwiseDataCollatorWithPadding(
+            template=template, processor=processor, tokenizer=tokenizer, model=None, label_pad_token_id=-100
+        )
+        batch = collator(features[:2])
+        lines.append(
+            {
+                "kind": "pairwise_batch",
+                "template": name,
+                "model": folder,
+                "rows": [f"pair{i}" for i in range(2)],
+                "input_ids": batch["input_ids"].tolist(),
+                "labels": batch["labels"].tolist(),
+                "image_grid_thw": batch["image_grid_thw"].tolist(),
+                "pixel_values_shape": list(batch["pixel_values"].shape),
+            }
+        )
+    return lines
+
+
 def main(tiny_dir: str, out_path: str) -> int:
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "ERROR")
     import llamafactory
@@ -162,6 +268,7 @@ def main(tiny_dir: str, out_path: str) -> int:
                 )
                 lines.append(line)
     lines += trainable_lines(tiny_dir)
+    lines += pairwise_lines(tiny_dir)
     import PIL
     import transformers
 

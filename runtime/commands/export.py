@@ -34,7 +34,8 @@ def export(cfg: TrainConfig) -> Path:
         note(message)
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    from runtime.model import fit_embeddings, vision_model_type
+    from runtime.mm.families import vision_model_type
+    from runtime.model import fit_embeddings
 
     # The adapter dir holds the tokenizer the run trained with (pad token, template, added tokens).
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else None

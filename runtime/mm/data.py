@@ -1,4 +1,4 @@
-"""Image datasets for vision-language SFT, as LLaMA-Factory 0.9.5 reads them:
+"""Image datasets for vision-language SFT and DPO, as LLaMA-Factory 0.9.5 reads them:
 
     dataset_info.json  columns.images names the column (mllm_demo: "images": "images")
     a row              alpaca or sharegpt, plus a list of image paths (relative to media_dir, which
@@ -14,33 +14,18 @@ stay paths in the tokenized rows; VisionCollator opens them per batch, as LLaMA-
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from runtime.config import ConfigError, TrainConfig
 from runtime.contract.say import note, say
 from runtime.data.formats import FEATURES, check_columns, convert_alpaca, convert_sharegpt
 from runtime.data.registry import DatasetAttr, resolve_datasets
+from runtime.mm.families import FAMILIES, model_type
 from runtime.mm.plugin import PLUGINS, ImageSettings, count_problem, expand_messages, resolve_paths
 
-# transformers model_type → LLaMA-Factory's template for it (what `template:` must name)
-FAMILIES = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
-}
 SHOWN_BAD_ROWS = 20
-
-
-def model_type(path: str) -> str | None:
-    """The model folder's config.json model_type (None when there is none to read)."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return None
+VISION_STAGES = ("sft", "dpo")  # the stages LLaMA-Factory's examples train vision-language models with
 
 
 def vision_family(cfg: TrainConfig) -> str | None:
@@ -54,12 +39,16 @@ def vision_family(cfg: TrainConfig) -> str | None:
                 "template",
                 f"{kind} models need template {FAMILIES[kind]} (LLaMA-Factory's); got {cfg.template}",
             )
-        if cfg.stage != "sft":
-            raise ConfigError(
-                "stage", f"{kind}: only sft is supported for vision-language models (no {cfg.stage})"
-            )
+        if cfg.stage not in VISION_STAGES:
+            refuse_stage(kind, cfg.stage)
         return kind
     return None
+
+
+def refuse_stage(kind: str, stage: str) -> None:
+    raise ConfigError(
+        "stage", f"{kind}: vision-language models train with stage sft or dpo here (not {stage})"
+    )
 
 
 def image_settings(cfg: TrainConfig) -> ImageSettings:
@@ -129,25 +118,75 @@ def encode_row(
     return {k: v[0] for k, v in out.items()}
 
 
+def encode_pair_row(
+    prompt: list[dict],
+    response: list[dict],
+    system: str,
+    tools: str,
+    images: list[str],
+    *,
+    tokenizer: Any,
+    chat: Any,
+    image_processor: Any,
+    settings: ImageSettings,
+    image_token: str,
+    cutoff_len: int,
+    **_: Any,
+) -> dict[str, list] | None:
+    """One preference row's chosen_* and rejected_* columns (runtime.data.tokenize.tokenize_pairwise) with
+    the prompt's `<image>` expanded; the counts are checked for prompt + chosen and prompt + rejected, as
+    LLaMA-Factory's pairwise processor checks each. None when the cutoff cut into an image's tokens.
+    Raises ValueError for a count mismatch."""
+    from runtime.data.tokenize import tokenize_pairwise
+    from runtime.mm.plugin import image_inputs
+
+    problem = count_problem(prompt + response[:1], images) or count_problem(prompt + response[1:], images)
+    if problem:
+        raise ValueError(problem)
+    grids = image_inputs(image_processor, images, settings).get("image_grid_thw", [])
+    expand = {"merge_size": image_processor.merge_size, "image_token": image_token}
+    batch = {
+        "_prompt": [expand_messages(prompt, grids, **expand)],
+        "_response": [response],
+        "_system": [system],
+        "_tools": [tools],
+    }
+    out = tokenize_pairwise(batch, tokenizer=tokenizer, chat=chat, cutoff_len=cutoff_len)
+    if not out["chosen_input_ids"]:
+        return None
+    wanted = sum(int(t) * int(h) * int(w) // image_processor.merge_size**2 for t, h, w in grids)
+    if out["chosen_input_ids"][0].count(tokenizer.convert_tokens_to_ids(image_token)) != wanted:
+        return None  # cutoff_len cut into the image tokens: the vision features would not fit
+    return {k: v[0] for k, v in out.items()}
+
+
+PAIR_COLUMNS = tuple(
+    f"{side}_{name}" for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")
+)
+
+
 def tokenize_images(batch: dict[str, list], **kwargs: Any) -> dict[str, list]:
     """datasets.map(batched=True): encode_row per row; `images` keeps the paths for the collator.
     Count mismatches come back as `_bad` lines (the caller reports them all, then stops)."""
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "images": [], "_bad": []}
+    pairwise = kwargs.pop("pairwise", False)
+    columns = PAIR_COLUMNS if pairwise else ("input_ids", "attention_mask", "labels")
+    encode = encode_pair_row if pairwise else encode_row
+    out: dict[str, list] = {**{key: [] for key in columns}, "images": [], "_bad": []}
     rows = zip(
         batch["_prompt"], batch["_response"], batch["_system"], batch["_tools"], batch["_images"], strict=True
     )
     for prompt, response, system, tools, images in rows:
-        if len(prompt) % 2 != 1 or len(response) != 1:
+        if len(prompt) % 2 != 1 or len(response) != (2 if pairwise else 1):
             continue
         try:
-            row = encode_row(prompt, response, system, tools, images, **kwargs)
+            row = encode(prompt, response, system, tools, images, **kwargs)
         except ValueError as exc:
             row, bad = None, f"{exc}: {(prompt[0]['content'] if prompt else '')[:60]!r}"
         else:
             bad = ""
         if row is None and not bad:
             continue
-        for key in ("input_ids", "attention_mask", "labels"):
+        for key in columns:
             out[key].append(row[key] if row else [])
         out["images"].append(images)
         out["_bad"].append(bad)
@@ -174,6 +213,7 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
         "cutoff_len": cfg.cutoff_len,
         "train_on_prompt": cfg.train_on_prompt,
         "mask_history": cfg.mask_history,
+        "pairwise": cfg.stage == "dpo",
     }
     options = {
         "num_proc": worker_count(cfg.preprocessing_num_workers),
@@ -214,7 +254,7 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
             batched=True,
             fn_kwargs=kwargs,
             remove_columns=list(dataset.column_names or []),
-            desc="Tokenizing (sft, images)",
+            desc=f"Tokenizing ({cfg.stage}, images)",
             **options,
         )
         _stop_on_bad_rows(key, tokenized)
@@ -281,6 +321,21 @@ def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
 # --- batches --------------------------------------------------------------------------------------
 
 
+def pair_rows(features: list[dict]) -> list[dict]:
+    """Preference rows as 2B plain rows: the B chosen first, then the B rejected, each with its row's
+    images (LLaMA-Factory's PairwiseDataCollatorWithPadding; runtime.data.collators.PairwiseCollator)."""
+    return [
+        {
+            "input_ids": f[f"{side}_input_ids"],
+            "attention_mask": f[f"{side}_attention_mask"],
+            "labels": f[f"{side}_labels"],
+            "images": f.get("images") or [],
+        }
+        for side in ("chosen", "rejected")
+        for f in features
+    ]
+
+
 @dataclass
 class VisionCollator:
     """Pads like runtime.data's PaddingCollator, then opens the batch's images: pixel_values and
@@ -306,6 +361,8 @@ class VisionCollator:
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         from runtime.mm.plugin import image_inputs
 
+        if features and "chosen_input_ids" in features[0]:
+            features = pair_rows(features)
         images: list[Any] = [path for f in features for path in (f.get("images") or [])]
         rows = [{k: v for k, v in f.items() if k != "images"} for f in features]
         if not images and self.vision_start_id is not None and self.vision_end_id is not None:

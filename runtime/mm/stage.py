@@ -1,18 +1,17 @@
-"""Supervised fine-tuning of a Qwen vision-language model on image rows (runtime.stages.sft hands over
+"""SFT or DPO of a Qwen vision-language model on image rows (runtime.stages' sft and dpo runners hand over
 here when the model is one): tokenizer + image processor → image datasets → model → VisionCollator →
-the SFT trainer → save, with the image processor and chat template beside the weights."""
+the stage's own trainer (SFTTrainer, or DPOTrainer with its reference) → save, with the image processor
+and chat template beside the weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from runtime.contract.say import note, say
+from runtime.contract.say import say
 from runtime.mm.data import VisionCollator, build_vision_datasets, image_settings, vision_family
 from runtime.mm.model import check_method, summary
 from runtime.mm.plugin import PLUGINS, VISION_BOS, VISION_EOS
-
-STAGE = "sft"
 
 
 def load_image_processor(path: str) -> Any:
@@ -31,20 +30,28 @@ def save_processor_parts(out: Path, image_processor: Any, tokenizer: Any, chat_t
         (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
 
 
+def stage_trainer(ctx: Any, tokenizer: Any) -> tuple[type, dict[str, Any]]:
+    """The stage's own trainer class and its keyword arguments (DPO: its reference model loaded)."""
+    if ctx.cfg.stage == "dpo":
+        from runtime.stages.dpo import DPOTrainer, trainer_options
+
+        return DPOTrainer, trainer_options(ctx.cfg, ctx.device, tokenizer)
+    from runtime.stages.sft import SFTTrainer, loss_options
+
+    return SFTTrainer, loss_options(ctx.cfg)
+
+
 def run(ctx: Any) -> None:
     from runtime.data import resolve_template
     from runtime.data.once import cache_root, plan_builders, run_once
     from runtime.model import build_model, load_tokenizer
     from runtime.stages.recipe import fit, make_trainer, save_outputs
-    from runtime.stages.sft import SFTTrainer, loss_options
 
     # --- setup ---
     cfg = ctx.cfg
     kind = vision_family(cfg)
     check_method(cfg, kind)
-    if cfg.padding_free:  # perf auto's lever; packing image rows is refused in build_vision_datasets
-        note("padding-free rows are off for vision-language models (Qwen's M-RoPE position ids)")
-        cfg.padding_free = False
+    cfg.padding_free = False  # runtime.perf turned it off with a note (M-RoPE); packing is refused
     tokenizer = load_tokenizer(cfg)
     image_processor = load_image_processor(cfg.model_name_or_path)
     chat = resolve_template(
@@ -66,7 +73,7 @@ def run(ctx: Any) -> None:
         data = run_once(plan, build, say)
     else:
         data = build()
-    model = build_model(cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
+    model = build_model(cfg, stage=cfg.stage, device=ctx.device, tokenizer=tokenizer)
     say(f"{kind}: {summary(model)} ({cfg.finetuning_type})")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = VisionCollator(
@@ -77,8 +84,9 @@ def run(ctx: Any) -> None:
         vision_start_id=tokenizer.convert_tokens_to_ids(VISION_BOS),
         vision_end_id=tokenizer.convert_tokens_to_ids(VISION_EOS),
     )
+    trainer_class, options = stage_trainer(ctx, tokenizer)
     trainer = make_trainer(
-        SFTTrainer, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator, **loss_options(cfg)
+        trainer_class, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator, **options
     )
     # --- train ---
     metrics = fit(trainer, ctx)

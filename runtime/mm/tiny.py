@@ -5,7 +5,7 @@ No downloads.
 `xgen-runtime make-tiny DIR` writes DIR/vl_model (Qwen2.5-VL), DIR/vl3_model (Qwen3-VL), DIR/vl3moe_model
 (Qwen3-VL-MoE: 4 experts, 2 per token) and the images and
 datasets into DIR/data beside the text ones (DIR/data/vl_images/*.png, dataset_info.json entries
-`tiny_mllm` (sharegpt) and `tiny_mllm_alpaca`).
+`tiny_mllm` (sharegpt), `tiny_mllm_alpaca` and the preference rows `tiny_mllm_dpo`).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def write_images(folder: Path, seed: int) -> list[Path]:
 
 
 def write_vl_datasets(data: Path, images: list[str], rng: random.Random) -> None:
-    """mllm_demo's shape: sharegpt `messages` (role/content) + `images`; and an alpaca variant."""
+    """mllm_demo's shape: sharegpt `messages` (role/content) + `images`; an alpaca variant; RLHF-V's."""
 
     def color(path: str) -> str:
         return Path(path).stem.split("_")[1]
@@ -162,7 +162,18 @@ def write_vl_datasets(data: Path, images: list[str], rng: random.Random) -> None
         }
         for i in range(12)
     ]
+    # RLHF-V's shape (LLaMA-Factory's rlhf_v): sharegpt `conversations` (from/value) + chosen/rejected
+    preference = [
+        {
+            "conversations": [{"from": "human", "value": "<image>what color is the block?"}],
+            "chosen": {"from": "gpt", "value": f"the block is {color(images[i % len(images)])}"},
+            "rejected": {"from": "gpt", "value": f"the block is {color(images[(i + 1) % len(images)])}"},
+            "images": [images[i % len(images)]],
+        }
+        for i in range(12)
+    ]
     (data / "tiny_mllm.json").write_text(json.dumps(sharegpt, indent=1) + "\n", encoding="utf-8")
+    (data / "tiny_mllm_dpo.json").write_text(json.dumps(preference, indent=1) + "\n", encoding="utf-8")
     (data / "tiny_mllm_alpaca.json").write_text(json.dumps(alpaca, indent=1) + "\n", encoding="utf-8")
     info_path = data / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
@@ -177,5 +188,16 @@ def write_vl_datasets(data: Path, images: list[str], rng: random.Random) -> None
     info["tiny_mllm_alpaca"] = {
         "file_name": "tiny_mllm_alpaca.json",
         "columns": {"prompt": "instruction", "query": "input", "response": "output", "images": "images"},
+    }
+    info["tiny_mllm_dpo"] = {  # LLaMA-Factory's rlhf_v entry, key for key (a local file for its hub id)
+        "file_name": "tiny_mllm_dpo.json",
+        "ranking": True,
+        "formatting": "sharegpt",
+        "columns": {
+            "messages": "conversations",
+            "chosen": "chosen",
+            "rejected": "rejected",
+            "images": "images",
+        },
     }
     info_path.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 from runtime.config import ConfigError, TrainConfig
 from runtime.levers.cpu_allocator_cache import glibc
+from runtime.mm.families import vision_model_type
 from runtime.perf.predicates import PLAIN_ADAMW, auto_chooses, has_module, is_set, tunes
 
 # Devices where perf auto turns padding-free on: CUDA (varlen/flex) and CPU (sdpa, rows <= cutoff_len).
@@ -236,6 +237,14 @@ def resolve_perf(
 
         perf_npu.resolve_npu(cfg, plan, perf_npu.npu_ops() if npu_ops is None else npu_ops)
         plan.rows = resolve_rows(cfg, device, plan.padding_free, plan.flash_attn)
+    if plan.padding_free and vision_model_type(cfg.model_name_or_path):
+        # Qwen's M-RoPE position ids are computed per row from the image grids (get_rope_index): rows that
+        # hold several examples would need them per example; LLaMA-Factory refuses packing there too.
+        plan.padding_free = False
+        if cfg.flash_attn == "auto":  # fa2 was picked for the padding-free rows only
+            plan.flash_attn = resolve_flash_attn(cfg, device, False, fa2=fa2_available)
+        plan.rows = resolve_rows(cfg, device, False, plan.flash_attn)
+        plan.notes.append("padding-free rows are off for vision-language models (Qwen's M-RoPE position ids)")
     if cfg.micro_batch_tokens and plan.rows == "-":  # the config rules refused the static cases already
         raise ConfigError(
             "micro_batch_tokens",

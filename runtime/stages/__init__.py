@@ -13,7 +13,19 @@ if TYPE_CHECKING:
     from runtime.stages.recipe import RunContext
 
 
+def text_model_only(ctx: RunContext) -> None:
+    """A stage runtime/mm does not train stops here, before the model loads, on a vision-language model."""
+    from runtime.mm.families import vision_model_type
+
+    kind = vision_model_type(ctx.cfg.model_name_or_path)
+    if kind:
+        from runtime.mm.data import refuse_stage
+
+        refuse_stage(kind, ctx.cfg.stage)
+
+
 def run_pt(ctx: RunContext) -> None:
+    text_model_only(ctx)
     from runtime.stages import pt
 
     pt.run(ctx)
@@ -33,18 +45,27 @@ def run_sft(ctx: RunContext) -> None:
 
 
 def run_rm(ctx: RunContext) -> None:
+    text_model_only(ctx)
     from runtime.stages import rm
 
     rm.run(ctx)
 
 
 def run_dpo(ctx: RunContext) -> None:
+    from runtime.mm.data import vision_family
+
+    if vision_family(ctx.cfg):  # image preference rows (runtime/mm uses dpo's trainer)
+        from runtime.mm.stage import run as run_vision
+
+        run_vision(ctx)
+        return
     from runtime.stages import dpo
 
     dpo.run(ctx)
 
 
 def run_kto(ctx: RunContext) -> None:
+    text_model_only(ctx)
     from runtime.stages import kto
 
     kto.run(ctx)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from runtime.config import TrainConfig
 from runtime.config.schema import REFERENCE_FREE_LOSSES
 from runtime.data import build_collator
 from runtime.fit.trainer import PairwisePredictionMixin, XgenTrainer
@@ -144,13 +145,25 @@ class DPOTrainer(ReferenceMixin, PairwisePredictionMixin, XgenTrainer):
         return (loss, {}) if return_outputs else loss
 
 
+def trainer_options(cfg: TrainConfig, device: str, tokenizer: Any) -> dict[str, Any]:
+    """DPOTrainer's keyword arguments from the config, the reference model loaded (None for orpo/simpo
+    and LoRA's own base); shared with the vision-language runner (runtime/mm/stage.py)."""
+    return {
+        "ref_model": load_reference(cfg, device, tokenizer),
+        "beta": cfg.pref_beta,
+        "ftx": cfg.pref_ftx,
+        "loss_type": cfg.pref_loss,
+        "simpo_gamma": cfg.simpo_gamma,
+        "label_smoothing": cfg.dpo_label_smoothing,
+    }
+
+
 def run(ctx: RunContext) -> None:
     # --- setup ---
     cfg = ctx.cfg
     tokenizer = load_tokenizer(cfg)
     data = load_datasets(ctx, tokenizer, stage=STAGE)
     model = build_model(cfg, stage=STAGE, device=ctx.device, tokenizer=tokenizer)
-    ref_model = load_reference(cfg, ctx.device, tokenizer)  # None for orpo/simpo and LoRA's own base
     collator = build_collator(cfg, tokenizer, stage=STAGE)
     trainer = make_trainer(
         DPOTrainer,
@@ -159,12 +172,7 @@ def run(ctx: RunContext) -> None:
         tokenizer=tokenizer,
         data=data,
         collator=collator,
-        ref_model=ref_model,
-        beta=cfg.pref_beta,
-        ftx=cfg.pref_ftx,
-        loss_type=cfg.pref_loss,
-        simpo_gamma=cfg.simpo_gamma,
-        label_smoothing=cfg.dpo_label_smoothing,
+        **trainer_options(cfg, ctx.device, tokenizer),
     )
     # --- train ---
     metrics = fit(trainer, ctx)

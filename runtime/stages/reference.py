@@ -20,15 +20,19 @@ from runtime.config import TrainConfig
 from runtime.config.rules import uses_reference
 from runtime.model import fit_embeddings, load_model
 
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # runtime.mm.data.VisionCollator
+
 
 def sequence_logps(
     model: Any, inputs: dict[str, torch.Tensor], prefix: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of response-token log-probs, response length) per row; labels are the input ids shifted.
 
-    `prefix` picks another set of columns from the same batch (KTO's `kl_input_ids`…)."""
+    `prefix` picks another set of columns from the same batch (KTO's `kl_input_ids`…); a vision-language
+    batch's image inputs (runtime.mm's VisionCollator) go with the unprefixed columns."""
+    extra = {key: inputs[key] for key in VISION_INPUTS if key in inputs and not prefix}
     logits = model(
-        input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"]
+        input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"], **extra
     ).logits[:, :-1]
     labels = inputs[f"{prefix}labels"][:, 1:]
     mask = labels != -100

@@ -2,7 +2,8 @@
 
 tests/runtime/mm/cases.jsonl holds what LLaMA-Factory's qwen2_vl / qwen3_vl plugin and supervised
 processor produce on make-tiny's VL models and image rows (scripts/lf_mm_cases.py wrote it, under three
-image_max/min_pixels settings, plus rows whose placeholders do not match their images). The runtime is
+image_max/min_pixels settings, plus rows whose placeholders do not match their images), and what its
+pairwise (DPO) processor and collator make of image preference rows. The runtime is
 checked against that file always, and against a fresh run when LLaMA-Factory is installed
 (XGEN_LF_PYTHON, default /work/lfvenv/bin/python).
 """
@@ -123,6 +124,74 @@ def check_cases(tiny_vl_dir: Path, rows: list[dict], meta: dict) -> int:
     return compared
 
 
+def _pairwise(path: Path) -> list[dict]:
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines[1:] if line.get("kind", "").startswith("pairwise")]
+
+
+def check_pairwise(tiny_vl_dir: Path, rows: list[dict]) -> int:
+    """DPO rows with images: chosen/rejected ids and labels as LLaMA-Factory's pairwise processor made them,
+    and the collated batch of two rows (chosen rows, then rejected, each with its own images) as its
+    PairwiseDataCollatorWithPadding made it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from runtime.mm.data import VisionCollator, encode_pair_row
+    from runtime.mm.plugin import VISION_BOS, VISION_EOS
+    from runtime.mm.stage import load_image_processor
+
+    data = tiny_vl_dir / "data"
+    encoded: dict[tuple[str, str], dict] = {}
+    compared = 0
+    for case in rows:
+        model = tiny_vl_dir / case["model"]
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        image_processor = load_image_processor(str(model))
+        image_token = PLUGINS[case["template"]][1]
+        if case["kind"] == "pairwise_batch":
+            collator = VisionCollator(
+                pad_token_id=tokenizer.pad_token_id,
+                image_processor=image_processor,
+                settings=ImageSettings(),
+                image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+                vision_start_id=tokenizer.convert_tokens_to_ids(VISION_BOS),
+                vision_end_id=tokenizer.convert_tokens_to_ids(VISION_EOS),
+            )
+            batch = collator([encoded[(case["template"], name)] for name in case["rows"]])
+            at = f"{case['template']}/batch"
+            assert batch["input_ids"].tolist() == case["input_ids"], at
+            assert batch["labels"].tolist() == case["labels"], at
+            assert batch["image_grid_thw"].tolist() == case["image_grid_thw"], at
+            assert list(batch["pixel_values"].shape) == case["pixel_values_shape"], at
+            assert torch.equal(
+                batch["mm_token_type_ids"], (batch["input_ids"] == collator.image_token_id).long()
+            )
+            compared += 1
+            continue
+        images = [str(data / p) for p in case["images"]]
+        kwargs = dict(
+            tokenizer=tokenizer,
+            chat=resolve_template(case["template"], tokenizer),
+            image_processor=image_processor,
+            settings=ImageSettings(),
+            image_token=image_token,
+            cutoff_len=100000,
+        )
+        at = f"{case['template']}/{case['case']}"
+        if "error" in case:
+            with pytest.raises(ValueError, match="placeholder"):
+                encode_pair_row(case["prompt"], case["response"], "", "", images, **kwargs)
+            compared += 1
+            continue
+        row = encode_pair_row(case["prompt"], case["response"], "", "", images, **kwargs)
+        assert row is not None, at
+        for key in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"):
+            assert row[key] == case[key], (at, key)
+        encoded[(case["template"], case["case"])] = {**row, "images": images}
+        compared += 1
+    return compared
+
+
 def test_cases_cover_both_families_and_the_settings():
     _, rows = _load(CASES)
     assert {r["template"] for r in rows} == {"qwen2_vl", "qwen3_vl"}
@@ -138,6 +207,11 @@ def test_matches_llamafactory_recorded(tiny_vl_dir: Path):
 
 def test_trainable_parts_match_llamafactory_recorded(tiny_vl_dir: Path):
     assert check_trainable(tiny_vl_dir, _trainable(CASES)) == 12  # 3 models x 4 freeze settings
+
+
+def test_pairwise_rows_match_llamafactory_recorded(tiny_vl_dir: Path):
+    # 2 templates x (6 preference rows + 1 bad row + 1 collated batch of two rows)
+    assert check_pairwise(tiny_vl_dir, _pairwise(CASES)) == 16
 
 
 def _lf_python() -> str | None:
@@ -163,7 +237,9 @@ def test_matches_llamafactory_live(tiny_vl_dir: Path, tmp_path: Path):
     meta, rows = _load(out)
     assert check_cases(tiny_vl_dir, rows, meta) == len(rows)
     assert check_trainable(tiny_vl_dir, _trainable(out)) == 12
+    assert check_pairwise(tiny_vl_dir, _pairwise(out)) == 16
     recorded_meta, recorded = _load(CASES)
     if recorded_meta["llamafactory"] == meta["llamafactory"]:
         assert rows == recorded  # the committed file is what this LLaMA-Factory produces
         assert _trainable(out) == _trainable(CASES)
+        assert _pairwise(out) == _pairwise(CASES)

@@ -194,11 +194,11 @@ def test_bad_rows_are_listed_one_line_each(tiny_vl_dir: Path, tmp_path: Path, ca
     [
         ({"finetuning_type": "full", "use_galore": True}, "not supported for qwen2_5_vl models"),
         ({"template": "qwen3_vl"}, "qwen2_5_vl models need template qwen2_vl"),
-        ({"stage": "dpo", "dataset": "tiny_pref"}, "only sft is supported"),
+        ({"stage": "kto", "dataset": "reverse_kto"}, "train with stage sft or dpo here (not kto)"),
         ({"packing": True}, "packing image rows is not supported"),
         ({"image_max_pixels": 10, "image_min_pixels": 20}, "cannot be smaller than image_min_pixels"),
     ],
-    ids=["galore", "template", "dpo", "packing", "pixels"],
+    ids=["galore", "template", "kto", "packing", "pixels"],
 )
 def test_refused_in_one_line(tiny_vl_dir: Path, tmp_path: Path, capsys, overrides, words) -> None:
     cfg = vl_config(tiny_vl_dir, tmp_path / "out", **overrides)
@@ -400,3 +400,96 @@ def test_text_only_batch_gets_llamafactorys_dummy_image_without_changing_the_los
     with torch.no_grad():
         diff = (model(**with_dummy).loss - model(**without).loss).abs().item()
     assert diff < 1e-5, diff
+
+
+# --- DPO on image preference rows ------------------------------------------------------------------------
+
+
+def test_lf_qwen3vl_lora_dpo_example_trains_and_reloads(tiny_vl_dir: Path, tmp_path: Path, capsys) -> None:
+    """examples/train_lora/qwen3vl_lora_dpo.yaml on RLHF-V-shaped rows: 2 steps against the adapter-disabled
+    reference, and the adapter reloads on its base with the processor parts."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from runtime.stages.reference import sequence_logps
+
+    out = tmp_path / "out"
+    text = (EXAMPLES / "qwen3vl_lora_dpo.yaml").read_text().replace("TINY", str(tiny_vl_dir))
+    path = tmp_path / "qwen3vl_lora_dpo.yaml"
+    path.write_text(text.replace("OUT", str(out)))
+    assert run_inprocess(path) == 0
+    assert "qwen3_vl: 16,384 of" in capsys.readouterr().out
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "chat_template.jinja").is_file() and (out / "preprocessor_config.json").is_file()
+    base = AutoModelForImageTextToText.from_pretrained(tiny_vl_dir / "vl3_model")
+    model = PeftModel.from_pretrained(base, out).eval()
+    batch = _pair_batch(tiny_vl_dir, out)
+    with torch.no_grad():
+        policy, _ = sequence_logps(model, batch)
+        with model.disable_adapter():
+            reference, _ = sequence_logps(model, batch)
+    assert (policy - reference).abs().max() > 0  # the two steps moved the policy away from its reference
+
+
+def _pair_batch(tiny_vl_dir: Path, model_dir: Path, image: str = "3_red.png") -> dict:
+    """Two preference rows on one image each, collated as the DPO run collates them."""
+    from transformers import AutoTokenizer
+
+    from runtime.data.templates import resolve_template
+    from runtime.mm.data import VisionCollator, encode_pair_row
+    from runtime.mm.plugin import VISION_BOS, VISION_EOS, ImageSettings
+    from runtime.mm.stage import load_image_processor
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    processor = load_image_processor(str(model_dir))
+    path = str(tiny_vl_dir / "data" / "vl_images" / image)
+    rows = [
+        encode_pair_row(
+            [{"role": "user", "content": "<image>what color is the block?"}],
+            [{"role": "assistant", "content": good}, {"role": "assistant", "content": bad}],
+            "",
+            "",
+            [path],
+            tokenizer=tokenizer,
+            chat=resolve_template("qwen3_vl_nothink", tokenizer),
+            image_processor=processor,
+            settings=ImageSettings(),
+            image_token="<|image_pad|>",
+            cutoff_len=1000,
+        )
+        for good, bad in (("red", "blue"), ("the block is red", "green"))
+    ]
+    collator = VisionCollator(
+        tokenizer.pad_token_id,
+        processor,
+        ImageSettings(),
+        tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        vision_start_id=tokenizer.convert_tokens_to_ids(VISION_BOS),
+        vision_end_id=tokenizer.convert_tokens_to_ids(VISION_EOS),
+    )
+    return collator([{**row, "images": [path]} for row in rows if row])
+
+
+def test_dpo_log_probs_see_the_images(tiny_vl_dir: Path) -> None:
+    """The DPO batch is chosen rows then rejected rows, each with its row's image (4 images for 2 pairs),
+    and the sequence log-probs the loss uses run the vision tower on them: another image, other log-probs."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from runtime.stages.reference import sequence_logps
+
+    model_dir = tiny_vl_dir / "vl3_model"
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    seen = []
+    model.model.visual.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    red, blue = _pair_batch(tiny_vl_dir, model_dir), _pair_batch(tiny_vl_dir, model_dir, "1_blue.png")
+    assert red["input_ids"].shape[0] == 4 and red["image_grid_thw"].shape[0] == 4
+    assert not torch.equal(red["input_ids"][0], red["input_ids"][2])  # row 0 chosen, row 2 its rejected
+    with torch.no_grad():
+        on_red, lengths = sequence_logps(model, red)
+        on_blue, _ = sequence_logps(model, blue)
+    assert seen == [red["pixel_values"].shape[0], blue["pixel_values"].shape[0]]
+    # response tokens, each with its end-of-turn: "red", "the block is red", then "blue", "green"
+    assert lengths[0] == lengths[2] == lengths[3] < lengths[1]
+    assert (on_red - on_blue).abs().max() > 1e-6

@@ -10,7 +10,6 @@ levers is unmeasured (the test names say `fake_torch_npu`).
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -133,47 +132,6 @@ def test_cpu_and_cuda_plans_have_no_npu_kernels() -> None:
 
 
 # --- the fake torch_npu ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_npu(monkeypatch: pytest.MonkeyPatch):
-    """`import torch_npu` gives the fake (CALLS reset); it is unloaded again after the test."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    for name in ("torch_npu", "torch_npu.optim"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module("torch_npu")
-    module.reset()
-    yield module
-    for name in ("torch_npu", "torch_npu.optim"):
-        sys.modules.pop(name, None)
-
-
-@pytest.fixture
-def npu_transformers(fake_npu, monkeypatch: pytest.MonkeyPatch):
-    """transformers believes an Ascend NPU is present for flash_attention_2 only: loading accepts it and
-    its lazy import picks integrations/npu_flash_attention.py, which calls the fake npu_fusion_attention.
-    Everything else (TrainingArguments' device, accelerate) still sees the CPU. All restored afterwards."""
-    from transformers import modeling_flash_attention_utils as fa_utils
-    from transformers.integrations import npu_flash_attention
-    from transformers.models.llama import modeling_llama
-
-    npu = ((lambda *a, **k: True, "npu"),)
-    monkeypatch.setattr(fa_utils, "is_torch_npu_available", npu[0][0])
-    monkeypatch.setitem(fa_utils.FLASH_ATTENTION_COMPATIBILITY_MATRIX[2], "supported_devices", npu)
-    monkeypatch.setitem(fa_utils.FLASH_ATTENTION_COMPATIBILITY_MATRIX[2], "custom_supported_devices", npu)
-    for name in ("_loaded_implementation", "_flash_fn", "_flash_varlen_fn", "_flash_with_kvcache_fn"):
-        monkeypatch.setattr(
-            fa_utils, name, None if name == "_loaded_implementation" else getattr(fa_utils, name)
-        )
-    for name in ("_pad_fn", "_unpad_fn", "_process_flash_kwargs_fn", "_process_with_kvcache_kwargs_fn"):
-        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name))
-    if hasattr(fake_npu, "npu_fusion_attention"):
-        monkeypatch.setattr(
-            npu_flash_attention, "npu_fusion_attention", fake_npu.npu_fusion_attention, raising=False
-        )
-    # npu_kernels patches the rotary function into transformers' module: put the original back afterwards
-    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", modeling_llama.apply_rotary_pos_emb)
-    return fake_npu
 
 
 def test_fake_torch_npu_probe_sees_what_the_module_has(fake_npu, monkeypatch: pytest.MonkeyPatch) -> None:

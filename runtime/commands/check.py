@@ -47,6 +47,7 @@ def check(
     now, as rank 0 of a run would."""
     report = Report()
     _check_models(cfg, prefix, report, visible_only)
+    report.problems += _vision_problems(cfg, prefix)
     if not visible_only:
         report.problems += _resume_problems(cfg)
     elif Path(cfg.output_dir).is_dir():  # xgen check, where output_dir is visible: said, not refused
@@ -66,6 +67,22 @@ def check(
     report.problems += found.problems
     report.datasets, report.unread = found.datasets, found.unread
     return report
+
+
+def _vision_problems(cfg: TrainConfig, prefix: str) -> list[str]:
+    """A vision-language family runtime/mm does not train, or a stage it does not train these models with
+    (read from the model folder's config.json, where it is visible)."""
+    from runtime.mm.data import VISION_STAGES, refuse_stage
+    from runtime.mm.families import refuse_unsupported, vision_model_type
+
+    try:
+        refuse_unsupported(cfg.model_name_or_path)
+        kind = vision_model_type(cfg.model_name_or_path)
+        if kind and cfg.stage not in VISION_STAGES:
+            refuse_stage(kind, cfg.stage)
+    except ConfigError as err:
+        return [prefix + line for line in error_lines(err)]
+    return []
 
 
 def _check_tokenized(cfg: TrainConfig, prefix: str, report: Report) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ class XgenTrainer(Trainer):
 
     micro_batch_tokens: int | None = None
     run_record: dict[str, Any] | None = None  # runtime.fit.run_record: written into every checkpoint
+    # More files for every checkpoint, written into its staging folder before it is published (runtime/mm:
+    # the image processor and chat template, as LLaMA-Factory's SaveProcessorCallback writes them).
+    save_extras: Callable[[Path], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,14 +136,16 @@ class XgenTrainer(Trainer):
         barrier()  # every rank's shards are on disk
         testing.kill_in_save(self.state.global_step)
         if self._publishes():
-            if self.run_record:
-                from runtime.fit.run_record import write_record
+            try:
+                if self.run_record:
+                    from runtime.fit.run_record import write_record
 
-                try:
                     write_record(staging / name, self.run_record)
-                except OSError as err:
-                    _raise_if_disk_full(err, run_dir, staging / name, name)
-                    raise
+                if self.save_extras is not None:
+                    self.save_extras(staging / name)
+            except OSError as err:
+                _raise_if_disk_full(err, run_dir, staging / name, name)
+                raise
             checkpoints.publish(staging / name, run_dir / name)
             self._rotate(run_dir)
         barrier()

@@ -15,12 +15,38 @@ FAMILIES = {
 }
 
 
+def _config(path: str) -> dict:
+    try:
+        found = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def model_type(path: str) -> str | None:
     """The model folder's config.json model_type (None when there is none to read)."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _config(path).get("model_type")
+
+
+def unsupported_family(path: str) -> str | None:
+    """The model_type of a vision-language model (its config.json has a vision_config) that runtime/mm
+    does not train (MOSS-VL, LLaVA, Gemma 3, InternVL …), else None."""
+    config = _config(path)
+    kind = config.get("model_type")
+    return str(kind) if "vision_config" in config and kind not in FAMILIES else None
+
+
+def refuse_unsupported(path: str) -> None:
+    """One line naming the family and what trains instead; ConfigError on `model_name_or_path`."""
+    kind = unsupported_family(path)
+    if kind:
+        from runtime.config import ConfigError
+
+        raise ConfigError(
+            "model_name_or_path",
+            f"{kind}: this vision-language family is not supported (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and "
+            "Qwen3-VL-MoE train here); use one of those, or llamafactory-cli for this model",
+        )
 
 
 def vision_model_type(path: str) -> str | None:

@@ -88,6 +88,8 @@ def run(ctx: Any) -> None:
     trainer = make_trainer(
         trainer_class, ctx, model=model, tokenizer=tokenizer, data=data, collator=collator, **options
     )
+    template = chat.chat_template_for_saving(tokenizer)
+    trainer.save_extras = lambda folder: save_processor_parts(folder, image_processor, tokenizer, template)
     # --- train ---
     metrics = fit(trainer, ctx)
     if ctx.preempted:
@@ -95,6 +97,4 @@ def run(ctx: Any) -> None:
     # --- save ---
     save_outputs(trainer, ctx, tokenizer, metrics)
     if cfg.do_train and trainer.args.should_save:
-        save_processor_parts(
-            Path(cfg.output_dir), image_processor, tokenizer, chat.chat_template_for_saving(tokenizer)
-        )
+        save_processor_parts(Path(cfg.output_dir), image_processor, tokenizer, template)

@@ -493,3 +493,24 @@ def test_dpo_log_probs_see_the_images(tiny_vl_dir: Path) -> None:
     # response tokens, each with its end-of-turn: "red", "the block is red", then "blue", "green"
     assert lengths[0] == lengths[2] == lengths[3] < lengths[1]
     assert (on_red - on_blue).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_other_vision_language_families_are_refused_naming_the_family(
+    tiny_vl_dir: Path, tmp_path: Path, capsys, command: str
+) -> None:
+    """MOSS-VL (LLaMA-Factory's mossvl_* examples) and other families with a vision_config: one line, before
+    any model loads (the folder holds only a config.json)."""
+    from runtime.cli import main
+
+    moss = tmp_path / "moss"
+    moss.mkdir()
+    (moss / "config.json").write_text(json.dumps({"model_type": "moss_vl", "vision_config": {"depth": 2}}))
+    cfg = vl_config(tiny_vl_dir, tmp_path / "out", model_name_or_path=str(moss), template="qwen3_vl")
+    path = write_config(tmp_path / "moss.yaml", cfg)
+    assert (main([command, str(path)]) if command == "check" else run_inprocess(path)) != 0
+    said = capsys.readouterr().err
+    assert (
+        "error: model_name_or_path: moss_vl: this vision-language family is not supported (Qwen2-VL, "
+        "Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE train here)" in said
+    ), said

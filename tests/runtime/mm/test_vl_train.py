@@ -514,3 +514,57 @@ def test_other_vision_language_families_are_refused_naming_the_family(
         "error: model_name_or_path: moss_vl: this vision-language family is not supported (Qwen2-VL, "
         "Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE train here)" in said
     ), said
+
+
+def test_packed_image_rows_differ_from_the_unpacked_examples_so_packing_is_refused(tiny_vl_dir: Path) -> None:
+    """Why `packing` and the padding-free rows stay off for Qwen-VL, measured: two image examples joined
+    into one row as the text path joins them (positions restarting per example) give the second example
+    other logits than it has alone, with or without the restarting positions (M-RoPE's positions come
+    from the image grids of the whole row). If transformers ever keeps them apart, this fails: then
+    measure packing again and lift the refusal."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from runtime.data.templates import resolve_template
+    from runtime.mm.data import VisionCollator, encode_row
+    from runtime.mm.plugin import ImageSettings
+    from runtime.mm.stage import load_image_processor
+
+    model_dir = tiny_vl_dir / "vl3_model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    processor = load_image_processor(str(model_dir))
+    images = [str(tiny_vl_dir / "data" / "vl_images" / name) for name in ("3_red.png", "1_blue.png")]
+    rows = [
+        encode_row(
+            [{"role": "user", "content": "<image>what color?"}],
+            [{"role": "assistant", "content": answer}],
+            "",
+            "",
+            [image],
+            tokenizer=tokenizer,
+            chat=resolve_template("qwen3_vl_nothink", tokenizer),
+            image_processor=processor,
+            settings=ImageSettings(),
+            image_token="<|image_pad|>",
+            cutoff_len=1000,
+        )
+        for image, answer in zip(images, ("red", "blue"), strict=True)
+    ]
+    collate = VisionCollator(
+        tokenizer.pad_token_id, processor, ImageSettings(), tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    )
+    alone = collate([{**rows[1], "images": [images[1]]}])
+    joined = {k: rows[0][k] + rows[1][k] for k in ("input_ids", "attention_mask", "labels")}
+    packed = collate([{**joined, "images": images}])
+    first, second = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    restarting = torch.tensor([list(range(first)) + list(range(second))])
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        want = model(**alone).logits[0]
+        gaps = [
+            (model(**packed, **extra).logits[0, first:] - want).abs().max().item()
+            for extra in ({}, {"position_ids": restarting})
+        ]
+    print(f"packed vs unpacked, second example's logits: {gaps[0]:.3g} (row positions), "
+          f"{gaps[1]:.3g} (restarting positions)")  # fmt: skip
+    assert min(gaps) > 1e-3, gaps

@@ -25,7 +25,12 @@ from runtime.mm.families import FAMILIES, model_type
 from runtime.mm.plugin import PLUGINS, ImageSettings, count_problem, expand_messages, resolve_paths
 
 SHOWN_BAD_ROWS = 20
-VISION_STAGES = ("sft", "dpo")  # the stages LLaMA-Factory's examples train vision-language models with
+VISION_STAGES = ("sft", "dpo")
+# Why video rows stop: transformers' Qwen video processors are built on torchvision (PyAV only decodes).
+VIDEO_REFUSAL = (
+    "video rows are not supported here (transformers' Qwen video processors need torchvision, which has "
+    "no build for this torch)"
+)  # the stages LLaMA-Factory's examples train vision-language models with
 
 
 def vision_family(cfg: TrainConfig) -> str | None:
@@ -288,6 +293,12 @@ def check_dataset_columns(attr: DatasetAttr, column_names: list[str], cfg: Train
 def _check_image_columns(attr: DatasetAttr, column_names: list[str], stage: str) -> None:
     """runtime.data.formats' column check with `images` allowed (videos/audios still refused there);
     a dataset without images (LLaMA-Factory's examples mix alpaca_en_demo in) gives text rows."""
+    for kind in ("videos", "audios"):
+        if kind in attr.columns:
+            why = VIDEO_REFUSAL if kind == "videos" else "audio is not supported for these models"
+            raise ConfigError(
+                attr.key, f"{attr.where()}: columns.{kind}: {why}; use a dataset without {kind}"
+            )
     if "images" not in attr.columns:
         check_columns(attr, column_names, stage=stage)
         return

@@ -46,7 +46,7 @@ def count_problem(messages: list[dict[str, str]], images: list[Any]) -> str:
         return f"{found} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s)"
     for tag, kind in ((VIDEO_PLACEHOLDER, "video"), (AUDIO_PLACEHOLDER, "audio")):
         if tag in text:
-            return f"{tag} in the text: {kind} is not supported (only images)"
+            return f"{tag} in the text: {kind} is not supported (only images; video needs torchvision)"
     return ""
 
 

@@ -568,3 +568,25 @@ def test_packed_image_rows_differ_from_the_unpacked_examples_so_packing_is_refus
     print(f"packed vs unpacked, second example's logits: {gaps[0]:.3g} (row positions), "
           f"{gaps[1]:.3g} (restarting positions)")  # fmt: skip
     assert min(gaps) > 1e-3, gaps
+
+
+def test_a_videos_column_is_refused_in_one_line_saying_why(tiny_vl_dir: Path, tmp_path: Path, capsys) -> None:
+    from runtime.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"messages": [{"role": "user", "content": "<video>what?"}, {"role": "assistant", "content": "a"}],
+             "videos": ["clip.mp4"]}]  # fmt: skip
+    (data / "clips.json").write_text(json.dumps(rows))
+    info = {"clips": {"file_name": "clips.json", "formatting": "sharegpt",
+                      "columns": {"messages": "messages", "videos": "videos"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant"}}}  # fmt: skip
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    cfg = vl_config(tiny_vl_dir, tmp_path / "out", dataset="clips", dataset_dir=str(data))
+    assert main(["check", str(write_config(tmp_path / "clips.yaml", cfg))]) != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert (
+        len(lines) == 1
+        and "columns.videos: video rows are not supported here (transformers' Qwen video" in (lines[0])
+    ), lines

@@ -245,6 +245,29 @@ def test_two_ranks_equal_single_process_lora(
     assert diff < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "name"), [({}, "ddp"), ({"deepspeed": "z3"}, "deepspeed-z3")], ids=["ddp", "z3"]
+)
+def test_two_ranks_equal_single_process_lora_dpo(
+    tiny_vl_dir: Path, tmp_path: Path, strategy: dict, name: str
+) -> None:
+    """LoRA DPO on image preference rows (the reference: the adapter switched off): 2 gloo ranks × 2 pairs
+    against one process × 4 pairs, same global batch."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    dpo = {"stage": "dpo", "dataset": "tiny_mllm_dpo", "max_steps": 3, "pref_beta": 0.1}
+    cfg = vl_config(tiny_vl_dir, single, per_device_train_batch_size=4, **dpo)
+    assert run_inprocess(write_config(tmp_path / "single.yaml", cfg)) == 0
+    cfg = vl_config(tiny_vl_dir, multi, per_device_train_batch_size=2, **{**strategy, **dpo})
+    proc = run_torchrun(write_config(tmp_path / "multi.yaml", cfg), tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world_size=2" in proc.stdout and f"strategy={name}" in proc.stdout
+    diff = max_diff(weights(multi), weights(single))
+    print(f"max |multi - single| = {diff:.3g}")
+    assert 0 < max(v.abs().max().item() for k, v in weights(single).items() if "lora_B" in k)  # it trained
+    assert diff < 1e-5
+
+
 def test_lora_merge_export_reloads_with_its_processor_parts(tiny_vl_dir: Path, tmp_path: Path) -> None:
     """LLaMA-Factory's merge_lora keys: the merged Qwen2.5-VL reloads with AutoModelForImageTextToText,
     its image processor, tokenizer and chat template, and gives the adapter's logits on an image row."""

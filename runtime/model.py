@@ -123,9 +123,21 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
         log.warning("flash_attn: %s failed (%s); using sdpa", attn, str(exc).splitlines()[0])
         model = auto.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     model.config.use_cache = False
+    keep_used_conversions(model)
     if stage == "rm" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def keep_used_conversions(model: nn.Module) -> None:
+    """Keep only the key renamings the load really applied, as transformers' own loader does
+    (core_model_loading: `was_used()`). Its ZeRO-3 loader (modeling_utils, `_weight_conversions =
+    weight_mapping`) keeps every renaming of the model type, used or not, and save_pretrained reverts them
+    all: a Qwen3-VL trained under ZeRO-3 was saved as `model.language_model.model.layers.*` (measured on
+    transformers 5.23). Dropping an unused one only means the save keeps the current names."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if getattr(c, "was_used", lambda: True)()]
 
 
 def vision_parts(model: nn.Module) -> Any:
@@ -479,7 +491,8 @@ def fit_embeddings(model: nn.Module, tokenizer: Any) -> nn.Module:
     """Fit the model to a tokenizer its chat template fixed: grow the embeddings for added tokens (stop
     words; LLaMA-Factory would need resize_vocab; new rows start at the mean of the old ones), and let
     generation stop at the template's EOS as well as the model's own."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 leaves each rank an empty partition
     if len(tokenizer) > rows:
         log.warning("tokenizer has %d tokens, the model's embeddings %d rows: resizing", len(tokenizer), rows)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

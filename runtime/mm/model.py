@@ -150,8 +150,9 @@ def check_method(cfg: TrainConfig, kind: str) -> None:
 
 
 def summary(model: nn.Module) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """`N of M parameters train`, whole counts under ZeRO-3 too (its partitions hold ds_numel each)."""
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     return f"{trainable:,} of {total:,} parameters train"
 
 

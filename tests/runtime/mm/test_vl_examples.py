@@ -61,8 +61,20 @@ def test_lf_qwen3vl_full_sft_example_trains_under_zero3(tiny_vl_dir: Path, tmp_p
     run = run_cli(["train", str(path)], tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = run.stdout
-    assert "strategy=deepspeed-z3" in log and "qwen3_vl: " in log and "(full)" in log, log
+    assert "strategy=deepspeed-z3" in log, log
+    # whole counts, not ZeRO-3's partitions: the language model trains, tower and projector stay frozen
+    assert "qwen3_vl: 140,160 of 258,336 parameters train (full)" in log, log
+    assert "resizing" not in run.stdout + run.stderr  # nor are the partitioned embeddings taken for 0 rows
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    from safetensors import safe_open
+
+    def names(folder: Path) -> set[str]:
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    # the base's names (a plain save_pretrained): transformers' ZeRO-3 loader had them saved as
+    # model.language_model.model.* (runtime.model.keep_used_conversions)
+    assert names(out) == names(out / "checkpoint-2") == names(tiny_vl_dir / "vl3_model")
     _reloads_with_processor(out)
     _reloads_with_processor(out / "checkpoint-2")  # every checkpoint, as LLaMA-Factory's callback saves
 

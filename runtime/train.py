@@ -50,6 +50,11 @@ def quiet_libraries(tty: bool) -> None:
     logging.basicConfig(format="xgen-runtime: %(levelname)s: %(message)s", level=logging.WARNING)
     # peft 0.21 calls a transformers API deprecated in 5.x on every save (findings E5): harmless.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # DeepSpeed's ZeRO-3 calls torch.distributed's reduce_scatter_tensor/all_gather_into_tensor, which torch
+    # 2.x marks deprecated: about 40 lines per step and rank, none of them the user's to act on.
+    warnings.filterwarnings(
+        "ignore", message=r"torch\.distributed\.\w+ is deprecated", category=FutureWarning
+    )
 
 
 def adjust_for_device(cfg: TrainConfig, device: str) -> None:

@@ -70,16 +70,15 @@ def check(
 
 
 def _vision_problems(cfg: TrainConfig, prefix: str) -> list[str]:
-    """A vision-language family runtime/mm does not train, or a stage it does not train these models with
-    (read from the model folder's config.json, where it is visible)."""
-    from runtime.mm.data import VISION_STAGES, refuse_stage
-    from runtime.mm.families import refuse_unsupported, vision_model_type
+    """A vision-language family runtime/mm does not train; for one it trains, a template, stage or data key it
+    refuses (the model folder's config.json, where it is visible)."""
+    from runtime.mm.data import check_vision_keys, vision_family
+    from runtime.mm.families import refuse_unsupported
 
     try:
         refuse_unsupported(cfg.model_name_or_path)
-        kind = vision_model_type(cfg.model_name_or_path)
-        if kind and cfg.stage not in VISION_STAGES:
-            refuse_stage(kind, cfg.stage)
+        if vision_family(cfg):  # the template and the stage
+            check_vision_keys(cfg)
     except ConfigError as err:
         return [prefix + line for line in error_lines(err)]
     return []
@@ -209,7 +208,8 @@ def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, downlo
     from runtime.data import hub
     from runtime.data.loaders import load_raw
     from runtime.data.registry import resolve_datasets
-    from runtime.mm.data import check_dataset_columns
+    from runtime.mm.data import check_dataset_columns, check_image_rows
+    from runtime.mm.families import vision_model_type
 
     datasets.disable_progress_bars()
     report = Report()
@@ -229,6 +229,8 @@ def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, downlo
                     network=download,
                 )
                 check_dataset_columns(attr, raw.column_names, cfg)  # images allowed for Qwen-VL models
+                if vision_model_type(cfg.model_name_or_path):
+                    report.problems += check_image_rows(attr, raw, cfg)
             except hub.NotCached as err:
                 hf = attr.hub is not None and attr.hub.url_key not in hub.CLIENTS
                 if download:  # asked for and not had: HF_HUB_OFFLINE, or the hub out of reach

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.config import ConfigError, TrainConfig
@@ -40,14 +41,16 @@ def vision_family(cfg: TrainConfig) -> str | None:
     kind = model_type(cfg.model_name_or_path)
     if kind in FAMILIES:
         if cfg.template not in PLUGINS or PLUGINS[cfg.template][0] != FAMILIES[kind]:
-            raise ConfigError(
-                "template",
-                f"{kind} models need template {FAMILIES[kind]} (LLaMA-Factory's); got {cfg.template}",
-            )
+            raise ConfigError("template", template_problem(kind, cfg.template))
         if cfg.stage not in VISION_STAGES:
             refuse_stage(kind, cfg.stage)
         return kind
     return None
+
+
+def template_problem(kind: str, template: str) -> str:
+    names = " or ".join(name for name, plugin in PLUGINS.items() if plugin[0] == FAMILIES[kind])
+    return f"{kind} models need template {names} (LLaMA-Factory's); got {template}"
 
 
 def refuse_stage(kind: str, stage: str) -> None:
@@ -187,6 +190,8 @@ def tokenize_images(batch: dict[str, list], **kwargs: Any) -> dict[str, list]:
             row = encode(prompt, response, system, tools, images, **kwargs)
         except ValueError as exc:
             row, bad = None, f"{exc}: {(prompt[0]['content'] if prompt else '')[:60]!r}"
+        except OSError as exc:  # a missing or unreadable image file (PIL raises OSError subclasses)
+            row, bad = None, f"image {getattr(exc, 'filename', None) or exc}: {exc.strerror or exc}"
         else:
             bad = ""
         if row is None and not bad:
@@ -203,12 +208,7 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
     from runtime.data import DatasetSplits, worker_count
     from runtime.data.loaders import load_raw
 
-    if cfg.streaming:
-        raise ConfigError("streaming", "vision-language datasets are read whole; set streaming: false")
-    if cfg.packing or cfg.neat_packing:
-        raise ConfigError("packing", "packing image rows is not supported (Qwen's M-RoPE positions)")
-    if cfg.tokenized_path:
-        raise ConfigError("tokenized_path", "not supported with image rows yet (the datasets cache is used)")
+    check_vision_keys(cfg)
     kwargs = {
         "tokenizer": tokenizer,
         "chat": chat,
@@ -263,9 +263,14 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
             **options,
         )
         _stop_on_bad_rows(key, tokenized)
-        tokenized = tokenized.remove_columns("_bad")
+        if "_bad" in (tokenized.column_names or []):
+            tokenized = tokenized.remove_columns("_bad")
         if len(tokenized) == 0:
-            raise ConfigError(key, f"no usable rows in {getattr(cfg, key)} (check formatting/columns/images)")
+            raise ConfigError(
+                key,
+                f"no usable rows in {getattr(cfg, key)}: check formatting/columns/images, and that "
+                f"cutoff_len {cfg.cutoff_len} leaves room for each row's image tokens",
+            )
         if len(tokenized) < len(dataset):
             note(
                 f"{key}: dropped {len(dataset) - len(tokenized)} of {len(dataset)} rows (broken turns, "
@@ -280,6 +285,52 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
         parts = train.train_test_split(test_size=test_size, seed=cfg.seed)
         train, evaluation = parts["train"], parts["test"]
     return DatasetSplits(train=train, eval=evaluation)
+
+
+def check_vision_keys(cfg: TrainConfig) -> None:
+    """The data keys image rows cannot take (ConfigError, one line): checked by xgen-runtime check too."""
+    if cfg.streaming:
+        raise ConfigError("streaming", "vision-language datasets are read whole; set streaming: false")
+    if cfg.packing or cfg.neat_packing:
+        raise ConfigError(
+            "packing", "packing image rows is not supported (Qwen's M-RoPE positions); set packing: false"
+        )
+    if cfg.tokenized_path:
+        raise ConfigError("tokenized_path", "not supported with image rows yet (the datasets cache is used)")
+
+
+CHECKED_ROWS = 1000  # xgen-runtime check reads this many rows of each image dataset (stat, not open)
+
+
+def check_image_rows(attr: DatasetAttr, raw: Any, cfg: TrainConfig) -> list[str]:
+    """`xgen-runtime check`: in the first CHECKED_ROWS rows, placeholders against images and image files
+    that are not there; one line per bad row (SHOWN_BAD_ROWS at most). Training checks every row."""
+    if "images" not in attr.columns:
+        return []
+    batch = raw.select(range(min(len(raw), CHECKED_ROWS)))[:]
+    rows = convert_with_images(
+        batch,
+        columns=attr.columns,
+        tags=attr.tags,
+        ranking=bool(attr.ranking),
+        formatting=attr.formatting,
+        media_dir=cfg.media_dir or cfg.dataset_dir,
+    )
+    lines = []
+    for index, (prompt, response, images) in enumerate(
+        zip(rows["_prompt"], rows["_response"], rows["_images"], strict=True)
+    ):
+        problem = count_problem(prompt + response[:1], images)
+        missing = [image for image in images if isinstance(image, str) and not Path(image).is_file()]
+        if problem or missing:
+            where = cfg.media_dir or cfg.dataset_dir
+            gone = (
+                f"image not found: {missing[0]} (neither in {where} nor from {Path.cwd()})" if missing else ""
+            )
+            lines.append(f"{attr.where()}: row {index}: {problem or gone}")
+    if len(lines) > SHOWN_BAD_ROWS:
+        lines = lines[:SHOWN_BAD_ROWS] + [f"{attr.where()}: {len(lines) - SHOWN_BAD_ROWS} more bad rows"]
+    return lines
 
 
 def check_dataset_columns(attr: DatasetAttr, column_names: list[str], cfg: TrainConfig) -> None:
@@ -315,6 +366,8 @@ def _check_image_columns(attr: DatasetAttr, column_names: list[str], stage: str)
 def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
     import pyarrow.compute as pc
 
+    if "_bad" not in (tokenized.column_names or []):  # every row was dropped: "no usable rows" follows
+        return
     column = tokenized.with_format("arrow")["_bad"]
     bad = (
         [(i, line) for i, line in enumerate(column.to_pylist()) if line]
@@ -326,7 +379,11 @@ def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
     for index, line in bad[:SHOWN_BAD_ROWS]:
         say(f"{key}: row {index}: {line}")
     more = f" (first {SHOWN_BAD_ROWS} shown)" if len(bad) > SHOWN_BAD_ROWS else ""
-    raise ConfigError(key, f"{len(bad)} row(s) whose <image> placeholders do not match their images{more}")
+    raise ConfigError(
+        key,
+        f"{len(bad)} row(s) whose <image> placeholders do not match their images, or whose image files "
+        f"cannot be read{more}; fix those rows (image paths are relative to media_dir, else dataset_dir)",
+    )
 
 
 # --- batches --------------------------------------------------------------------------------------

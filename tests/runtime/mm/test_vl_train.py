@@ -165,11 +165,16 @@ def test_full_and_freeze_sft_train_on_images(tiny_vl_dir: Path, tmp_path: Path, 
 
 
 def test_bad_rows_are_listed_one_line_each(tiny_vl_dir: Path, tmp_path: Path, capsys) -> None:
+    """Placeholder/image mismatches and an image file that is not there: `xgen-runtime check` names each
+    row, and so does training, before the model loads, without a traceback."""
+    from runtime.cli import main
+
     data = tmp_path / "data"
     data.mkdir()
-    rows = json.loads((tiny_vl_dir / "data" / "tiny_mllm.json").read_text())[:4]
+    rows = json.loads((tiny_vl_dir / "data" / "tiny_mllm.json").read_text())[:5]
     rows[1]["images"] = []
     rows[3]["messages"][0]["content"] += " <image>"
+    rows[4]["images"][0] = "vl_images/not_there.png"  # a two-image row
     (data / "rows.json").write_text(json.dumps(rows))
     info = json.loads((tiny_vl_dir / "data" / "dataset_info.json").read_text())["tiny_mllm"]
     (data / "dataset_info.json").write_text(json.dumps({"rows": {**info, "file_name": "rows.json"}}))
@@ -181,30 +186,53 @@ def test_bad_rows_are_listed_one_line_each(tiny_vl_dir: Path, tmp_path: Path, ca
         dataset_dir=str(data),
         media_dir=str(tiny_vl_dir / "data"),
     )
-    assert run_inprocess(write_config(tmp_path / "bad.yaml", cfg)) != 0
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    assert main(["check", str(path)]) != 0
+    checked = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert [line.split(": row ", 1)[1] for line in checked] == [
+        "1: 2 <image> placeholder(s) for 0 image(s)",
+        "3: 2 <image> placeholder(s) for 1 image(s)",
+        f"4: image not found: vl_images/not_there.png (neither in {tiny_vl_dir / 'data'} nor from "
+        f"{Path.cwd()})",
+    ], checked
+    assert run_inprocess(path) != 0
     log = capsys.readouterr()
     text = log.out + log.err
     assert "dataset: row 1: 2 <image> placeholder(s) for 0 image(s)" in text, text
     assert "dataset: row 3: 2 <image> placeholder(s) for 1 image(s)" in text, text
-    assert "2 row(s) whose <image> placeholders do not match" in text
+    assert "dataset: row 4: image vl_images/not_there.png: No such file or directory" in text, text
+    assert "3 row(s) whose <image> placeholders do not match their images, or whose image files" in text
+    assert "Traceback" not in text and "parameters train" not in text  # stopped before the model loads
 
 
 @pytest.mark.parametrize(
-    ("overrides", "words"),
+    ("overrides", "words", "checked"),
     [
-        ({"finetuning_type": "full", "use_galore": True}, "not supported for qwen2_5_vl models"),
-        ({"template": "qwen3_vl"}, "qwen2_5_vl models need template qwen2_vl"),
-        ({"stage": "kto", "dataset": "reverse_kto"}, "train with stage sft or dpo here (not kto)"),
-        ({"packing": True}, "packing image rows is not supported"),
-        ({"image_max_pixels": 10, "image_min_pixels": 20}, "cannot be smaller than image_min_pixels"),
+        ({"finetuning_type": "full", "use_galore": True}, "not supported for qwen2_5_vl models", False),
+        (
+            {"template": "qwen3_vl"},
+            "qwen2_5_vl models need template qwen2_vl (LLaMA-Factory's); got qwen3_vl",
+            True,
+        ),
+        ({"stage": "kto", "dataset": "reverse_kto"}, "train with stage sft or dpo here (not kto)", True),
+        ({"packing": True}, "packing image rows is not supported", True),
+        ({"image_max_pixels": 10, "image_min_pixels": 20}, "cannot be smaller than image_min_pixels", True),
     ],
     ids=["galore", "template", "kto", "packing", "pixels"],
 )
-def test_refused_in_one_line(tiny_vl_dir: Path, tmp_path: Path, capsys, overrides, words) -> None:
+def test_refused_in_one_line(tiny_vl_dir: Path, tmp_path: Path, capsys, overrides, words, checked) -> None:
+    """Training stops in one line; `xgen-runtime check` (each node's check, and xgen check) says it before
+    submission where the keys and the model's config.json decide it."""
+    from runtime.cli import main
+
     cfg = vl_config(tiny_vl_dir, tmp_path / "out", **overrides)
-    assert run_inprocess(write_config(tmp_path / "refused.yaml", cfg)) != 0
+    path = write_config(tmp_path / "refused.yaml", cfg)
+    assert run_inprocess(path) != 0
     log = capsys.readouterr()
     assert words in log.out + log.err
+    if checked:
+        assert main(["check", str(path)]) != 0
+        assert words in capsys.readouterr().err
 
 
 def test_video_rows_and_keys(tiny_vl_dir: Path) -> None:

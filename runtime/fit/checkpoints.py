@@ -8,6 +8,7 @@ a crash or kill during a save leaves nothing that resume would pick.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -119,3 +120,5 @@ def publish(staged: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
+    with contextlib.suppress(OSError):  # the staging folder goes once empty (another save may be in it)
+        staged.parent.rmdir()

@@ -88,6 +88,8 @@ def run_from_config(shape: Shape, train: Any, world: int, device: str = "cuda") 
         optim_bytes=1 if "8bit" in train.optim else None,
         lora_rank=max(train.lora_rank, 1),
         lora_target=train.lora_target if train.finetuning_type == "lora" else "all",
+        dora=train.finetuning_type == "lora" and bool(train.use_dora),
+        freeze_layers=train.freeze_trainable_layers,
     )
 
 

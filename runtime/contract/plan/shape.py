@@ -17,6 +17,8 @@ from typing import Any
 _QKV_BIAS_ALWAYS = ("qwen2", "qwen2_moe")
 # Families with an RMSNorm over head_dim on q and k (Qwen3).
 _QK_NORM = ("qwen3", "qwen3_moe")
+# MoE blocks that register the router before the experts (transformers v5; Qwen3-MoE: experts first).
+_ROUTER_FIRST = ("mixtral", "qwen2_moe")
 
 
 @dataclass(frozen=True)
@@ -117,19 +119,53 @@ def mlp_linears(s: Shape, intermediate: int) -> list[tuple[str, int, int]]:
     ]
 
 
+def linear_tensors(name: str, i: int, o: int, bias: bool) -> list[tuple[str, int]]:
+    return [(f"{name}.weight", i * o)] + ([(f"{name}.bias", o)] if bias else [])
+
+
+def layer_tensors(s: Shape, moe: bool) -> list[tuple[str, int]]:
+    """(name, elements) of one decoder layer's parameters in the order transformers registers them
+    (`model.parameters()` order): attention, MLP or MoE block, the two norms."""
+    out: list[tuple[str, int]] = []
+    for name, i, o in attention_linears(s):
+        bias = s.o_bias if name == "o_proj" else s.qkv_bias
+        out += linear_tensors(f"self_attn.{name}", i, o, bias)
+    if s.qk_norm:
+        out += [("self_attn.q_norm.weight", s.head_dim), ("self_attn.k_norm.weight", s.head_dim)]
+    if not moe:
+        for name, i, o in mlp_linears(s, s.intermediate):
+            out += linear_tensors(f"mlp.{name}", i, o, s.mlp_bias)
+    else:
+        experts = [
+            ("mlp.experts.gate_up_proj", s.experts * 2 * s.moe_intermediate * s.hidden),
+            ("mlp.experts.down_proj", s.experts * s.hidden * s.moe_intermediate),
+        ]
+        router = [("mlp.gate.weight", s.experts * s.hidden)]
+        out += router + experts if s.model_type in _ROUTER_FIRST else experts + router
+        if s.shared_expert_intermediate:
+            for name, i, o in mlp_linears(s, s.shared_expert_intermediate):
+                out += linear_tensors(f"mlp.shared_expert.{name}", i, o, False)
+            out.append(("mlp.shared_expert_gate.weight", s.hidden))
+    return out + [("input_layernorm.weight", s.hidden), ("post_attention_layernorm.weight", s.hidden)]
+
+
+def layer_kinds(s: Shape) -> list[bool]:
+    """Whether each layer, in order, is an MoE layer (the plan assumes the dense ones come first)."""
+    return [False] * s.dense_layers + [True] * s.moe_layers
+
+
+def model_tensors(s: Shape) -> list[tuple[str, int]]:
+    """(name, elements) of every parameter of the causal LM in `model.parameters()` order."""
+    out = [("model.embed_tokens.weight", s.vocab * s.hidden)]
+    for n, moe in enumerate(layer_kinds(s)):
+        out += [(f"model.layers.{n}.{name}", k) for name, k in layer_tensors(s, moe)]
+    out.append(("model.norm.weight", s.hidden))
+    return out + ([] if s.tied else [("lm_head.weight", s.vocab * s.hidden)])
+
+
 def layer_params(s: Shape, moe: bool) -> int:
     """Parameters of one decoder layer (dense or MoE)."""
-    attn = sum(i * o for _, i, o in attention_linears(s))
-    attn += (s.q_dim + 2 * s.kv_dim) * s.qkv_bias + s.hidden * s.o_bias
-    attn += 2 * s.head_dim * s.qk_norm
-    norms = 2 * s.hidden
-    if not moe:
-        mlp = 3 * s.hidden * s.intermediate + (2 * s.intermediate + s.hidden) * s.mlp_bias
-    else:
-        mlp = s.experts * 3 * s.hidden * s.moe_intermediate + s.experts * s.hidden  # experts + router
-        if s.shared_expert_intermediate:
-            mlp += 3 * s.hidden * s.shared_expert_intermediate + s.hidden  # shared expert + its gate
-    return attn + norms + mlp
+    return sum(n for _, n in layer_tensors(s, moe))
 
 
 def embedding_params(s: Shape) -> int:
@@ -143,8 +179,7 @@ def head_params(s: Shape) -> int:
 
 def total_params(s: Shape) -> int:
     """Every parameter of the causal LM: embedding, layers, final norm, head."""
-    layers = s.dense_layers * layer_params(s, False) + s.moe_layers * layer_params(s, True)
-    return embedding_params(s) + layers + s.hidden + head_params(s)
+    return sum(n for _, n in model_tensors(s))
 
 
 def active_params_per_token(s: Shape) -> int:
@@ -161,7 +196,7 @@ def target_linears(s: Shape, target: str) -> list[tuple[str, int, int]]:
     transformers v5, so on MoE layers `all` is the attention projections)."""
     names = None if target.strip() == "all" else {t.strip() for t in target.split(",") if t.strip()}
     out: list[tuple[str, int, int]] = []
-    for moe in [False] * s.dense_layers + [True] * s.moe_layers:
+    for moe in layer_kinds(s):
         linears = attention_linears(s)
         if not moe:
             linears += mlp_linears(s, s.intermediate)
@@ -171,18 +206,42 @@ def target_linears(s: Shape, target: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def lora_tensors(s: Shape, target: str, rank: int, dora: bool = False) -> list[tuple[str, int]]:
+    """(name, elements) of the adapter as peft creates it, in `model.parameters()` order: per targeted
+    Linear(in, out) lora_A (r x in), lora_B (out x r), no bias, and with DoRA the magnitude vector of `out`
+    (peft.tuners.lora.layer `LoraLayer`, dora.py `DoraLinearLayer.update_layer`)."""
+    out: list[tuple[str, int]] = []
+    for name, i, o in target_linears(s, target):
+        out += [(f"{name}.lora_A", rank * i), (f"{name}.lora_B", o * rank)]
+        out += [(f"{name}.lora_magnitude_vector", o)] if dora else []
+    return out
+
+
 def lora_params(s: Shape, target: str, rank: int, dora: bool = False) -> int:
-    """Adapter parameters as peft creates them: per targeted Linear(in, out) lora_A (r x in) and lora_B
-    (out x r), no bias; DoRA adds a magnitude vector of `out` (peft.tuners.lora.layer, DoraLinearLayer)."""
-    return sum(rank * (i + o) + (o if dora else 0) for _, i, o in target_linears(s, target))
+    """Adapter parameters as peft creates them (lora_tensors)."""
+    return sum(n for _, n in lora_tensors(s, target, rank, dora))
+
+
+def freeze_layer_ids(s: Shape, trainable_layers: int) -> range:
+    """The layers freeze trains: the last N, or the first -N (runtime.model.apply_freeze)."""
+    n = min(abs(trainable_layers), s.layers)
+    return range(s.layers - n, s.layers) if trainable_layers > 0 else range(n)
+
+
+def freeze_tensors(s: Shape, trainable_layers: int) -> list[tuple[str, int]]:
+    """(name, elements) of the trained layers' parameters (freeze_trainable_modules `all`), in order. A
+    mixed dense/MoE stack is planned as if the trained layers were MoE ones (an upper bound)."""
+    moe = bool(s.moe_layers)
+    return [
+        (f"model.layers.{n}.{name}", k)
+        for n in freeze_layer_ids(s, trainable_layers)
+        for name, k in layer_tensors(s, moe)
+    ]
 
 
 def freeze_params(s: Shape, trainable_layers: int) -> int:
     """freeze with freeze_trainable_modules `all`: the last N (or first -N) layers train in full."""
-    n = min(abs(trainable_layers), s.layers)
-    if s.moe_layers and s.dense_layers:  # mixed stacks: assume the trained layers are MoE ones (upper bound)
-        return n * layer_params(s, True)
-    return n * layer_params(s, bool(s.moe_layers))
+    return sum(n for _, n in freeze_tensors(s, trainable_layers))
 
 
 def linear_weight_params(s: Shape) -> int:

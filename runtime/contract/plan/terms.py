@@ -21,8 +21,11 @@ from dataclasses import dataclass, replace
 
 from runtime.contract.plan.shape import (
     Shape,
+    freeze_tensors,
     layer_params,
     linear_weight_params,
+    lora_tensors,
+    model_tensors,
     target_linears,
     total_params,
 )
@@ -57,6 +60,8 @@ class Run:
     optim_bytes: int | None = None  # bytes per state element; None: the trainable weights' dtype
     lora_rank: int = 8
     lora_target: str = "all"
+    dora: bool = False  # use_dora: a magnitude vector per adapted Linear (counted in `trainable`)
+    freeze_layers: int = 2  # freeze_trainable_layers (its default): which layers train, for their order
 
     def but(self, **changes: object) -> Run:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -124,10 +129,20 @@ def quantized_base_bytes(run: Run) -> float:
 
 
 def parameters(run: Run) -> int:
-    """Bytes of the weights a rank holds. DDP/ZeRO-1/2: all; ZeRO-3 and FSDP2: 1/N (ZeRO paper, P_os+g+p)."""
+    """Bytes of the weights a rank holds. DDP/ZeRO-1/2: all; ZeRO-3 and FSDP2: 1/N (ZeRO paper, P_os+g+p).
+    ZeRO-3 keeps its persistent tensors whole on every rank, and a frozen one's own partition beside it
+    (partition_parameters.py `_partition_param`: a `ds_persist` partition goes to `local_device`; the
+    trainable ones' partitions live in the optimizer's flat buffer, part of the 1/N). offload_param moves
+    the partitions to the host (stage3.py `param_groups_fp16_flat_cpu_memory`), not those persistent
+    tensors. FSDP2's CPUOffloadPolicy: nothing stays."""
     part = run.stage == 3 or run.strategy == "fsdp2"
+    kept = partitioned = 0.0  # ZeRO-3's persistent tensors: as the device holds them, and their 1/N
+    if part and run.deepspeed and run.world > 1:
+        kept_t, kept_f = persistent(run)
+        kept = kept_t * weight_bytes(run, True) + kept_f * weight_bytes(run, False) * (1 + 1 / run.world)
+        partitioned = (kept_t * weight_bytes(run, True) + kept_f * weight_bytes(run, False)) / run.world
     if part and run.offload:
-        return 0
+        return int(kept)
     s = run.shape
     frozen = run.frozen * weight_bytes(run, False)
     if run.quant_bits and run.method == "lora":  # the nn.Linear projections are quantised, nothing else
@@ -136,55 +151,76 @@ def parameters(run: Run) -> int:
             linear * quantized_base_bytes(run)
         )
     trainable = run.trainable * weight_bytes(run, True)
-    if part and run.deepspeed and run.world > 1:  # ZeRO-3's persistent tensors stay whole
-        kept_t, kept_f = persistent(run)
-        extra = kept_t * weight_bytes(run, True) + kept_f * weight_bytes(run, False)
-        return int((frozen + trainable) / run.world + extra * (1 - 1 / run.world))
-    return int((frozen + trainable) / shard(run, part))
+    return int((frozen + trainable) / shard(run, part) - partitioned + kept)
 
 
 def gradients(run: Run) -> int:
     """Bytes of gradients: trainable parameters x their dtype. ZeRO-2/3 and FSDP2 keep 1/N (reduce-scatter);
-    DDP and ZeRO-1 the full set. ZeRO offload moves the partition to CPU. ZeRO-2's contiguous gradient
-    buffer (stage_1_and_2.py `grads_in_partition`) sizes whole parameters, so the rank whose partition ends
-    inside a parameter holds all of it: bounded by the largest parameter (measured: rank 0 of 2)."""
+    DDP and ZeRO-1 the full set (ZeRO-1 reduces after the backward, when all of them exist). ZeRO offload
+    moves the partition to CPU. ZeRO-2's gradient buffer holds whole parameters: zero2_partition."""
     part = run.stage >= 2 or run.strategy == "fsdp2"
     if run.offload and (run.stage >= 2 or run.strategy == "fsdp2"):  # FSDP2's CPUOffloadPolicy: grads too
         return 0
+    if run.stage == 2 and run.world > 1:
+        return zero2_partition(run) * weight_bytes(run, True)
     grads = run.trainable * weight_bytes(run, True) // shard(run, part)
     if run.stage == 3 and run.world > 1:  # persistent trainable tensors' gradients stay whole too
         grads += int(persistent(run)[0] * weight_bytes(run, True) * (1 - 1 / run.world))
-    if run.stage == 2 and run.world > 1:  # grads_in_partition holds every parameter touching the partition
-        grads += min(largest_param(run), run.trainable) * weight_bytes(run, True)  # the one across its edge
     return grads
 
 
-def largest_param(run: Run) -> int:
-    """The biggest single trainable tensor: the embedding or head for full tuning, else an MLP weight."""
-    s = run.shape
+def trainable_tensors(run: Run) -> list[tuple[str, int]]:
+    """(name, elements) of the trainable parameters in `model.parameters()` order."""
     if run.method == "full":
-        return max(s.vocab * s.hidden, s.hidden * max(s.intermediate, s.moe_intermediate * max(s.experts, 1)))
+        return model_tensors(run.shape)
     if run.method == "freeze":
-        return s.hidden * max(s.intermediate, s.q_dim)
-    return 0  # adapter matrices: r x width, negligible
+        return freeze_tensors(run.shape, run.freeze_layers)
+    return lora_tensors(run.shape, run.lora_target, run.lora_rank, run.dora)
+
+
+def no_decay(name: str) -> bool:
+    """transformers' Trainer.get_decay_parameter_names: biases and norm weights get no weight decay."""
+    module = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
+    return name.endswith("bias") or "norm" in module
+
+
+def zero2_partition(run: Run) -> int:
+    """Elements of ZeRO-2's gradient partition (stage_1_and_2.py `grads_in_partition`) on the fullest rank.
+    The Trainer's two parameter groups (weight decay, none: `create_optimizer`) are partitioned apart;
+    in each, DeepSpeed deals the tensors round-robin over the ranks (`round_robin_gradients`, set by the
+    runtime's z1/z2: `_round_robin_reorder`), pads the flat buffer to a multiple of 2N elements and cuts N
+    equal partitions; a rank's gradient buffer holds every tensor that starts in its partition or crosses
+    into it (`get_partition_info`), whole: the partition plus what overhangs its edges."""
+    n = run.world
+    held = [0] * n
+    groups = ([t for t in trainable_tensors(run) if no_decay(t[0]) == nd] for nd in (False, True))
+    for group in groups:
+        dealt = [k for r in range(n) for _, k in group[r::n]]
+        if not dealt:  # DeepSpeed drops an empty group
+            continue
+        size = -(-sum(dealt) // (2 * n)) * 2  # the padded buffer's partition: ceil(total / 2N) * 2N / N
+        start = 0
+        for k in dealt:
+            for rank in range(start // size, min((start + max(k, 1) - 1) // size, n - 1) + 1):
+                held[rank] += k
+            start += k
+    return max(held)
+
+
+def largest_param(run: Run) -> int:
+    """Elements of the biggest trainable tensor (stage_1_and_2.py `largest_param_numel`)."""
+    return max((k for _, k in trainable_tensors(run)), default=0)
 
 
 def persistent(run: Run) -> tuple[int, int]:
-    """ZeRO-3 keeps tensors under stage3_param_persistence_threshold (transformers' `auto`: 10*H elements)
-    whole on every rank (partition_parameters.py `ds_persist`): (trainable, frozen) elements of them —
-    the norms, and with LoRA most adapter matrices (r*H < 10*H for r < 10)."""
-    s = run.shape
-    threshold = 10 * s.hidden
-    norms = (2 * s.layers + 1) * s.hidden + (2 * s.head_dim * s.layers if s.qk_norm else 0)
-    if run.method != "lora":
-        return (norms, 0) if run.method == "full" else (0, norms)
-    small = sum(
-        n
-        for _, i, o in target_linears(s, run.lora_target)
-        for n in (run.lora_rank * i, run.lora_rank * o)
-        if n < threshold
-    )
-    return small, norms
+    """ZeRO-3 keeps tensors of at most stage3_param_persistence_threshold elements (transformers' `auto`:
+    10*H) whole on every rank (partition_parameters.py `ds_persist`: `ds_numel <= threshold`): (trainable,
+    frozen) elements of them — the norms and biases, and with LoRA most adapter matrices (r*H < 10*H for
+    r < 10) and DoRA's magnitude vectors (`out` elements each, peft dora.py `DoraLinearLayer`)."""
+    threshold = 10 * run.shape.hidden
+    small = sum(k for _, k in model_tensors(run.shape) if k <= threshold)
+    trained = sum(k for _, k in trainable_tensors(run) if k <= threshold)
+    return trained, small if run.method == "lora" else small - trained
 
 
 def optimizer_states(run: Run) -> int:
@@ -334,17 +370,20 @@ def ddp_buckets(run: Run) -> int:
 
 def zero_buckets(run: Run) -> int:
     """DeepSpeed's communication buffers (runtime/contract/zero.py): ZeRO-1/2 allocate the contiguous
-    gradient bucket of reduce_bucket_size (5e8) elements in the half dtype (stage_1_and_2 `ipg_buffer`) and
-    an fp32 gradient partition at step (4/N per trainable parameter). ZeRO-3: reduce bucket (H*H, auto)
-    plus the prefetch bucket (0.9*H*H, auto), half dtype."""
+    gradient bucket of reduce_bucket_size (5e8) elements in the model dtype at the first gradient of each
+    backward (stage_1_and_2 `setup_buckets`, whatever the trainable count: 2 GB in fp32, measured at
+    ZeRO-1), and an fp32 gradient partition at step (4/N per trainable parameter); with offload, a
+    device-side staging buffer of the largest trainable tensor (`temp_grad_buffer_for_gpu_offload`)
+    instead. ZeRO-3: reduce bucket (H*H, auto) plus the prefetch bucket (0.9*H*H, auto), half dtype."""
     if not run.deepspeed:
         return 0
     h, c = run.shape.hidden, compute_bytes(run)
     if run.stage == 3:
         return int((h * h + 0.9 * h * h) * c)
-    bucket = min(ZERO12_REDUCE_BUCKET, run.trainable) * c if run.stage == 2 else 0
-    step = 0 if run.offload else run.trainable * 4 // run.world
-    return bucket + step
+    bucket = ZERO12_REDUCE_BUCKET * c
+    if run.offload:
+        return bucket + largest_param(run) * weight_bytes(run, True)
+    return bucket + run.trainable * 4 // run.world
 
 
 def gathered_layers(run: Run) -> int:

@@ -8,7 +8,15 @@ import torch
 from plan_shapes import REAL
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from runtime.contract.plan.shape import freeze_params, lora_params, shape_from_config, total_params
+from runtime.contract.plan.shape import (
+    freeze_params,
+    freeze_tensors,
+    lora_params,
+    lora_tensors,
+    model_tensors,
+    shape_from_config,
+    total_params,
+)
 
 
 def build(config: dict, device: str = "meta") -> torch.nn.Module:
@@ -18,12 +26,34 @@ def build(config: dict, device: str = "meta") -> torch.nn.Module:
 
 
 def count(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(sizes(model, trainable_only))
+
+
+def sizes(model: torch.nn.Module, trainable_only: bool = False) -> list[int]:
+    """Elements of each parameter in `model.parameters()` order (the order DeepSpeed partitions)."""
+    return [p.numel() for p in model.parameters() if p.requires_grad or not trainable_only]
 
 
 @pytest.mark.parametrize("name", list(REAL))
 def test_total_parameters_equal_the_meta_model(name: str) -> None:
-    assert total_params(shape_from_config(REAL[name])) == count(build(REAL[name]))
+    shape = shape_from_config(REAL[name])
+    model = build(REAL[name])
+    assert total_params(shape) == count(model)
+    assert model_tensors(shape) == [(n, p.numel()) for n, p in model.named_parameters()]
+
+
+@pytest.mark.parametrize("name", ["Llama-3-8B", "Qwen2.5-7B", "Qwen3-4B", "Qwen3-30B-A3B", "Mixtral-8x7B"])
+def test_weight_decay_groups_equal_the_trainers(name: str) -> None:
+    """ZeRO-2's layout partitions the Trainer's two groups apart: the plan's split must be the Trainer's."""
+    from transformers import Trainer
+
+    from runtime.contract.plan.terms import no_decay
+
+    model = build(small(REAL[name]))
+    decay = set(Trainer.get_decay_parameter_names(None, model))  # it does not use self
+    assert [no_decay(n) for n, _ in model.named_parameters()] == [
+        n not in decay for n, _ in model.named_parameters()
+    ]
 
 
 def test_published_sizes() -> None:
@@ -63,9 +93,9 @@ def test_lora_parameters_equal_peft(name: str, target: str, rank: int, dora: boo
     model = build(config, "cpu")
     targets = linear_module_names(model) if target == "all" else target.split(",")
     peft_model = get_peft_model(model, LoraConfig(r=rank, target_modules=targets, use_dora=dora))
-    assert lora_params(shape_from_config(config), target, rank, dora) == count(
-        peft_model, trainable_only=True
-    )
+    shape = shape_from_config(config)
+    assert lora_params(shape, target, rank, dora) == count(peft_model, trainable_only=True)
+    assert [n for _, n in lora_tensors(shape, target, rank, dora)] == sizes(peft_model, trainable_only=True)
 
 
 @pytest.mark.parametrize("layers", [2, -1])
@@ -84,7 +114,9 @@ def test_freeze_parameters_equal_the_trained_layers(layers: int) -> None:
         pure_bf16=True,
     )
     apply_freeze(model, cfg, stage="sft")
-    assert freeze_params(shape_from_config(config), layers) == count(model, trainable_only=True)
+    shape = shape_from_config(config)
+    assert freeze_params(shape, layers) == count(model, trainable_only=True)
+    assert [n for _, n in freeze_tensors(shape, layers)] == sizes(model, trainable_only=True)
 
 
 @pytest.mark.parametrize("double", [False, True])

@@ -214,3 +214,35 @@ def test_a_hub_id_is_read_from_the_hugging_face_cache_or_said_how_to_fetch(
     proc = run_xgen("plan", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "device:   memory not stated: fit not judged" in proc.stdout, proc.stdout
+
+
+def _configured(**train) -> Run:
+    from runtime.config import parse_train_config
+    from runtime.contract.plan.choose import run_from_config
+
+    keys = {"model_name_or_path": "m", "dataset": "d", "finetuning_type": "full", "bf16": True, **train}
+    return run_from_config(shape_from_config(LLAMA3_8B), parse_train_config(keys), world=8)
+
+
+def test_preference_stages_plan_their_reference_and_both_rows() -> None:
+    """DPO runs the chosen and the rejected rows in one forward (twice the tokens of SFT's micro-batch);
+    a full or freeze DPO/KTO keeps a frozen copy of the model as its reference (whole under DDP and
+    ZeRO-1/2, 1/N under ZeRO-3); LoRA's reference is its base with the adapter off: no copy."""
+    from runtime.contract.plan.shape import total_params
+    from runtime.contract.plan.terms import activations, breakdown, logits_and_loss, reference_model
+
+    total = total_params(shape_from_config(LLAMA3_8B))
+    sft, dpo = _configured(), _configured(stage="dpo", dataset="d")
+    twice = sft.but(micro_batch=2 * sft.micro_batch)
+    assert dpo.tokens == twice.tokens and activations(dpo) == activations(twice)
+    assert logits_and_loss(dpo) == logits_and_loss(twice)
+    assert reference_model(sft) == 0
+    assert reference_model(dpo) == total * 4  # full tuning under autocast loads fp32 weights, as the policy
+    z3 = dpo.but(strategy="zero3")
+    assert reference_model(z3) == total * 2 // 8  # DeepSpeed's half dtype, partitioned
+    assert reference_model(dpo.but(strategy="zero2")) == total * 2  # a stage-0 engine: whole on each rank
+    kto = _configured(stage="kto", dataset="d")
+    assert kto.tokens == sft.tokens and reference_model(kto) == total * 4  # the KL rows run without grad
+    assert reference_model(_configured(stage="dpo", dataset="d", finetuning_type="lora")) == 0
+    assert reference_model(_configured(stage="dpo", dataset="d", pref_loss="simpo")) == 0  # no reference
+    assert any(t.name == "reference model" and t.bytes for t in breakdown(z3))

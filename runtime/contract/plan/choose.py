@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.config.rules import uses_reference
 from runtime.contract.plan.shape import Shape, freeze_params, lora_params, total_params
 from runtime.contract.plan.terms import Run, peak
+
+PAIRWISE_STAGES = ("dpo", "rm")  # a chosen and a rejected row per example in one forward
 
 HEADROOM = (
     0.10  # of the device memory kept free: allocator fragmentation, CUDA/CANN context, NCCL/HCCL buffers
@@ -90,6 +93,9 @@ def run_from_config(shape: Shape, train: Any, world: int, device: str = "cuda") 
         lora_target=train.lora_target if train.finetuning_type == "lora" else "all",
         dora=train.finetuning_type == "lora" and bool(train.use_dora),
         freeze_layers=train.freeze_trainable_layers,
+        rows_per_example=2 if train.stage in PAIRWISE_STAGES else 1,
+        reference_copy=uses_reference(train)
+        and (train.finetuning_type not in ("lora", "oft") or bool(train.ref_model)),
     )
 
 

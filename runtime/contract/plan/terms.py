@@ -62,6 +62,10 @@ class Run:
     lora_target: str = "all"
     dora: bool = False  # use_dora: a magnitude vector per adapted Linear (counted in `trainable`)
     freeze_layers: int = 2  # freeze_trainable_layers (its default): which layers train, for their order
+    rows_per_example: int = (
+        1  # rows the policy's forward (with grad) runs per example: dpo/rm 2 (chosen, rejected)
+    )
+    reference_copy: bool = False  # dpo/kto/ASFT with a frozen copy of the model (full, freeze, or ref_model)
 
     def but(self, **changes: object) -> Run:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -75,8 +79,14 @@ class Run:
         return int(self.strategy[-1]) if self.deepspeed else 0
 
     @property
+    def rows(self) -> int:
+        """Rows of one micro-batch's forward with grad: DPO and RM run the chosen and the rejected rows
+        together (runtime.data.collators.PairwiseCollator: 2B rows)."""
+        return self.micro_batch * self.rows_per_example
+
+    @property
     def tokens(self) -> int:
-        return self.micro_batch * self.seq
+        return self.rows * self.seq
 
     @property
     def frozen(self) -> int:
@@ -310,7 +320,7 @@ def sdpa_mask(run: Run) -> int:
     eager only adds it to the scores, which saves nothing)."""
     if run.attention != "sdpa" or not run.padded:
         return 0
-    return 4 * run.micro_batch * run.seq * run.seq
+    return 4 * run.rows * run.seq * run.seq
 
 
 def forward_saved(run: Run) -> int:
@@ -350,6 +360,18 @@ def autocast_weight_copies(run: Run) -> int:
     if run.method == "full" or run.device == "cpu":
         return 2 * linear_weight_params(run.shape)
     return 0
+
+
+def reference_model(run: Run) -> int:
+    """DPO/KTO's frozen reference when it is a copy (runtime/stages/reference.py load_reference): the model
+    loaded as the policy is (same dtype rules), whole on every rank under DDP, FSDP2 and ZeRO-1/2 (the
+    copy goes through a stage-0 engine there), partitioned 1/N under ZeRO-3 (a stage-3 engine, as trl's
+    prepare_deepspeed does). LoRA's reference is the adapter switched off: no copy. Its forward runs under
+    no_grad, so it saves no activations; its logits come and go like the policy's (logits + loss)."""
+    if not run.reference_copy:
+        return 0
+    per_weight = weight_bytes(run, trainable=run.method == "full")
+    return total_params(run.shape) * per_weight // shard(run, run.stage == 3)
 
 
 # --- temporary buffers ------------------------------------------------------------------------------
@@ -414,6 +436,7 @@ def breakdown(run: Run) -> list[Term]:
         Term("gradients", gradients(run), "state"),
         Term("optimizer states", optimizer_states(run), "state"),
         Term("master weights", master_weights(run), "state"),
+        Term("reference model", reference_model(run), "state"),
         Term("activations", activations(run), "activation"),
         Term("autocast weight copies", autocast_weight_copies(run), "activation"),
         Term("logits + loss", logits_and_loss(run), "buffer"),

@@ -67,15 +67,25 @@ def image_settings(cfg: TrainConfig) -> ImageSettings:
 
 
 def convert_with_images(
-    batch: dict[str, list], *, columns: dict, tags: dict, ranking: bool, formatting: str, media_dir: str
+    batch: dict[str, list],
+    indices: list[int],
+    *,
+    columns: dict,
+    tags: dict,
+    ranking: bool,
+    formatting: str,
+    media_dir: str,
+    name: str,
 ) -> dict[str, list]:
-    """runtime.data.formats' conversion, plus `_images`: the row's image paths found as LF does."""
+    """runtime.data.formats' conversion, plus `_images`: the row's image paths found as LF does, and
+    `_where`: `'<dataset>' row <i>` (its row in its own file, for the bad-row lines after the mix)."""
     convert = convert_alpaca if formatting == "alpaca" else convert_sharegpt
     out = convert(batch, columns=columns, tags=tags, ranking=ranking)
     out.pop("_media")  # placeholders are counted against the images per row instead
     images = batch.get(columns.get("images", ""))
     size = len(out["_prompt"])
     out["_images"] = [resolve_paths(images[i] if images else None, media_dir) for i in range(size)]
+    out["_where"] = [f"'{name}' row {i}" for i in indices]
     return out
 
 
@@ -181,17 +191,23 @@ def tokenize_images(batch: dict[str, list], **kwargs: Any) -> dict[str, list]:
     encode = encode_pair_row if pairwise else encode_row
     out: dict[str, list] = {**{key: [] for key in columns}, "images": [], "_bad": []}
     rows = zip(
-        batch["_prompt"], batch["_response"], batch["_system"], batch["_tools"], batch["_images"], strict=True
+        batch["_prompt"],
+        batch["_response"],
+        batch["_system"],
+        batch["_tools"],
+        batch["_images"],
+        batch["_where"],
+        strict=True,
     )
-    for prompt, response, system, tools, images in rows:
+    for prompt, response, system, tools, images, where in rows:
         if len(prompt) % 2 != 1 or len(response) != (2 if pairwise else 1):
             continue
         try:
             row = encode(prompt, response, system, tools, images, **kwargs)
         except ValueError as exc:
-            row, bad = None, f"{exc}: {(prompt[0]['content'] if prompt else '')[:60]!r}"
+            row, bad = None, f"{where}: {exc}: {(prompt[0]['content'] if prompt else '')[:60]!r}"
         except OSError as exc:  # a missing or unreadable image file (PIL raises OSError subclasses)
-            row, bad = None, f"image {getattr(exc, 'filename', None) or exc}: {exc.strerror or exc}"
+            row, bad = None, f"{where}: image {getattr(exc, 'filename', None) or exc}: {exc.strerror or exc}"
         else:
             bad = ""
         if row is None and not bad:
@@ -235,12 +251,18 @@ def build_vision_datasets(cfg: TrainConfig, tokenizer: Any, chat: Any, image_pro
             raw = load_raw(attr, cache_dir=cfg.cache_dir, seed=cfg.seed, max_samples=cfg.max_samples)
             _check_image_columns(attr, list(raw.column_names or []), cfg.stage)
             features = Features(
-                {**{k: v for k, v in FEATURES.items() if k != "_media"}, "_images": List(Value("string"))}
+                {
+                    **{k: v for k, v in FEATURES.items() if k != "_media"},
+                    "_images": List(Value("string")),
+                    "_where": Value("string"),
+                }
             )
             rows = raw.map(
                 convert_with_images,
                 batched=True,
+                with_indices=True,
                 fn_kwargs={
+                    "name": attr.name,
                     "columns": attr.columns,
                     "tags": attr.tags,
                     "ranking": bool(attr.ranking),
@@ -310,6 +332,8 @@ def check_image_rows(attr: DatasetAttr, raw: Any, cfg: TrainConfig) -> list[str]
     batch = raw.select(range(min(len(raw), CHECKED_ROWS)))[:]
     rows = convert_with_images(
         batch,
+        list(range(len(next(iter(batch.values()), [])))),
+        name=attr.name,
         columns=attr.columns,
         tags=attr.tags,
         ranking=bool(attr.ranking),
@@ -376,8 +400,8 @@ def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
     )
     if not bad:
         return
-    for index, line in bad[:SHOWN_BAD_ROWS]:
-        say(f"{key}: row {index}: {line}")
+    for _, line in bad[:SHOWN_BAD_ROWS]:
+        say(f"{key}: {line}")
     more = f" (first {SHOWN_BAD_ROWS} shown)" if len(bad) > SHOWN_BAD_ROWS else ""
     raise ConfigError(
         key,

@@ -176,13 +176,16 @@ def test_bad_rows_are_listed_one_line_each(tiny_vl_dir: Path, tmp_path: Path, ca
     rows[3]["messages"][0]["content"] += " <image>"
     rows[4]["images"][0] = "vl_images/not_there.png"  # a two-image row
     (data / "rows.json").write_text(json.dumps(rows))
+    (data / "good.json").write_text(json.dumps(rows[:1] * 3))  # mixed in first: rows keep their own numbers
     info = json.loads((tiny_vl_dir / "data" / "dataset_info.json").read_text())["tiny_mllm"]
-    (data / "dataset_info.json").write_text(json.dumps({"rows": {**info, "file_name": "rows.json"}}))
+    (data / "dataset_info.json").write_text(
+        json.dumps({"good": {**info, "file_name": "good.json"}, "rows": {**info, "file_name": "rows.json"}})
+    )
     # the paths are relative to media_dir, here the tiny data folder
     cfg = vl_config(
         tiny_vl_dir,
         tmp_path / "out",
-        dataset="rows",
+        dataset="good,rows",
         dataset_dir=str(data),
         media_dir=str(tiny_vl_dir / "data"),
     )
@@ -198,9 +201,9 @@ def test_bad_rows_are_listed_one_line_each(tiny_vl_dir: Path, tmp_path: Path, ca
     assert run_inprocess(path) != 0
     log = capsys.readouterr()
     text = log.out + log.err
-    assert "dataset: row 1: 2 <image> placeholder(s) for 0 image(s)" in text, text
-    assert "dataset: row 3: 2 <image> placeholder(s) for 1 image(s)" in text, text
-    assert "dataset: row 4: image vl_images/not_there.png: No such file or directory" in text, text
+    assert "dataset: 'rows' row 1: 2 <image> placeholder(s) for 0 image(s)" in text, text
+    assert "dataset: 'rows' row 3: 2 <image> placeholder(s) for 1 image(s)" in text, text
+    assert "dataset: 'rows' row 4: image vl_images/not_there.png: No such file or directory" in text, text
     assert "3 row(s) whose <image> placeholders do not match their images, or whose image files" in text
     assert "Traceback" not in text and "parameters train" not in text  # stopped before the model loads
 

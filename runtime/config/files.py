@@ -38,6 +38,13 @@ def load_deepspeed(value: str | dict, key: str, base_dir: str | os.PathLike[str]
 _LF_DEEPSPEED_FILE = re.compile(r"ds_(z\d(?:_offload)?)_config\.json")
 
 
+def lf_named_stage(path: str) -> str | None:
+    """The named stage LLaMA-Factory's examples/deepspeed file of this name stands for (z3 for
+    ds_z3_config.json), else None."""
+    match = _LF_DEEPSPEED_FILE.fullmatch(os.path.basename(path))
+    return match.group(1) if match and match.group(1) in NAMED_STAGES else None
+
+
 def named_stage_hint(path: str) -> str:
     """What a named stage could replace: the one LLaMA-Factory's file of that name stands for."""
     match = _LF_DEEPSPEED_FILE.fullmatch(os.path.basename(path))

@@ -246,3 +246,84 @@ def test_preference_stages_plan_their_reference_and_both_rows() -> None:
     assert reference_model(_configured(stage="dpo", dataset="d", finetuning_type="lora")) == 0
     assert reference_model(_configured(stage="dpo", dataset="d", pref_loss="simpo")) == 0  # no reference
     assert any(t.name == "reference model" and t.bytes for t in breakdown(z3))
+
+
+def test_the_change_line_applies_as_written() -> None:
+    """From DeepSpeed to FSDP2 (and back) the line says what to remove; FSDP2's offload is train.fsdp's own
+    `offload` word; checkpointing is turned with the key the config wrote (LLaMA-Factory's
+    disable_gradient_checkpointing, which contradicts gradient_checkpointing when both are set). The
+    config with the change applied parses, and plans as the chosen run."""
+    from runtime.config import parse_train_config
+    from runtime.contract.plan.choose import Candidate, change_line, configured_strategy, run_from_config
+
+    shape = shape_from_config(LLAMA3_8B)
+    keys = {"model_name_or_path": "m", "dataset": "d", "finetuning_type": "full", "bf16": True}
+    for written, chosen in (
+        ({"deepspeed": "z3", "disable_gradient_checkpointing": True}, ("fsdp2", True, True)),
+        ({"fsdp": "full_shard auto_wrap"}, ("zero2", True, False)),
+        ({"deepspeed": "z3_offload"}, ("ddp", False, True)),
+    ):
+        train = parse_train_config({**keys, **written})
+        configured = run_from_config(shape, train, world=8)
+        strategy, offload, checkpointing = chosen
+        target = configured.but(strategy=strategy, offload=offload, checkpointing=checkpointing)
+        line = change_line(configured, Candidate(target, 0, True, 1, 0), 1)
+        changed = dict(keys, **written)
+        for part in line.split("; "):
+            if part.startswith("remove "):
+                for key in part.removeprefix("remove ").split(" and "):
+                    changed.pop(key.removeprefix("train."), None)
+            else:
+                key, value = part.removeprefix("train.").split(": ", 1)
+                changed[key] = yaml.safe_load(value)
+        applied = parse_train_config(changed)  # no contradiction left
+        assert configured_strategy(applied) == (strategy, offload), (written, line)
+        assert applied.gradient_checkpointing == checkpointing, (written, line)
+    assert "disable_gradient_checkpointing: false" in change_line(
+        run_from_config(shape, parse_train_config({**keys, "disable_gradient_checkpointing": True}), 8),
+        Candidate(configured.but(checkpointing=True), 0, True, 1, 0),
+        1,
+    )
+
+
+def test_a_deepspeed_json_not_seen_here_is_planned_by_its_llamafactory_name(tmp_path: Path) -> None:
+    """LLaMA-Factory's examples/deepspeed/ds_z3_config.json, relative to its repo, is not visible where xgen
+    plan runs: planned as the stage its name says, with a note; a bare YAML's keys are named as written."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA3_8B))
+    bare = {
+        "model_name_or_path": str(tmp_path / "model"),
+        "stage": "sft",
+        "finetuning_type": "full",
+        "dataset": "alpaca_en_demo",
+        "deepspeed": "examples/deepspeed/ds_z3_config.json",
+        "bf16": True,
+        "output_dir": "out",
+    }
+    (tmp_path / "lf.yaml").write_text(yaml.safe_dump(bare))
+    flags = ["--nodes", "2", "--devices-per-node", "8", "--device-memory", "H100-80GB"]
+    proc = run_xgen("plan", "lf.yaml", *flags, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "configured: ZeRO-3" in proc.stdout, proc.stdout
+    assert (
+        "note: deepspeed: examples/deepspeed/ds_z3_config.json is not readable from here; planned as "
+        "LLaMA-Factory's file of that name, the named stage z3"
+    ) in proc.stdout
+    assert "train." not in proc.stdout  # a bare YAML: its keys at the top level
+
+
+def test_fp32_gradients_cost_their_bytes_and_a_bf16_head_is_not_copied() -> None:
+    from runtime.contract.plan.choose import communication
+    from runtime.contract.plan.terms import autocast_weight_copies
+
+    shape = shape_from_config(LLAMA3_8B)
+    full = Run(shape=shape, method="full", trainable=10**9, world=8, strategy="ddp")
+    assert communication(full, 1) == 2 * 10**9 * 4  # DDP all-reduces fp32 gradients of fp32 weights
+    lora = Run(shape=shape, method="lora", trainable=10**7, checkpointing=True)
+    assert autocast_weight_copies(lora) == 0  # the frozen head is bf16 already: nothing to copy
+
+
+def test_an_unverified_model_type_is_noted(tmp_path: Path) -> None:
+    proc = run_xgen("plan", str(job(tmp_path, {**LLAMA3_8B, "model_type": "gemma2"})))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: model_type gemma2: planned with the Llama-style decoder layer" in proc.stdout

@@ -15,6 +15,9 @@ from runtime.contract.plan.terms import Run
 from xgen.config import Config
 from xgen.errors import XgenError
 
+# model_types whose parameter counts are checked exact against transformers (tests/runtime/contract/
+# test_plan_shape.py); another family is planned with the same decoder layer, and said so.
+VERIFIED_FAMILIES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
 ASSUMED_DEVICES = 8  # devices_per_node: auto, and no slurm.gpus_per_node: plan as for an 8-device node
 
 
@@ -89,13 +92,37 @@ def planned(config: Config) -> Planned:
         label = f"{value} GiB"
     if value is None:
         label = "memory not stated"
-    return Planned(shape, run, memory, label, train.gradient_accumulation_steps, note)
+    notes = [note] if note else []
+    if (
+        isinstance(train.deepspeed, str)
+        and train.deepspeed_config is None
+        and train.deepspeed.endswith(".json")
+    ):
+        from runtime.config.files import lf_named_stage
+
+        named = lf_named_stage(train.deepspeed)
+        notes.append(
+            f"train.deepspeed: {train.deepspeed} is not readable from here; planned as "
+            + (
+                f"LLaMA-Factory's file of that name, the named stage {named}"
+                if named
+                else "DDP (no ZeRO stage)"
+            )
+        )
+    if (shape.model_type or "") not in VERIFIED_FAMILIES:
+        notes.append(
+            f"model_type {shape.model_type}: planned with the Llama-style decoder layer (attention, SwiGLU "
+            f"MLP, RMSNorm) from its config.json; the counts are verified for {', '.join(VERIFIED_FAMILIES)}"
+        )
+    return Planned(shape, run, memory, label, train.gradient_accumulation_steps, "\n".join(notes))
 
 
 def plan(config: Config) -> str:
     p = planned(config)
     text = plan_text(p.shape, p.run, p.memory, p.memory_label, p.accumulation)
-    return text + (f"note: {p.note}\n" if p.note else "")
+    text += "".join(f"note: {line}\n" for line in p.note.splitlines())
+    # a bare LLaMA-Factory YAML holds the training keys at its top level: name them as the user wrote them
+    return text.replace("train.", "") if config.bare else text
 
 
 def fit_warning(config: Config) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from runtime.config.rules import uses_reference
 from runtime.contract.plan.shape import Shape, freeze_params, lora_params, total_params
-from runtime.contract.plan.terms import Run, peak
+from runtime.contract.plan.terms import Run, peak, weight_bytes
 
 PAIRWISE_STAGES = ("dpo", "rm")  # a chosen and a rejected row per example in one forward
 
@@ -16,17 +16,32 @@ HEADROOM = (
     0.10  # of the device memory kept free: allocator fragmentation, CUDA/CANN context, NCCL/HCCL buffers
 )
 
-# (strategy, offload) → what to write in train: to get it; None: not offered (no named stage).
-STRATEGY_KEYS: dict[tuple[str, bool], str] = {
-    ("ddp", False): "train.deepspeed and train.fsdp unset",
-    ("zero1", False): "train.deepspeed: z1",
-    ("zero2", False): "train.deepspeed: z2",
-    ("zero2", True): "train.deepspeed: z2_offload",
-    ("zero3", False): "train.deepspeed: z3",
-    ("zero3", True): "train.deepspeed: z3_offload",
-    ("fsdp2", False): "train.fsdp: full_shard auto_wrap",
-    ("fsdp2", True): "train.fsdp: full_shard auto_wrap, train.fsdp_config: {cpu_offload: true}",
-}
+# (strategy, offload): the alternatives planned (ZeRO-1 has no offload stage here; FSDP2's offload is
+# the `offload` word of train.fsdp, as in transformers' TrainingArguments).
+STRATEGIES: tuple[tuple[str, bool], ...] = (
+    ("ddp", False),
+    ("zero1", False),
+    ("zero2", False),
+    ("zero2", True),
+    ("zero3", False),
+    ("zero3", True),
+    ("fsdp2", False),
+    ("fsdp2", True),
+)
+
+
+def strategy_change(configured: Run, chosen: Run) -> list[str]:
+    """What to write in train: to go from the configured strategy to the chosen one, removals included."""
+    parts = []
+    if chosen.deepspeed:
+        parts.append(f"train.deepspeed: z{chosen.stage}{'_offload' if chosen.offload else ''}")
+    elif chosen.strategy == "fsdp2":
+        parts.append(f"train.fsdp: full_shard auto_wrap{' offload' if chosen.offload else ''}")
+    if configured.deepspeed and not chosen.deepspeed:
+        parts.append("remove train.deepspeed")
+    if configured.strategy == "fsdp2" and chosen.strategy != "fsdp2":
+        parts.append("remove train.fsdp and train.fsdp_config")
+    return parts
 
 
 def strategy_name(strategy: str, offload: bool) -> str:
@@ -37,10 +52,13 @@ def strategy_name(strategy: str, offload: bool) -> str:
 def configured_strategy(train: Any) -> tuple[str, bool]:
     """(strategy, offload) of a parsed TrainConfig: its DeepSpeed JSON's ZeRO stage, FSDP, else DDP."""
     ds = train.deepspeed_config
-    if ds is None and isinstance(train.deepspeed, str) and train.deepspeed.startswith("z"):
+    if ds is None and isinstance(train.deepspeed, str):
+        from runtime.config.files import lf_named_stage
         from runtime.contract.zero import NAMED_STAGES, zero_config
 
-        ds = zero_config(train.deepspeed) if train.deepspeed in NAMED_STAGES else None
+        # a named stage, or a JSON not visible from here that LLaMA-Factory's file name says (ds_z3_config…)
+        named = train.deepspeed if train.deepspeed in NAMED_STAGES else lf_named_stage(train.deepspeed)
+        ds = zero_config(named) if named else None
     if ds is not None:
         zero = ds.get("zero_optimization", {})
         stage = int(zero.get("stage", 0))
@@ -94,6 +112,11 @@ def run_from_config(shape: Shape, train: Any, world: int, device: str = "cuda") 
         dora=train.finetuning_type == "lora" and bool(train.use_dora),
         freeze_layers=train.freeze_trainable_layers,
         rows_per_example=2 if train.stage in PAIRWISE_STAGES else 1,
+        checkpointing_key=(
+            "disable_gradient_checkpointing"
+            if "disable_gradient_checkpointing" in getattr(train, "explicit", ())
+            else "gradient_checkpointing"
+        ),
         reference_copy=uses_reference(train)
         and (train.finetuning_type not in ("lora", "oft") or bool(train.ref_model)),
     )
@@ -109,8 +132,8 @@ def communication(run: Run, accumulation: int) -> int:
     else:
         c = 2 if run.precision != "fp32" or run.pure_bf16 else 4
         t, everything = run.trainable * c, total_params(run.shape) * c
-        if run.strategy == "ddp":
-            comm = 2 * t
+        if run.strategy == "ddp":  # DDP all-reduces the gradients in the trainable weights' dtype
+            comm = 2 * run.trainable * weight_bytes(run, trainable=True)
         elif run.strategy == "zero1":
             comm = 2 * t
         elif run.strategy == "zero2":
@@ -143,7 +166,7 @@ def candidates(configured: Run, memory: int | None, accumulation: int) -> list[C
     against `memory` minus HEADROOM."""
     global_micro = configured.micro_batch * accumulation
     out = []
-    for strategy, offload in STRATEGY_KEYS:
+    for strategy, offload in STRATEGIES:
         for checkpointing in (False, True):
             for mb in _divisors_up_to(global_micro):
                 run = configured.but(
@@ -172,9 +195,12 @@ def change_line(configured: Run, chosen: Candidate, accumulation: int) -> str:
     r = chosen.run
     parts = []
     if (r.strategy, r.offload) != (configured.strategy, configured.offload):
-        parts.append(STRATEGY_KEYS[(r.strategy, r.offload)])
+        parts += strategy_change(configured, r)
     if r.checkpointing != configured.checkpointing:
-        parts.append(f"train.gradient_checkpointing: {'true' if r.checkpointing else 'false'}")
+        if configured.checkpointing_key == "disable_gradient_checkpointing":  # the key the config wrote
+            parts.append(f"train.disable_gradient_checkpointing: {'false' if r.checkpointing else 'true'}")
+        else:
+            parts.append(f"train.gradient_checkpointing: {'true' if r.checkpointing else 'false'}")
     if r.micro_batch != configured.micro_batch:
         parts.append(f"train.per_device_train_batch_size: {r.micro_batch}")
     if chosen.accumulation != accumulation:

@@ -66,6 +66,7 @@ class Run:
         1  # rows the policy's forward (with grad) runs per example: dpo/rm 2 (chosen, rejected)
     )
     reference_copy: bool = False  # dpo/kto/ASFT with a frozen copy of the model (full, freeze, or ref_model)
+    checkpointing_key: str = "gradient_checkpointing"  # the key the config turns checkpointing with
 
     def but(self, **changes: object) -> Run:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -323,6 +324,45 @@ def sdpa_mask(run: Run) -> int:
     return 4 * run.rows * run.seq * run.seq
 
 
+def freeze_split(run: Run) -> tuple[int, int]:
+    """(trainable layers, frozen layers above them) of a freeze run, without checkpointing: freeze trains
+    the last freeze_trainable_layers layers (a negative count: the first ones). Nothing below the first
+    trainable layer requires grad, so autograd saves nothing there; a frozen layer above it still passes
+    gradients down and saves what its own backward needs for them. Other methods: (all layers, 0)."""
+    layers = run.shape.layers
+    if run.method != "freeze" or run.checkpointing:
+        return layers, 0
+    k = run.freeze_layers
+    if k > 0:
+        return min(k, layers), 0
+    first = min(-k, layers) if k < 0 else layers
+    return first, layers - first
+
+
+def frozen_layer_per_token(run: Run, moe: bool = False) -> int:
+    """What a frozen layer above a trainable one saves per token (measured op by op with
+    saved_tensors_hooks): each RMSNorm its fp32 input and rsqrt (not its output: the weight takes no
+    gradient), the attention core, and SwiGLU's silu input, silu output and up (not the product, nor any
+    projection's input: the frozen weights take no gradient)."""
+    s, c = run.shape, compute_bytes(run)
+    total = 2 * (4 * s.hidden + 4) + attention_core(run)
+    if s.qk_norm:
+        total += 4 * (s.q_dim + s.kv_dim) + 4 * (s.heads + s.kv_heads)
+    if moe:
+        total += s.experts_per_token * 3 * c * s.moe_intermediate + 8 * s.experts
+    else:
+        total += 3 * c * s.intermediate
+    return total
+
+
+def layer_split(run: Run, count: int, upper: bool) -> tuple[int, int]:
+    """(MoE, dense) among `count` layers, the upper or the lower ones (MoE layers are taken to be the
+    upper ones: DeepSeek's first layers are dense)."""
+    s = run.shape
+    moe = min(count, s.moe_layers) if upper else max(0, count - s.dense_layers)
+    return moe, count - moe
+
+
 def forward_saved(run: Run) -> int:
     """What autograd holds for backward at the end of one micro-batch's forward. With checkpointing
     (transformers' per-layer gradient checkpointing) each layer keeps only its input, r*H per token."""
@@ -330,9 +370,13 @@ def forward_saved(run: Run) -> int:
     if run.checkpointing:
         per_token = s.layers * residual_bytes(run) * s.hidden
     else:
-        per_token = s.dense_layers * layer_activations_per_token(
-            run
-        ) + s.moe_layers * layer_activations_per_token(run, moe=True)
+        trained, frozen = freeze_split(run)
+        upper = run.method != "freeze" or run.freeze_layers > 0
+        moe, dense = layer_split(run, trained, upper)
+        per_token = dense * layer_activations_per_token(run)
+        per_token += moe * layer_activations_per_token(run, moe=True)
+        moe, dense = layer_split(run, frozen, True)
+        per_token += dense * frozen_layer_per_token(run) + moe * frozen_layer_per_token(run, moe=True)
     shared = 0 if run.checkpointing else rotary(run) + sdpa_mask(run)  # reentrant: only tensor args saved
     return (per_token + outside_layers_per_token(run)) * run.tokens + shared
 
@@ -355,8 +399,13 @@ def autocast_weight_copies(run: Run) -> int:
         return 0
     if weight_bytes(run, True) != 4 and weight_bytes(run, False) != 4:
         return 0
-    if run.checkpointing:  # only the head's copy outlives its layer
-        return 2 * run.shape.vocab * run.shape.hidden
+    if run.checkpointing:  # only the head's copy outlives its layer, and only an fp32 head is copied
+        return 2 * run.shape.vocab * run.shape.hidden if weight_bytes(run, run.method == "full") == 4 else 0
+    if run.method == "freeze":  # the layers that save (freeze_split), where their weights are fp32
+        trained, frozen = freeze_split(run)
+        on_path = trained + (frozen if weight_bytes(run, trainable=False) == 4 else 0)
+        per_layer = (linear_weight_params(run.shape) - run.shape.vocab * run.shape.hidden) // run.shape.layers
+        return 2 * per_layer * on_path
     if run.method == "full" or run.device == "cpu":
         return 2 * linear_weight_params(run.shape)
     return 0

@@ -86,4 +86,35 @@ def test_activations_within_5_percent_of_what_autograd_saves(config, attention, 
         padded=padded,
     )
     predicted = forward_saved(run) + autocast_weight_copies(run)
+    print(f"{predicted / measured - 1:+.2%}")
+    assert abs(predicted / measured - 1) < 0.05, (predicted, measured, f"{predicted / measured - 1:+.2%}")
+
+
+@pytest.mark.parametrize("trainable_layers", [1, 2, -1])
+def test_freeze_saves_only_from_the_first_trainable_layer_up(trainable_layers: int) -> None:
+    """Freeze tuning of a 4-layer Llama (LLaMA-Factory's freeze_trainable_layers: the last N, or the first
+    -N): nothing below the first trainable layer requires grad, so autograd saves nothing there."""
+    config = dict(LLAMA, num_hidden_layers=4)
+    hf = AutoConfig.for_model(**config, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
+    model.train()
+    layers = config["num_hidden_layers"]
+    train = range(layers - trainable_layers, layers) if trainable_layers > 0 else range(-trainable_layers)
+    for name, param in model.named_parameters():
+        param.requires_grad = any(f"layers.{i}." in name for i in train)
+    measured = saved_bytes(model, autocast=True, padded=False)
+    shape = shape_from_config(config)
+    run = Run(
+        shape=shape,
+        method="freeze",
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        device="cpu",
+        micro_batch=BATCH,
+        seq=SEQ,
+        padded=False,
+        freeze_layers=trainable_layers,
+    )
+    predicted = forward_saved(run) + autocast_weight_copies(run)
+    print(f"{predicted / measured - 1:+.2%}")
     assert abs(predicted / measured - 1) < 0.05, (predicted, measured, f"{predicted / measured - 1:+.2%}")

@@ -44,6 +44,7 @@ CLUSTER_FLAGS = {
     "--max-restarts": ("cluster.max_restarts", "N"),
     "--rendezvous": ("cluster.rendezvous", "static|c10d"),
     "--hang-timeout": ("cluster.hang_timeout", "SECONDS"),
+    "--device-memory": ("cluster.device_memory_gb", "GIB|auto|NAME"),
     "--job-name": ("job.name", "NAME"),
     "--workdir": ("job.workdir", "DIR"),
     "--python": ("python", "PATH"),
@@ -55,7 +56,6 @@ SLURM_FLAGS = {
     "--qos": ("slurm.qos", "NAME"),
     "--gpus-per-node": ("slurm.gpus_per_node", "N"),
 }
-PLAN_FLAGS = {"--device-memory": ("cluster.device_memory_gb", "GIB|auto|NAME")}
 # xgen accelerate only: your own accelerate config file (docs/launchers.md).
 ACCELERATE_FLAGS = {"--accelerate-config": ("accelerate_config", "FILE")}
 _FLAGS = "xgen.flags"  # ctx.meta: the flags given, in command-line order
@@ -520,7 +520,6 @@ def check(config_file: str) -> None:
 @main.command()
 @CONFIG
 @config_flags(CLUSTER_FLAGS)
-@config_flags(PLAN_FLAGS)
 @config_flags(SLURM_FLAGS)
 def plan(config_file: str) -> None:
     """Memory per device before submitting: parameters, gradients, optimizer states, activations, buffers.

@@ -151,6 +151,8 @@ def test_check_warns_when_the_run_does_not_fit(tmp_path: Path) -> None:
         ("auto", True),
         ("B200", False),
         (0, False),
+        ("1e9", False),  # bytes given as GiB
+        ("A100-40", False),
     ],
 )
 def test_device_memory_values(tmp_path: Path, value, ok: bool) -> None:
@@ -158,6 +160,8 @@ def test_device_memory_values(tmp_path: Path, value, ok: bool) -> None:
     assert (proc.returncode == 0) == ok, proc.stderr
     if not ok:
         assert proc.stderr.startswith("xgen: error: cluster.device_memory_gb: "), proc.stderr
+    if value == "A100-40":
+        assert "did you mean A100-40GB?" in proc.stderr
     if value == "auto":
         assert "fit not judged" in proc.stdout and "recommended: needs the device memory" in proc.stdout
 
@@ -327,3 +331,18 @@ def test_an_unverified_model_type_is_noted(tmp_path: Path) -> None:
     proc = run_xgen("plan", str(job(tmp_path, {**LLAMA3_8B, "model_type": "gemma2"})))
     assert proc.returncode == 0, proc.stderr
     assert "note: model_type gemma2: planned with the Llama-style decoder layer" in proc.stdout
+
+
+def test_every_command_takes_device_memory_and_check_warns_in_the_yamls_own_keys(tmp_path: Path) -> None:
+    """A bare LLaMA-Factory YAML holds no cluster: section: --device-memory sets it on every command, and
+    xgen check's warning names the keys as the YAML writes them."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA3_8B))
+    bare = {"model_name_or_path": str(tmp_path / "model"), "stage": "sft", "finetuning_type": "full",
+            "dataset": "alpaca_en_demo", "bf16": True, "output_dir": "out"}  # fmt: skip
+    (tmp_path / "lf.yaml").write_text(yaml.safe_dump(bare))
+    proc = run_xgen("check", "lf.yaml", "--nodes", "1", "--device-memory", "40", cwd=tmp_path)
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("xgen: warning: cluster.device")]
+    assert warning and "change: deepspeed: z3" in warning[0] and "train." not in warning[0], proc.stderr
+    for command in ("slurm", "shell", "deepspeed", "accelerate", "submit"):
+        assert "--device-memory" in run_xgen(command, "--help").stdout, command

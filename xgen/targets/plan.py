@@ -136,4 +136,6 @@ def fit_warning(config: Config) -> str | None:
         return None
     assert p.memory is not None
     line = misfit(p.run, p.memory, p.accumulation)
+    if line and config.bare:  # the keys as the bare LLaMA-Factory YAML writes them
+        line = line.replace("train.", "")
     return f"cluster.device_memory_gb: {line}" if line else None

@@ -49,17 +49,26 @@ def _number(value: object) -> float | None:
         return None
 
 
+MAX_DEVICE_GIB = 4096  # above any accelerator's memory: a value in bytes or MB given as GiB
+
+
 def memory_setting_problem(value: object) -> str | None:
     """Why a `cluster.device_memory_gb` value is not usable, or None (None, `auto`, > 0, a known name)."""
     if value is None or value == "auto":
         return None
     number = _number(value)
     if number is not None:
+        if number > MAX_DEVICE_GIB:
+            return f"{value} GiB per device is more than any accelerator has; give GiB per device (e.g. 80)"
         return None if number > 0 else f"must be > 0 GiB, got {value}"
     if isinstance(value, str) and known_device(value) is not None:
         return None
+    import difflib
+
+    close = difflib.get_close_matches(str(value).upper(), [k.upper() for k in KNOWN_DEVICES], n=1, cutoff=0.5)
+    hint = next((f"did you mean {k}? " for k in KNOWN_DEVICES if close and k.upper() == close[0]), "")
     names = ", ".join(KNOWN_DEVICES)
-    return f"{value!r} is not a number of GiB, `auto` or a known device ({names})"
+    return f"{value!r} is not a number of GiB, `auto` or a known device; {hint}known: {names}"
 
 
 def stated_memory(value: object) -> int | None:

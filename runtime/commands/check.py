@@ -70,13 +70,11 @@ def check(
 
 
 def _vision_problems(cfg: TrainConfig, prefix: str) -> list[str]:
-    """A vision-language family runtime/mm does not train; for one it trains, a template, stage or data key it
-    refuses (the model folder's config.json, where it is visible)."""
+    """For a vision-language model runtime/mm trains: a template, stage or data key it refuses (the model
+    folder's config.json, where it is visible). Another family's image rows: the dataset check says so."""
     from runtime.mm.data import check_vision_keys, vision_family
-    from runtime.mm.families import refuse_unsupported
 
     try:
-        refuse_unsupported(cfg.model_name_or_path)
         if vision_family(cfg):  # the template and the stage
             check_vision_keys(cfg)
     except ConfigError as err:

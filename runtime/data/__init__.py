@@ -40,6 +40,7 @@ from runtime.data.tokenize import (
     tokenize_pt,
     tokenize_sft,
 )
+from runtime.mm.families import unsupported_family
 
 __all__ = [
     "IGNORE_INDEX",
@@ -251,7 +252,8 @@ def _messages(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
             streaming=context["streaming"],
             num_proc=context["map"].get("num_proc"),
         )
-        check_columns(attr, list(raw.column_names or []), stage=context["stage"])
+        family = unsupported_family(cfg.model_name_or_path)  # a vision-language model trained on text
+        check_columns(attr, list(raw.column_names or []), stage=context["stage"], family=family)
         messages = to_messages(raw, attr, **context["map"])
         if not context["streaming"]:
             media = _first_media(messages)

@@ -41,8 +41,11 @@ MULTIMODAL = (
 KTO_STAGE = "kto"
 
 
-def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> None:
-    """ConfigError naming the config key when a needed column is absent or the data fits not the stage."""
+def check_columns(
+    attr: DatasetAttr, column_names: list[str], *, stage: str, family: str | None = None
+) -> None:
+    """ConfigError naming the config key when a needed column is absent or the data fits not the stage.
+    `family`: the model's vision-language family runtime/mm does not train, named when images are given."""
     ranking = bool(attr.ranking)
     kto = "kto_tag" in attr.columns
     if stage == KTO_STAGE and not kto:
@@ -64,6 +67,12 @@ def check_columns(attr: DatasetAttr, column_names: list[str], *, stage: str) -> 
             attr.key, f"{attr.where()}: preference data (ranking) is for stage rm or dpo, not {stage}"
         )
     media = [c for c in MEDIA_COLUMNS if c in attr.explicit or c in column_names]
+    if media and family:
+        from runtime.mm.families import unsupported_message
+
+        raise ConfigError(
+            attr.key, f"{attr.where()}: has {'/'.join(media)} columns: {unsupported_message(family)}"
+        )
     if media:
         raise ConfigError(attr.key, f"{attr.where()}: has {'/'.join(media)} columns: {MULTIMODAL}")
     required = set(attr.explicit)

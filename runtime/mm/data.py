@@ -22,7 +22,7 @@ from runtime.config import ConfigError, TrainConfig
 from runtime.contract.say import note, say
 from runtime.data.formats import FEATURES, check_columns, convert_alpaca, convert_sharegpt
 from runtime.data.registry import DatasetAttr, resolve_datasets
-from runtime.mm.families import FAMILIES, model_type
+from runtime.mm.families import FAMILIES, model_type, unsupported_family
 from runtime.mm.plugin import PLUGINS, ImageSettings, count_problem, expand_messages, resolve_paths
 
 SHOWN_BAD_ROWS = 20
@@ -362,7 +362,7 @@ def check_dataset_columns(attr: DatasetAttr, column_names: list[str], cfg: Train
     if model_type(cfg.model_name_or_path) in FAMILIES:
         _check_image_columns(attr, column_names, cfg.stage)
     else:
-        check_columns(attr, column_names, stage=cfg.stage)
+        check_columns(attr, column_names, stage=cfg.stage, family=unsupported_family(cfg.model_name_or_path))
 
 
 def _check_image_columns(attr: DatasetAttr, column_names: list[str], stage: str) -> None:

@@ -36,17 +36,12 @@ def unsupported_family(path: str) -> str | None:
     return str(kind) if "vision_config" in config and kind not in FAMILIES else None
 
 
-def refuse_unsupported(path: str) -> None:
-    """One line naming the family and what trains instead; ConfigError on `model_name_or_path`."""
-    kind = unsupported_family(path)
-    if kind:
-        from runtime.config import ConfigError
-
-        raise ConfigError(
-            "model_name_or_path",
-            f"{kind}: this vision-language family is not supported (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and "
-            "Qwen3-VL-MoE train here); use one of those, or llamafactory-cli for this model",
-        )
+def unsupported_message(kind: str) -> str:
+    return (
+        f"{kind}: this vision-language family is not supported for image rows (Qwen2-VL, Qwen2.5-VL, "
+        "Qwen3-VL and Qwen3-VL-MoE train on images here; this one trains on text rows only); use one of "
+        "those, a text-only dataset, or llamafactory-cli for this model"
+    )
 
 
 def vision_model_type(path: str) -> str | None:

@@ -15,9 +15,8 @@ if TYPE_CHECKING:
 
 def text_model_only(ctx: RunContext) -> None:
     """A stage runtime/mm does not train stops here, before the model loads, on a vision-language model."""
-    from runtime.mm.families import refuse_unsupported, vision_model_type
+    from runtime.mm.families import vision_model_type
 
-    refuse_unsupported(ctx.cfg.model_name_or_path)
     kind = vision_model_type(ctx.cfg.model_name_or_path)
     if kind:
         from runtime.mm.data import refuse_stage
@@ -34,9 +33,6 @@ def run_pt(ctx: RunContext) -> None:
 
 def run_sft(ctx: RunContext) -> None:
     from runtime.mm.data import vision_family
-    from runtime.mm.families import refuse_unsupported
-
-    refuse_unsupported(ctx.cfg.model_name_or_path)
 
     if vision_family(ctx.cfg):  # a Qwen vision-language model: image rows (runtime/mm uses sft's trainer)
         from runtime.mm.stage import run as run_vision
@@ -57,9 +53,6 @@ def run_rm(ctx: RunContext) -> None:
 
 def run_dpo(ctx: RunContext) -> None:
     from runtime.mm.data import vision_family
-    from runtime.mm.families import refuse_unsupported
-
-    refuse_unsupported(ctx.cfg.model_name_or_path)
 
     if vision_family(ctx.cfg):  # image preference rows (runtime/mm uses dpo's trainer)
         from runtime.mm.stage import run as run_vision

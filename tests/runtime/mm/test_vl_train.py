@@ -553,21 +553,25 @@ def test_dpo_log_probs_see_the_images(tiny_vl_dir: Path) -> None:
 def test_other_vision_language_families_are_refused_naming_the_family(
     tiny_vl_dir: Path, tmp_path: Path, capsys, command: str
 ) -> None:
-    """MOSS-VL (LLaMA-Factory's mossvl_* examples) and other families with a vision_config: one line, before
-    any model loads (the folder holds only a config.json)."""
+    """MOSS-VL (LLaMA-Factory's mossvl_* examples) and other families with a vision_config, given image
+    rows: one line naming the family, before any model loads (the folder has no weights). Their
+    text rows still train as before (the text path)."""
     from runtime.cli import main
 
     moss = tmp_path / "moss"
     moss.mkdir()
     (moss / "config.json").write_text(json.dumps({"model_type": "moss_vl", "vision_config": {"depth": 2}}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a real folder has its tokenizer, not weights
+        (moss / name).write_bytes((tiny_vl_dir / "vl3_model" / name).read_bytes())
     cfg = vl_config(tiny_vl_dir, tmp_path / "out", model_name_or_path=str(moss), template="qwen3_vl")
     path = write_config(tmp_path / "moss.yaml", cfg)
     assert (main([command, str(path)]) if command == "check" else run_inprocess(path)) != 0
     said = capsys.readouterr().err
     assert (
-        "error: model_name_or_path: moss_vl: this vision-language family is not supported (Qwen2-VL, "
-        "Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE train here)" in said
+        "columns: moss_vl: this vision-language family is not supported for image rows (Qwen2-VL, "
+        "Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE train on images here" in said
     ), said
+    assert said.count("error:") == 1, said
 
 
 def test_packed_image_rows_differ_from_the_unpacked_examples_so_packing_is_refused(tiny_vl_dir: Path) -> None:

@@ -18,7 +18,7 @@ from runtime.contract.say import say
 from runtime.data.packing import check_packing_support
 from runtime.distributed import launch_ranks
 from runtime.levers import sdpa_varlen
-from runtime.mm.families import vision_model_type
+from runtime.mm.families import VISION_STAGES, refuse_stage, vision_model_type
 
 log = logging.getLogger("xgen-runtime")
 
@@ -103,10 +103,8 @@ def load_model(cfg: TrainConfig, *, stage: str, device: str, path: str | None = 
     elif vision_model_type(path):  # Qwen-VL: the vision tower's attention stays transformers' sdpa
         from transformers import AutoModelForImageTextToText
 
-        if stage not in ("sft", "dpo"):
-            raise ConfigError(
-                "stage", f"{vision_model_type(path)}: vision-language models train with stage sft or dpo"
-            )
+        if stage not in VISION_STAGES:
+            refuse_stage(str(vision_model_type(path)), stage)
         if attn not in ("eager", "sdpa"):
             log.warning(
                 "flash_attn: %s left off for the vision-language model (sdpa; not checked on it)", attn

@@ -211,6 +211,7 @@ def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, downlo
 
     datasets.disable_progress_bars()
     report = Report()
+    vision = vision_model_type(cfg.model_name_or_path) is not None
     for key in DATASET_KEYS:
         try:
             attrs = resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=prefix + key)
@@ -227,7 +228,7 @@ def _check_datasets(cfg: TrainConfig, prefix: str, *, visible_only: bool, downlo
                     network=download,
                 )
                 check_dataset_columns(attr, raw.column_names, cfg)  # images allowed for Qwen-VL models
-                if vision_model_type(cfg.model_name_or_path):
+                if vision:
                     report.problems += check_image_rows(attr, raw, cfg)
             except hub.NotCached as err:
                 hf = attr.hub is not None and attr.hub.url_key not in hub.CLIENTS

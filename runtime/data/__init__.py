@@ -243,6 +243,7 @@ def _build_one(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
 def _messages(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
     """The datasets `key` names, loaded, converted to messages and mixed."""
     parts = []
+    family = unsupported_family(cfg.model_name_or_path)  # a vision-language model trained on text
     for attr in resolve_datasets(getattr(cfg, key), cfg.dataset_dir, key=key):
         raw = load_raw(
             attr,
@@ -252,7 +253,6 @@ def _messages(cfg: TrainConfig, key: str, context: dict[str, Any]) -> Any:
             streaming=context["streaming"],
             num_proc=context["map"].get("num_proc"),
         )
-        family = unsupported_family(cfg.model_name_or_path)  # a vision-language model trained on text
         check_columns(attr, list(raw.column_names or []), stage=context["stage"], family=family)
         messages = to_messages(raw, attr, **context["map"])
         if not context["streaming"]:

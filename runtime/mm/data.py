@@ -22,22 +22,21 @@ from runtime.config import ConfigError, TrainConfig
 from runtime.contract.say import note, say
 from runtime.data.formats import FEATURES, check_columns, convert_alpaca, convert_sharegpt
 from runtime.data.registry import DatasetAttr, resolve_datasets
-from runtime.mm.families import FAMILIES, model_type, unsupported_family
+from runtime.mm.families import FAMILIES, VISION_STAGES, model_type, refuse_stage, unsupported_family
 from runtime.mm.plugin import PLUGINS, ImageSettings, count_problem, expand_messages, resolve_paths
 
 SHOWN_BAD_ROWS = 20
-VISION_STAGES = ("sft", "dpo")
 # Why video rows stop: transformers' Qwen video processors are built on torchvision (PyAV only decodes).
 VIDEO_REFUSAL = (
     "video rows are not supported here (transformers' Qwen video processors need torchvision, which has "
     "no build for this torch)"
-)  # the stages LLaMA-Factory's examples train vision-language models with
+)
 
 
 def vision_family(cfg: TrainConfig) -> str | None:
     """The model's vision-language family when it is one the runtime trains, else None: the text path
     then runs, and refuses image/video/audio columns and placeholders in one line (runtime.data.formats).
-    A template that does not fit the family, or a stage other than sft, stops the run."""
+    A template that does not fit the family, or a stage other than sft and dpo, stops the run."""
     kind = model_type(cfg.model_name_or_path)
     if kind in FAMILIES:
         if cfg.template not in PLUGINS or PLUGINS[cfg.template][0] != FAMILIES[kind]:
@@ -51,12 +50,6 @@ def vision_family(cfg: TrainConfig) -> str | None:
 def template_problem(kind: str, template: str) -> str:
     names = " or ".join(name for name, plugin in PLUGINS.items() if plugin[0] == FAMILIES[kind])
     return f"{kind} models need template {names} (LLaMA-Factory's); got {template}"
-
-
-def refuse_stage(kind: str, stage: str) -> None:
-    raise ConfigError(
-        "stage", f"{kind}: vision-language models train with stage sft or dpo here (not {stage})"
-    )
 
 
 def image_settings(cfg: TrainConfig) -> ImageSettings:
@@ -114,6 +107,7 @@ def encode_row(
     if problem:
         raise ValueError(problem)
     grids = image_inputs(image_processor, images, settings).get("image_grid_thw", [])
+    fit = {"tokenizer": tokenizer, "image_token": image_token, "merge_size": image_processor.merge_size}
     messages = expand_messages(
         prompt + response, grids, merge_size=image_processor.merge_size, image_token=image_token
     )
@@ -126,13 +120,8 @@ def encode_row(
         train_on_prompt=train_on_prompt,
         mask_history=mask_history,
     )
-    if not out["input_ids"]:
+    if not out["input_ids"] or not _image_tokens_kept(out["input_ids"][0], grids, **fit):
         return None
-    merge = image_processor.merge_size**2
-    wanted = sum(int(t) * int(h) * int(w) // merge for t, h, w in grids)
-    token_id = tokenizer.convert_tokens_to_ids(image_token)
-    if out["input_ids"][0].count(token_id) != wanted:
-        return None  # cutoff_len cut into the image tokens: the vision features would not fit
     return {k: v[0] for k, v in out.items()}
 
 
@@ -163,6 +152,7 @@ def encode_pair_row(
         raise ValueError(problem)
     grids = image_inputs(image_processor, images, settings).get("image_grid_thw", [])
     expand = {"merge_size": image_processor.merge_size, "image_token": image_token}
+    fit = {"tokenizer": tokenizer, **expand}
     batch = {
         "_prompt": [expand_messages(prompt, grids, **expand)],
         "_response": [response],
@@ -170,12 +160,18 @@ def encode_pair_row(
         "_tools": [tools],
     }
     out = tokenize_pairwise(batch, tokenizer=tokenizer, chat=chat, cutoff_len=cutoff_len)
-    if not out["chosen_input_ids"]:
+    if not out["chosen_input_ids"] or not _image_tokens_kept(out["chosen_input_ids"][0], grids, **fit):
         return None
-    wanted = sum(int(t) * int(h) * int(w) // image_processor.merge_size**2 for t, h, w in grids)
-    if out["chosen_input_ids"][0].count(tokenizer.convert_tokens_to_ids(image_token)) != wanted:
-        return None  # cutoff_len cut into the image tokens: the vision features would not fit
     return {k: v[0] for k, v in out.items()}
+
+
+def _image_tokens_kept(
+    ids: list[int], grids: Any, *, tokenizer: Any, image_token: str, merge_size: int
+) -> bool:
+    """Whether a tokenized row still holds every image token its grids need (t*h*w / merge² each): False
+    when cutoff_len cut into them, and the vision features would not fit the row."""
+    wanted = sum(int(t) * int(h) * int(w) // merge_size**2 for t, h, w in grids)
+    return ids.count(tokenizer.convert_tokens_to_ids(image_token)) == wanted
 
 
 PAIR_COLUMNS = tuple(
@@ -341,16 +337,14 @@ def check_image_rows(attr: DatasetAttr, raw: Any, cfg: TrainConfig) -> list[str]
         media_dir=cfg.media_dir or cfg.dataset_dir,
     )
     lines = []
+    looked = f"neither in {cfg.media_dir or cfg.dataset_dir} nor from {Path.cwd()}"
     for index, (prompt, response, images) in enumerate(
         zip(rows["_prompt"], rows["_response"], rows["_images"], strict=True)
     ):
         problem = count_problem(prompt + response[:1], images)
         missing = [image for image in images if isinstance(image, str) and not Path(image).is_file()]
         if problem or missing:
-            where = cfg.media_dir or cfg.dataset_dir
-            gone = (
-                f"image not found: {missing[0]} (neither in {where} nor from {Path.cwd()})" if missing else ""
-            )
+            gone = f"image not found: {missing[0]} ({looked})" if missing else ""
             lines.append(f"{attr.where()}: row {index}: {problem or gone}")
     if len(lines) > SHOWN_BAD_ROWS:
         lines = lines[:SHOWN_BAD_ROWS] + [f"{attr.where()}: {len(lines) - SHOWN_BAD_ROWS} more bad rows"]
@@ -393,14 +387,10 @@ def _stop_on_bad_rows(key: str, tokenized: Any) -> None:
     if "_bad" not in (tokenized.column_names or []):  # every row was dropped: "no usable rows" follows
         return
     column = tokenized.with_format("arrow")["_bad"]
-    bad = (
-        [(i, line) for i, line in enumerate(column.to_pylist()) if line]
-        if pc.any(pc.not_equal(column, "")).as_py()
-        else []
-    )
-    if not bad:
+    if not pc.any(pc.not_equal(column, "")).as_py():
         return
-    for _, line in bad[:SHOWN_BAD_ROWS]:
+    bad = [line for line in column.to_pylist() if line]  # each names its dataset and row (`_where`)
+    for line in bad[:SHOWN_BAD_ROWS]:
         say(f"{key}: {line}")
     more = f" (first {SHOWN_BAD_ROWS} shown)" if len(bad) > SHOWN_BAD_ROWS else ""
     raise ConfigError(

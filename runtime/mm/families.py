@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+VISION_STAGES = ("sft", "dpo")  # the stages LLaMA-Factory's examples train vision-language models with
 # transformers model_type → LLaMA-Factory's template for it (what `template:` must name)
 FAMILIES = {
     "qwen2_vl": "qwen2_vl",
@@ -48,3 +49,12 @@ def vision_model_type(path: str) -> str | None:
     """The model_type of a vision-language model the runtime trains, else None."""
     kind = model_type(path)
     return kind if kind in FAMILIES else None
+
+
+def refuse_stage(kind: str, stage: str) -> None:
+    """ConfigError on `stage`: a stage runtime/mm does not train this vision-language model with."""
+    from runtime.config import ConfigError
+
+    raise ConfigError(
+        "stage", f"{kind}: vision-language models train with stage sft or dpo here (not {stage})"
+    )

@@ -13,31 +13,30 @@ if TYPE_CHECKING:
     from runtime.stages.recipe import RunContext
 
 
-def text_model_only(ctx: RunContext) -> None:
-    """A stage runtime/mm does not train stops here, before the model loads, on a vision-language model."""
-    from runtime.mm.families import vision_model_type
+def ran_vision(ctx: RunContext) -> bool:
+    """A Qwen vision-language model trains in runtime/mm (sft and dpo, with those stages' trainers), and
+    True is returned; runtime.mm.data.vision_family refuses its other stages, and a wrong template, before
+    the model loads. False: a text model, for the stage's own module."""
+    from runtime.mm.data import vision_family
 
-    kind = vision_model_type(ctx.cfg.model_name_or_path)
-    if kind:
-        from runtime.mm.data import refuse_stage
+    if not vision_family(ctx.cfg):
+        return False
+    from runtime.mm.stage import run as run_vision
 
-        refuse_stage(kind, ctx.cfg.stage)
+    run_vision(ctx)
+    return True
 
 
 def run_pt(ctx: RunContext) -> None:
-    text_model_only(ctx)
+    if ran_vision(ctx):
+        return
     from runtime.stages import pt
 
     pt.run(ctx)
 
 
 def run_sft(ctx: RunContext) -> None:
-    from runtime.mm.data import vision_family
-
-    if vision_family(ctx.cfg):  # a Qwen vision-language model: image rows (runtime/mm uses sft's trainer)
-        from runtime.mm.stage import run as run_vision
-
-        run_vision(ctx)
+    if ran_vision(ctx):
         return
     from runtime.stages import sft
 
@@ -45,19 +44,15 @@ def run_sft(ctx: RunContext) -> None:
 
 
 def run_rm(ctx: RunContext) -> None:
-    text_model_only(ctx)
+    if ran_vision(ctx):
+        return
     from runtime.stages import rm
 
     rm.run(ctx)
 
 
 def run_dpo(ctx: RunContext) -> None:
-    from runtime.mm.data import vision_family
-
-    if vision_family(ctx.cfg):  # image preference rows (runtime/mm uses dpo's trainer)
-        from runtime.mm.stage import run as run_vision
-
-        run_vision(ctx)
+    if ran_vision(ctx):
         return
     from runtime.stages import dpo
 
@@ -65,7 +60,8 @@ def run_dpo(ctx: RunContext) -> None:
 
 
 def run_kto(ctx: RunContext) -> None:
-    text_model_only(ctx)
+    if ran_vision(ctx):
+        return
     from runtime.stages import kto
 
     kto.run(ctx)
